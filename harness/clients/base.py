@@ -1,0 +1,80 @@
+"""What every TLS client gets (a HandshakeJob) and gives back (a ClientResult)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.tls import TLSVersion
+
+
+@dataclass(frozen=True)
+class HandshakeJob:
+    """Everything one client needs for one TLS client-auth handshake."""
+
+    host: str
+    port: int
+    tls: TLSVersion
+    module: Path  # the PKCS#11 module the client must load, and only that one
+    token_label: str
+    pin: str
+    key_label: str
+    key_id_hex: str
+    cert_pem: Path  # the client certificate (also on the token under the same CKA_ID)
+    ca_pem: Path  # the CA that issued the server certificate
+    log_path: Path
+    timeout_s: float = 20.0
+    env: dict[str, str] = field(default_factory=dict)  # e.g. SOFTHSM2_CONF
+
+    @property
+    def key_uri(self) -> str:
+        """RFC 7512 URI of the private key (without the PIN)."""
+        return (
+            f"pkcs11:token={pct(self.token_label)};"
+            f"id={pct_bytes(bytes.fromhex(self.key_id_hex))};type=private"
+        )
+
+
+def pct(text: str) -> str:
+    """Percent-encode a URI path attribute value (RFC 7512 pchar)."""
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
+    return "".join(c if c in safe else pct_bytes(c.encode()) for c in text)
+
+
+def pct_bytes(data: bytes) -> str:
+    return "".join(f"%{b:02x}" for b in data)
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """What the client process did; the server's view is reported separately."""
+
+    client: str
+    returncode: int | None
+    timed_out: bool
+    duration_s: float
+    log_path: Path
+    error: str | None = None  # the client's own error line, CKR code if it printed one
+
+
+class Client(abc.ABC):
+    """One TLS client implementation (a program driven by the harness)."""
+
+    name: str = ""  # as in test ids: openssl-engine, gnutls, ...
+    marker: str = ""  # pytest marker: openssl_engine, gnutls, ...
+
+    @abc.abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """None when the client can run here, else why not (for a skip)."""
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """Version string for the report header."""
+
+    @abc.abstractmethod
+    def handshake(self, job: HandshakeJob) -> ClientResult:
+        """Run one full handshake; never raise for a failed handshake."""
+
+    def close(self) -> None:
+        """Release long-lived resources (a warm JVM); default: nothing."""

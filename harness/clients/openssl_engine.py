@@ -1,0 +1,62 @@
+"""`openssl s_client` with the libp11 PKCS#11 engine."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from harness.clients.base import Client, ClientResult, HandshakeJob
+from harness.clients.logs import client_error
+from harness.process import base_env, run_logged
+
+ENGINE_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so",
+    "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so",
+    "/usr/lib/x86_64-linux-gnu/engines-1.1/pkcs11.so",
+    "/usr/lib/aarch64-linux-gnu/engines-1.1/pkcs11.so",
+)
+
+
+def openssl_version() -> str:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return "not installed"
+    out = subprocess.run([openssl, "version"], capture_output=True, text=True, timeout=10)
+    return out.stdout.strip()
+
+
+class OpenSSLEngineClient(Client):
+    name = "openssl-engine"
+    marker = "openssl_engine"
+
+    def unavailable_reason(self) -> str | None:
+        if shutil.which("openssl") is None:
+            return "openssl not found: install openssl"
+        if not any(Path(p).is_file() for p in ENGINE_CANDIDATES):
+            return "libp11 engine (engines-3/pkcs11.so) not found: install libengine-pkcs11-openssl"
+        return None
+
+    def version(self) -> str:
+        return f"{openssl_version()}, libp11 engine"
+
+    def handshake(self, job: HandshakeJob) -> ClientResult:
+        openssl = shutil.which("openssl") or "openssl"
+        argv = [
+            openssl, "s_client", "-connect", f"{job.host}:{job.port}",
+            "-engine", "pkcs11", "-keyform", "engine", "-key", job.key_uri,
+            # The PIN goes through the environment, never argv or a log.
+            "-pass", "env:P11TLS_PIN",
+            "-cert", str(job.cert_pem), "-CAfile", str(job.ca_pem),
+            "-verify_return_error", "-tls" + job.tls.value.replace(".", "_"),
+        ]
+        # PKCS11_MODULE_PATH makes libp11 load exactly this module, not p11-kit-proxy.
+        env = base_env({**job.env, "PKCS11_MODULE_PATH": str(job.module), "P11TLS_PIN": job.pin})
+        proc = run_logged(argv, env=env, log_path=job.log_path, timeout=job.timeout_s)
+        # libp11 segfaults at exit after any engine failure, so the exit code
+        # alone says little; the server's view decides the outcome.
+        return ClientResult(
+            client=self.name, returncode=proc.returncode, timed_out=proc.timed_out,
+            duration_s=proc.duration_s, log_path=job.log_path,
+            error=None if proc.returncode == 0 else client_error(job.log_path),
+        )

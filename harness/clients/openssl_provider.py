@@ -1,0 +1,77 @@
+"""`openssl s_client` with pkcs11-provider (OpenSSL 3 provider; Debian 13+)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness.clients.base import Client, ClientResult, HandshakeJob
+from harness.clients.logs import client_error
+from harness.clients.openssl_engine import openssl_version
+from harness.process import base_env, run_logged
+
+PROVIDER_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so",
+    "/usr/lib/aarch64-linux-gnu/ossl-modules/pkcs11.so",
+    "/usr/lib64/ossl-modules/pkcs11.so",
+)
+
+CONFIG = """\
+openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+[provider_sect]
+default = default_sect
+pkcs11 = pkcs11_sect
+[default_sect]
+activate = 1
+[pkcs11_sect]
+module = {provider}
+pkcs11-module-path = {module}
+pkcs11-module-token-pin = file:{pin_file}
+activate = 1
+"""
+
+
+def find_provider() -> Path | None:
+    return next((Path(p) for p in PROVIDER_CANDIDATES if Path(p).is_file()), None)
+
+
+class OpenSSLProviderClient(Client):
+    name = "openssl-provider"
+    marker = "openssl_provider"
+
+    def unavailable_reason(self) -> str | None:
+        if shutil.which("openssl") is None:
+            return "openssl not found: install openssl"
+        if find_provider() is None:
+            return ("pkcs11-provider not installed (ossl-modules/pkcs11.so): "
+                    "install pkcs11-provider (Debian 13 and later)")
+        return None
+
+    def version(self) -> str:
+        return f"{openssl_version()}, pkcs11-provider"
+
+    def handshake(self, job: HandshakeJob) -> ClientResult:
+        openssl = shutil.which("openssl") or "openssl"
+        # The PIN file and config live in a private directory outside reports/.
+        with tempfile.TemporaryDirectory(prefix="p11tls-provider-") as private:
+            pin_file = Path(private) / "pin"
+            pin_file.write_text(job.pin)
+            pin_file.chmod(0o600)
+            conf = Path(private) / "openssl.cnf"
+            conf.write_text(CONFIG.format(provider=find_provider(), module=job.module,
+                                          pin_file=pin_file))
+            argv = [
+                openssl, "s_client", "-connect", f"{job.host}:{job.port}",
+                "-key", job.key_uri, "-cert", str(job.cert_pem), "-CAfile", str(job.ca_pem),
+                "-verify_return_error", "-tls" + job.tls.value.replace(".", "_"),
+            ]
+            env = base_env({**job.env, "OPENSSL_CONF": str(conf)})
+            proc = run_logged(argv, env=env, log_path=job.log_path, timeout=job.timeout_s)
+        return ClientResult(
+            client=self.name, returncode=proc.returncode, timed_out=proc.timed_out,
+            duration_s=proc.duration_s, log_path=job.log_path,
+            error=None if proc.returncode == 0 else client_error(job.log_path),
+        )

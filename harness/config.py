@@ -1,0 +1,126 @@
+"""One place that resolves the harness's settings.
+
+Precedence: command line > ini file > environment > default. The pytest
+plugin and the CLI both hand their raw values to `resolve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import ConfigError
+from harness.keys import KEYS, KeySpec, key_spec
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # option / ini key without dashes: p11_module
+    env: str | None  # environment variable, if any
+    help: str
+    default: str | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("p11_module", "PKCS11_MODULE",
+           "PKCS#11 module to test (default: a throw-away SoftHSM2 token)"),
+    Option("p11_token_label", "PKCS11_TOKEN_LABEL",
+           "label of the token to use (required with --p11-module)"),
+    Option("p11_pin", "PKCS11_TOKEN_PIN", "user PIN of the token"),
+    Option("p11_reports", "P11TLS_REPORTS", "directory for results.json and logs",
+           "reports"),
+    Option("p11_timeout", "P11TLS_TIMEOUT", "seconds allowed per handshake", "20"),
+    Option("p11_keys", "P11TLS_KEYS",
+           "key types of the matrix, comma-separated, or 'all'", "rsa2048,p256,p384"),
+    Option("p11_clients", "P11TLS_CLIENTS",
+           "TLS clients of the matrix, comma-separated, or 'all'", "all"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    module: Path | None  # None: the embedded SoftHSM2 default
+    token_label: str | None
+    pin: str | None
+    reports: Path
+    timeout_s: float
+    keys: tuple[KeySpec, ...]
+    clients: tuple[str, ...]
+
+    @property
+    def embedded(self) -> bool:
+        return self.module is None
+
+
+def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
+          env: Mapping[str, str]) -> str | None:
+    for source in (cli, ini):
+        value = source.get(option.name)
+        if value not in (None, ""):
+            return str(value)
+    if option.env and env.get(option.env):
+        return env[option.env]
+    return option.default
+
+
+def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
+            env: Mapping[str, str]) -> Settings:
+    """Settings from the three sources; raises ConfigError on bad values."""
+    raw = {o.name: _pick(o, cli, ini, env) for o in OPTIONS}
+    module = Path(raw["p11_module"]).expanduser() if raw["p11_module"] else None
+    if module is not None:
+        if not module.exists():
+            raise ConfigError(
+                f"PKCS#11 module {module} does not exist: check --p11-module / PKCS11_MODULE"
+            )
+        if not raw["p11_token_label"]:
+            raise ConfigError(
+                f"--p11-module {module} needs --p11-token-label (or PKCS11_TOKEN_LABEL): "
+                "the harness never guesses which token to write to"
+            )
+        if raw["p11_pin"] is None:
+            raise ConfigError(
+                "--p11-module needs the user PIN: pass --p11-pin or set PKCS11_TOKEN_PIN"
+            )
+    try:
+        timeout = float(raw["p11_timeout"] or 0)
+    except ValueError:
+        raise ConfigError(f"--p11-timeout must be a number of seconds, not {raw['p11_timeout']!r}")
+    if timeout <= 0:
+        raise ConfigError("--p11-timeout must be a positive number of seconds")
+    return Settings(
+        keys=parse_keys(raw["p11_keys"] or ""),
+        clients=parse_clients(raw["p11_clients"] or ""),
+        module=module,
+        token_label=raw["p11_token_label"],
+        pin=raw["p11_pin"],
+        reports=Path(raw["p11_reports"] or "reports"),
+        timeout_s=timeout,
+    )
+
+
+def parse_keys(text: str) -> tuple[KeySpec, ...]:
+    """`--p11-keys`: comma-separated key names, or `all`."""
+    if text.strip() == "all":
+        return tuple(KEYS.values())
+    keys = tuple(key_spec(name.strip()) for name in text.split(",") if name.strip())
+    if not keys:
+        raise ConfigError(f"--p11-keys is empty: name some of {', '.join(KEYS)} or 'all'")
+    return keys
+
+
+def parse_clients(text: str) -> tuple[str, ...]:
+    """`--p11-clients`: comma-separated client names, or `all`."""
+    from harness.clients import CLIENTS
+
+    if text.strip() == "all":
+        return tuple(CLIENTS)
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [n for n in names if n not in CLIENTS]
+    if unknown or not names:
+        raise ConfigError(
+            f"unknown client {', '.join(unknown) or '(none given)'} in --p11-clients: "
+            f"choose from {', '.join(CLIENTS)} or 'all'"
+        )
+    return names

@@ -1,0 +1,164 @@
+"""pytest plugin: options, markers, the matrix parametrization, fixtures and
+the end-of-run report. All real work happens in the library (runner.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.clients import CLIENTS
+from harness.config import OPTIONS, Settings, resolve
+from harness.errors import HarnessError
+from harness.matrix import cases, expected_failure, load_known_failures
+from harness.record import HandshakeRecord, write_results
+from harness.report import terminal_matrix
+
+MARKERS = {
+    "tls12": "TLS 1.2 handshake cases",
+    "tls13": "TLS 1.3 handshake cases",
+    "rsa": "RSA keys",
+    "ecdsa": "ECDSA keys (P-256, P-384, P-521)",
+    "eddsa": "EdDSA keys (Ed25519)",
+    "generate": "keys generated on the token (C_GenerateKeyPair)",
+    "import": "keys imported into the token (C_CreateObject)",
+    **{cls.marker: f"the {name} client" for name, cls in CLIENTS.items()},
+}
+RECORD_PROPERTY = "p11tls_record"
+settings_key = pytest.StashKey[Settings]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("p11tls", "PKCS#11 TLS client-auth harness")
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        env = f" [env {option.env}]" if option.env else ""
+        default = f" (default: {option.default})" if option.default else ""
+        group.addoption(flag, dest=option.name, default=None,
+                        help=option.help + env + default)
+        parser.addini(option.name, option.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    cli = {o.name: config.getoption(o.name) for o in OPTIONS}
+    ini = {o.name: config.getini(o.name) for o in OPTIONS}
+    try:
+        settings = resolve(cli, ini, os.environ)
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if not settings.reports.is_absolute():
+        settings = Settings(**{**settings.__dict__,
+                               "reports": config.invocation_params.dir / settings.reports})
+    config.stash[settings_key] = settings
+    if not hasattr(config, "workerinput"):  # only the controller writes reports
+        config.pluginmanager.register(RecordCollector(settings), "p11tls-records")
+
+
+def _version(argv: list[str]) -> str:
+    if shutil.which(argv[0]) is None:
+        return "not installed"
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return ((out.stdout or out.stderr).splitlines() or ["unknown"])[0].strip()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash[settings_key]
+    if settings.module is None:
+        module = "embedded default: throw-away SoftHSM2 token"
+        module += f" ({_version(['softhsm2-util', '--version'])})"
+    else:
+        module = f"{settings.module}, token {settings.token_label!r}"
+    try:
+        from importlib.metadata import version
+
+        pkcs11_version = version("python-pkcs11")
+    except Exception:  # noqa: BLE001 - a header must never break the run
+        pkcs11_version = "unknown"
+    return [
+        f"p11tls module: {module}",
+        f"p11tls clients: {_version(['openssl', 'version'])}; "
+        f"{_version(['gnutls-cli', '--version'])}; python-pkcs11 {pkcs11_version}",
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "p11_case" not in metafunc.fixturenames:
+        return
+    settings = metafunc.config.stash[settings_key]
+    known = load_known_failures()
+    params = []
+    for case in cases(list(settings.clients), settings.keys):
+        marks = [getattr(pytest.mark, m) for m in case.markers]
+        reason = expected_failure(case, known)
+        if reason:
+            marks.append(pytest.mark.xfail(reason=reason, strict=True))
+        params.append(pytest.param(case, id=case.case_id, marks=marks))
+    metafunc.parametrize("p11_case", params)
+
+
+@pytest.fixture(scope="session")
+def p11_settings(pytestconfig: pytest.Config) -> Settings:
+    """The resolved harness settings (module, token, PIN, reports directory)."""
+    return pytestconfig.stash[settings_key]
+
+
+@pytest.fixture(scope="session")
+def p11_runner(p11_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's MatrixRunner: token (throw-away SoftHSM2 by default), CA, keys.
+
+    Each pytest-xdist worker gets its own. A bad module, token label or PIN
+    ends the whole run with one line: the PIN is never tried twice.
+    """
+    from harness.runner import MatrixRunner
+
+    try:
+        runner = MatrixRunner(p11_settings, workdir=tmp_path_factory.mktemp("p11tls"))
+    except HarnessError as exc:
+        pytest.exit(f"p11tls: {exc}", returncode=3)
+    yield runner
+    runner.close()
+
+
+@pytest.fixture
+def p11_record(request: pytest.FixtureRequest) -> Any:
+    """Call with a HandshakeRecord to put it into reports/results.json."""
+
+    def record(handshake: HandshakeRecord) -> None:
+        request.node.user_properties.append((RECORD_PROPERTY, handshake.to_json()))
+
+    return record
+
+
+class RecordCollector:
+    """Collects HandshakeRecords in the controller (xdist workers' records too,
+    as they travel in report.user_properties) and writes the reports at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.records: list[HandshakeRecord] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == RECORD_PROPERTY and report.when == "call":
+                self.records.append(HandshakeRecord(**value))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.records:
+            write_results(self.records, self.settings.reports / "results.json")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.records:
+            return
+        terminalreporter.section("PKCS#11 TLS client-auth matrix")
+        terminalreporter.write_line(terminal_matrix(self.records))
+        terminalreporter.write_line(f"results: {self.settings.reports / 'results.json'}")

@@ -1,0 +1,221 @@
+"""Putting keys and their client certificates on the token.
+
+Each key is either generated on the token (C_GenerateKeyPair: private key
+sensitive and not extractable) or imported (made on the host with
+cryptography and stored with C_CreateObject, with the template shape of
+seed 000). The private key, public key and certificate share one CKA_ID and
+CKA_LABEL that are unique to this run, so the harness can find, use and
+later remove exactly the objects it created and nothing else.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11exc
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+from harness.ca import PublicKey, TestCA, write_pem
+from harness.errors import TokenError
+from harness.keys import Algorithm, KeySpec, Provisioning
+from harness.token import Token
+
+RSA_EXPONENT = 65537
+
+
+@dataclass(frozen=True)
+class ProvisionedKey:
+    """A key pair and certificate the harness put on the token."""
+
+    spec: KeySpec
+    provisioning: Provisioning
+    label: str
+    id_hex: str
+    cert_pem: Path
+
+
+class ProvisioningRefused(TokenError):
+    """The token refused to create the key (e.g. import not supported)."""
+
+    def __init__(self, message: str, ckr: str) -> None:
+        super().__init__(message)
+        self.ckr = ckr
+
+
+def ckr_name(exc: BaseException) -> str:
+    """CKR_ name for a python-pkcs11 exception (best effort)."""
+    name = type(exc).__name__
+    known = {
+        "GeneralError": "CKR_GENERAL_ERROR", "MechanismInvalid": "CKR_MECHANISM_INVALID",
+        "AttributeValueInvalid": "CKR_ATTRIBUTE_VALUE_INVALID",
+        "TemplateInconsistent": "CKR_TEMPLATE_INCONSISTENT",
+        "TemplateIncomplete": "CKR_TEMPLATE_INCOMPLETE",
+        "FunctionFailed": "CKR_FUNCTION_FAILED", "DeviceError": "CKR_DEVICE_ERROR",
+        "DeviceRemoved": "CKR_DEVICE_REMOVED", "FunctionNotSupported": "CKR_FUNCTION_NOT_SUPPORTED",
+        "AttributeTypeInvalid": "CKR_ATTRIBUTE_TYPE_INVALID", "KeySizeRange": "CKR_KEY_SIZE_RANGE",
+        "DomainParamsInvalid": "CKR_DOMAIN_PARAMS_INVALID",
+    }
+    return known.get(name, f"CKR_? ({name})")
+
+
+def _ec_point(public_key: Any) -> bytes:
+    raw = public_key.public_bytes(serialization.Encoding.X962,
+                                  serialization.PublicFormat.UncompressedPoint)
+    return b"\x04" + bytes([len(raw)]) + raw if len(raw) < 128 else (
+        b"\x04\x81" + bytes([len(raw)]) + raw)
+
+
+def _int_bytes(n: int) -> bytes:
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+class Provisioner:
+    """Creates keys and certificates on one token and removes them again."""
+
+    def __init__(self, token: Token, ca: TestCA, workdir: Path, run_tag: str) -> None:
+        self.token = token
+        self.ca = ca
+        self.workdir = workdir
+        self.run_tag = run_tag
+        self.created: list[bytes] = []  # CKA_IDs of objects this run created
+
+    def provision(self, spec: KeySpec, provisioning: Provisioning) -> ProvisionedKey:
+        label = f"p11tls-{self.run_tag}-{spec.name}-{provisioning.value}"
+        key_id = secrets.token_bytes(8)
+        session = self.token.session
+        self.created.append(key_id)
+        try:
+            if provisioning is Provisioning.GENERATE:
+                public_key = self._generate(session, spec, label, key_id)
+            else:
+                public_key = self._import(session, spec, label, key_id)
+        except p11exc.PKCS11Error as exc:
+            ckr = ckr_name(exc)
+            raise ProvisioningRefused(
+                f"token refused to {provisioning.value} a {spec.name} key: {ckr}", ckr
+            ) from None
+        cert = self.ca.issue_client_cert(public_key, label)
+        session.create_object({
+            Attribute.CLASS: ObjectClass.CERTIFICATE,
+            Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.ID: key_id,
+            Attribute.LABEL: label,
+            Attribute.SUBJECT: cert.subject.public_bytes(),
+            Attribute.ISSUER: cert.issuer.public_bytes(),
+            Attribute.SERIAL_NUMBER: _der_integer(cert.serial_number),
+            Attribute.VALUE: cert.public_bytes(serialization.Encoding.DER),
+        })
+        cert_pem = write_pem(cert, self.workdir / f"{label}.pem")
+        return ProvisionedKey(spec, provisioning, label, key_id.hex(), cert_pem)
+
+    # -- generate on the token -------------------------------------------------
+    def _generate(self, session: Any, spec: KeySpec, label: str, key_id: bytes) -> PublicKey:
+        common = {Attribute.TOKEN: True, Attribute.ID: key_id, Attribute.LABEL: label}
+        private = {**common, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                   Attribute.EXTRACTABLE: False, Attribute.SIGN: True}
+        public = {**common, Attribute.VERIFY: True}
+        if spec.algorithm is Algorithm.RSA:
+            pub, _ = session.generate_keypair(
+                KeyType.RSA, spec.bits, store=True, id=key_id, label=label,
+                public_template={**public, Attribute.PUBLIC_EXPONENT: _int_bytes(RSA_EXPONENT)},
+                private_template=private,
+            )
+            return rsa.RSAPublicNumbers(
+                int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big"),
+                int.from_bytes(pub[Attribute.MODULUS], "big"),
+            ).public_key()
+        key_type, mechanism = (
+            (KeyType.EC, Mechanism.EC_KEY_PAIR_GEN) if spec.algorithm is Algorithm.ECDSA
+            else (KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN)
+        )
+        params = session.create_domain_parameters(
+            key_type, {Attribute.EC_PARAMS: bytes.fromhex(spec.ec_params_hex or "")}, local=True
+        )
+        pub, _ = params.generate_keypair(
+            store=True, id=key_id, label=label, mechanism=mechanism,
+            public_template=public, private_template=private,
+        )
+        if spec.algorithm is Algorithm.EDDSA:
+            point = pub[Attribute.EC_POINT]
+            raw = point[2:] if len(point) == 34 and point[0] == 0x04 else point
+            return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+        loaded = serialization.load_der_public_key(encode_ec_public_key(pub))
+        assert isinstance(loaded, ec.EllipticCurvePublicKey)
+        return loaded
+
+    # -- import (C_CreateObject) -----------------------------------------------
+    def _import(self, session: Any, spec: KeySpec, label: str, key_id: bytes) -> PublicKey:
+        # The template follows seed 000 (Pkcs11Interop importing to a Nitrokey):
+        # class, key type, label, id, token, sensitive, params, value.
+        common = {Attribute.TOKEN: True, Attribute.ID: key_id, Attribute.LABEL: label}
+        private: dict[Any, Any] = {**common, Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                   Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                                   Attribute.SIGN: True}
+        public: dict[Any, Any] = {**common, Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                                  Attribute.VERIFY: True}
+        if spec.algorithm is Algorithm.RSA:
+            key = rsa.generate_private_key(RSA_EXPONENT, spec.bits)
+            n = key.private_numbers()
+            pn = n.public_numbers
+            public.update({Attribute.KEY_TYPE: KeyType.RSA, Attribute.MODULUS: _int_bytes(pn.n),
+                           Attribute.PUBLIC_EXPONENT: _int_bytes(pn.e)})
+            private.update({
+                Attribute.KEY_TYPE: KeyType.RSA, Attribute.MODULUS: _int_bytes(pn.n),
+                Attribute.PUBLIC_EXPONENT: _int_bytes(pn.e),
+                Attribute.PRIVATE_EXPONENT: _int_bytes(n.d),
+                Attribute.PRIME_1: _int_bytes(n.p), Attribute.PRIME_2: _int_bytes(n.q),
+                Attribute.EXPONENT_1: _int_bytes(n.dmp1), Attribute.EXPONENT_2: _int_bytes(n.dmq1),
+                Attribute.COEFFICIENT: _int_bytes(n.iqmp),
+            })
+            public_key: PublicKey = key.public_key()
+        elif spec.algorithm is Algorithm.ECDSA:
+            eckey = ec.generate_private_key(getattr(ec, spec.curve.upper())())  # type: ignore[union-attr]
+            params = encode_named_curve_parameters(spec.curve)
+            size = (spec.bits + 7) // 8
+            private.update({Attribute.KEY_TYPE: KeyType.EC, Attribute.EC_PARAMS: params,
+                            Attribute.VALUE: eckey.private_numbers().private_value.to_bytes(size, "big")})
+            public.update({Attribute.KEY_TYPE: KeyType.EC, Attribute.EC_PARAMS: params,
+                           Attribute.EC_POINT: _ec_point(eckey.public_key())})
+            public_key = eckey.public_key()
+        else:
+            edkey = ed25519.Ed25519PrivateKey.generate()
+            params = bytes.fromhex(spec.ec_params_hex or "")
+            raw_private = edkey.private_bytes(serialization.Encoding.Raw,
+                                              serialization.PrivateFormat.Raw,
+                                              serialization.NoEncryption())
+            raw_public = edkey.public_key().public_bytes(serialization.Encoding.Raw,
+                                                         serialization.PublicFormat.Raw)
+            private.update({Attribute.KEY_TYPE: KeyType.EC_EDWARDS, Attribute.EC_PARAMS: params,
+                            Attribute.VALUE: raw_private})
+            public.update({Attribute.KEY_TYPE: KeyType.EC_EDWARDS, Attribute.EC_PARAMS: params,
+                           Attribute.EC_POINT: b"\x04\x20" + raw_public})
+            public_key = edkey.public_key()
+        session.create_object(private)
+        session.create_object(public)
+        return public_key
+
+    def remove_created(self) -> int:
+        """Destroy every object this run created (found by its CKA_ID); count them."""
+        removed = 0
+        session = self.token.session
+        for key_id in self.created:
+            for obj in list(session.get_objects({Attribute.ID: key_id})):
+                label = obj[Attribute.LABEL]
+                if label.startswith(f"p11tls-{self.run_tag}-"):  # ours, by construction
+                    obj.destroy()
+                    removed += 1
+        self.created.clear()
+        return removed
+
+
+def _der_integer(n: int) -> bytes:
+    body = n.to_bytes((n.bit_length() + 8) // 8, "big")
+    return b"\x02" + bytes([len(body)]) + body

@@ -1,0 +1,184 @@
+"""Runs matrix cases: token → keys (+CA) → server + client → HandshakeRecord.
+
+Usable without pytest (the plugin wraps it in fixtures). One MatrixRunner per
+process: it loads the PKCS#11 module once, creates the throw-away SoftHSM2
+token when no module is configured, provisions each key the first time a
+case needs it, and removes what it created when closed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.ca import TestCA
+from harness.clients import CLIENTS
+from harness.clients.base import Client, HandshakeJob
+from harness.config import Settings
+from harness.errors import HarnessError
+from harness.keys import Algorithm, KeySpec, Provisioning
+from harness.matrix import Case, expected_failure, load_known_failures
+from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
+from harness.record import HandshakeRecord, Outcome
+from harness.server import HandshakeServer
+from harness.softhsm import TemporarySoftHSM
+from harness.token import Token, TokenInfo
+
+EMBEDDED_LABEL = "p11tls"
+# libp11 cannot enumerate a token holding an Ed25519 key, so on the embedded
+# default Ed25519 lives on a token of its own.
+EMBEDDED_EDDSA_LABEL = "p11tls-eddsa"
+
+
+class MatrixRunner:
+    def __init__(self, settings: Settings, workdir: Path | None = None) -> None:
+        self.settings = settings
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="p11tls-"))
+        self._own_workdir = workdir is None
+        self.run_tag = secrets.token_hex(3)
+        self.softhsm: TemporarySoftHSM | None = None
+        self.env: dict[str, str] = {}
+        self.tokens: dict[str, Token] = {}
+        self.provisioners: dict[str, Provisioner] = {}
+        self.keys: dict[tuple[str, Provisioning], ProvisionedKey | ProvisioningRefused] = {}
+        self.clients: dict[str, Client] = {}
+        self.ca = TestCA(self.workdir / "ca")
+        self.known_failures = load_known_failures()
+        if settings.module is None:
+            self.softhsm = TemporarySoftHSM(self.workdir / "softhsm")
+            self.softhsm.activate()  # python-pkcs11 in this process reads it too
+            self.env = dict(self.softhsm.env)
+            self.module = self.softhsm.module
+            self.pin = secrets.token_hex(4)
+            self.token_labels = {"main": EMBEDDED_LABEL, "eddsa": EMBEDDED_EDDSA_LABEL}
+            for label in self.token_labels.values():
+                self.softhsm.init_token(label, self.pin)
+        else:
+            self.module = settings.module
+            self.pin = settings.pin or ""
+            assert settings.token_label is not None
+            self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
+        self.main_token = self._token("main")  # fails fast on a bad module/label/PIN
+        _ = self.main_token.session
+
+    # -- tokens and keys ---------------------------------------------------------
+    def _token(self, role: str) -> Token:
+        label = self.token_labels[role]
+        if label not in self.tokens:
+            self.tokens[label] = Token(self.module, label, self.pin)
+            self.provisioners[label] = Provisioner(
+                self.tokens[label], self.ca, self.workdir, self.run_tag)
+        return self.tokens[label]
+
+    def token_label_for(self, key: KeySpec) -> str:
+        return self.token_labels["eddsa" if key.algorithm is Algorithm.EDDSA else "main"]
+
+    def token_info(self) -> TokenInfo:
+        return self.main_token.info()
+
+    def key(self, spec: KeySpec, provisioning: Provisioning) -> ProvisionedKey:
+        """The provisioned key for (spec, provisioning), made on first use."""
+        slot = (spec.name, provisioning)
+        if slot not in self.keys:
+            role = "eddsa" if spec.algorithm is Algorithm.EDDSA else "main"
+            self._token(role)
+            try:
+                self.keys[slot] = self.provisioners[self.token_labels[role]].provision(
+                    spec, provisioning)
+            except ProvisioningRefused as refused:
+                self.keys[slot] = refused
+        result = self.keys[slot]
+        if isinstance(result, ProvisioningRefused):
+            raise result
+        return result
+
+    def client(self, name: str) -> Client:
+        if name not in self.clients:
+            if name not in CLIENTS:
+                raise HarnessError(f"unknown client {name!r}: choose one of {', '.join(CLIENTS)}")
+            self.clients[name] = CLIENTS[name]()
+        return self.clients[name]
+
+    # -- one case -----------------------------------------------------------------
+    def module_info(self) -> dict[str, Any]:
+        return self.token_info().as_dict()
+
+    def expected_failure(self, case: Case) -> str | None:
+        """Why `case` is known to fail on this stack, or None."""
+        return expected_failure(case, self.known_failures)
+
+    def run(self, case: Case, *, client_sigalgs: str | None = None) -> HandshakeRecord:
+        record = HandshakeRecord(
+            case_id=case.case_id, client=case.client, key=case.key.name,
+            provisioning=case.provisioning.value, tls=case.tls.value,
+            outcome=Outcome.ERROR.value, module=self._module_summary(), expected=self.expected_failure(case),
+        )
+        client = self.client(case.client)
+        reason = client.unavailable_reason()
+        if reason:
+            record.outcome, record.error = Outcome.SKIP.value, reason
+            return record
+        record.client_version = client.version()
+        try:
+            key = self.key(case.key, case.provisioning)
+        except ProvisioningRefused as refused:
+            record.outcome, record.error = Outcome.FAIL.value, f"provisioning: {refused.ckr}"
+            return record
+        logs = self.settings.reports / "logs" / case.case_id
+        server = HandshakeServer(
+            cert_pem=self.ca.server_cert_pem, key_pem=self.ca.server_key_pem,
+            client_ca_pem=self.ca.ca_pem, tls=case.tls, log_path=logs / "server.log",
+            client_sigalgs=client_sigalgs,
+        )
+        port = server.start()
+        try:
+            job = HandshakeJob(
+                host="127.0.0.1", port=port, tls=case.tls, module=self.module,
+                token_label=self.token_label_for(case.key), pin=self.pin,
+                key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
+                ca_pem=self.ca.ca_pem, log_path=logs / "client.log",
+                timeout_s=self.settings.timeout_s, env=self.env,
+            )
+            result = client.handshake(job)
+        finally:
+            seen = server.finish()
+        record.logs = {"client": str(job.log_path), "server": str(server.log_path)}
+        record.duration_s = round(result.duration_s, 4)
+        record.negotiated_version = seen.negotiated_version
+        record.cipher = seen.cipher
+        record.signature_scheme = seen.signature_scheme
+        record.client_subject = seen.client_subject
+        right_cert = seen.client_subject is not None and key.label in seen.client_subject
+        if seen.accepted and right_cert:
+            record.outcome = Outcome.OK.value
+        else:
+            record.outcome = Outcome.FAIL.value
+            if result.timed_out:
+                record.error = f"client timed out after {self.settings.timeout_s:g} s"
+            else:
+                record.error = result.error or seen.error or (
+                    "client never reached the server" if not seen.connected
+                    else "server rejected the handshake")
+        return record
+
+    def _module_summary(self) -> dict[str, Any]:
+        if not hasattr(self, "_summary"):
+            self._summary = self.module_info()
+            self._summary["embedded"] = self.softhsm is not None
+        return dict(self._summary)
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        for provisioner in self.provisioners.values():
+            if self.softhsm is None:  # a user's token: remove exactly what we made
+                provisioner.remove_created()
+        for token in self.tokens.values():
+            token.close()
+        if self.softhsm is not None:
+            self.softhsm.remove()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)

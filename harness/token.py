@@ -1,0 +1,125 @@
+"""Opening a PKCS#11 module and one token in it, with the token-safety rules.
+
+Safety: the harness never initialises a token it did not create, logs in at
+most once per process (a wrong PIN is never retried: cards lock), and only
+ever destroys objects it created itself (see provision.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pkcs11
+from pkcs11 import exceptions as p11exc
+
+from harness.errors import ConfigError, TokenError
+
+# Set after the first refused login in this process; every later attempt
+# raises at once instead of sending the PIN to the token again.
+_refused_login: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    module: str
+    library: str  # description and version of the module
+    label: str
+    model: str
+    manufacturer: str
+    firmware: str
+    mechanisms: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.module, "library": self.library, "token_label": self.label,
+            "model": self.model, "manufacturer": self.manufacturer, "firmware": self.firmware,
+        }
+
+
+def load_module(path: Path) -> Any:
+    """python-pkcs11 lib for `path`; ConfigError when it is not a PKCS#11 module."""
+    if not path.is_file():
+        raise ConfigError(f"PKCS#11 module {path} does not exist: check --p11-module")
+    try:
+        return pkcs11.lib(str(path))
+    except p11exc.PKCS11Error as exc:
+        detail = str(exc).split(": ")[-1]
+        raise ConfigError(
+            f"{path} is not a loadable PKCS#11 module ({detail}): pass the module's .so "
+            "(for example /usr/lib/softhsm/libsofthsm2.so)"
+        ) from None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace").strip()
+    return str(value).strip()
+
+
+def _version(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ".".join(str(v) for v in value)
+    return _text(value)
+
+
+class Token:
+    """A token found by label in a loaded module, with one logged-in session."""
+
+    def __init__(self, module: Path, label: str, pin: str) -> None:
+        self.module_path = module
+        self.lib = load_module(module)
+        try:
+            self.token = self.lib.get_token(token_label=label)
+        except p11exc.NoSuchToken:
+            labels = [_text(s.get_token().label) for s in self.lib.get_slots(token_present=True)]
+            raise TokenError(
+                f"no token labelled {label!r} in {module}; tokens present: "
+                f"{', '.join(map(repr, labels)) or 'none'} (check --p11-token-label)"
+            ) from None
+        except p11exc.MultipleTokensReturned:
+            raise TokenError(
+                f"more than one token labelled {label!r} in {module}: the harness needs a "
+                "unique label"
+            ) from None
+        self.label = label
+        self._pin = pin
+        self._session: Any = None
+
+    def info(self) -> TokenInfo:
+        slot = self.token.slot
+        return TokenInfo(
+            module=str(self.module_path),
+            library=f"{_text(self.lib.library_description)} {_version(self.lib.library_version)}",
+            label=self.label,
+            model=_text(self.token.model),
+            manufacturer=_text(self.token.manufacturer_id),
+            firmware=_version(getattr(slot, "firmware_version", "")),
+            mechanisms=tuple(sorted(str(m.name) for m in slot.get_mechanisms())),
+        )
+
+    @property
+    def session(self) -> Any:
+        """The read-write, logged-in session (opened on first use)."""
+        global _refused_login
+        if self._session is None:
+            if _refused_login is not None:
+                raise TokenError(_refused_login)
+            try:
+                self._session = self.token.open(rw=True, user_pin=self._pin)
+            except (p11exc.PinIncorrect, p11exc.PinLenRange, p11exc.PinInvalid) as exc:
+                _refused_login = (
+                    f"token {self.label!r} refused the PIN ({type(exc).__name__}); it was "
+                    "tried once and will not be retried: check --p11-pin / PKCS11_TOKEN_PIN"
+                )
+                raise TokenError(_refused_login) from None
+            except p11exc.PinLocked:
+                _refused_login = f"token {self.label!r} is locked (CKR_PIN_LOCKED): unblock it first"
+                raise TokenError(_refused_login) from None
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the harness needs, and only those missing.
+# Idempotent and quiet when everything is there; works on Debian 12 and 13,
+# as root or through sudo.
+set -euo pipefail
+
+required=(
+  softhsm2                  # the embedded default token
+  opensc                    # pkcs11-tool, pkcs11-spy
+  libengine-pkcs11-openssl  # libp11 engine: the openssl-engine client
+  gnutls-bin                # gnutls-cli: the gnutls client
+  openssl
+  gcc libc6-dev libp11-kit-dev libssl-dev  # building the C interposer
+  python3 python3-venv python3-pip
+)
+optional=(pkcs11-provider)  # the openssl-provider client; Debian 13 and later
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+# A JDK >= 17 for the Java client: keep one that is there, else the distribution's default.
+have_jdk() {
+  local javac version
+  javac=$(command -v javac) || return 1
+  version=$("$javac" -version 2>&1 | sed -n 's/^javac \([0-9]*\).*/\1/p')
+  [ -n "$version" ] && [ "$version" -ge 17 ]
+}
+have_jdk || required+=(default-jdk-headless)
+
+missing=()
+for pkg in "${required[@]}"; do
+  case "$pkg" in
+    python3|python3-venv|python3-pip)
+      # A python3 with venv (pyenv, a distribution build) is enough.
+      python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=("$pkg") ;;
+    *) installed "$pkg" || missing+=("$pkg") ;;
+  esac
+done
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo=sudo
+fi
+
+updated=no
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  updated=yes
+fi
+for pkg in "${optional[@]}"; do
+  if ! installed "$pkg"; then
+    if [ "$updated" = no ] && ! compgen -G "/var/lib/apt/lists/*Packages*" >/dev/null; then
+      $sudo apt-get update -qq; updated=yes
+    fi
+    if apt-cache show "$pkg" >/dev/null 2>&1; then
+      missing+=("$pkg")
+    fi
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
