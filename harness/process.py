@@ -85,8 +85,13 @@ def run_logged(
 
 
 def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A small explicit environment for a client process."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "JAVA_HOME", "SOFTHSM2_CONF")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
+    """The environment of a client process: this process's own (a vendor module
+    may need its variables, e.g. PKCS11SPY or YUBIHSM_PKCS11_CONF) without the
+    variables that would load another OpenSSL configuration, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_VARIABLES}
     env.update(extra or {})
     return env
+
+
+# OPENSSL_CONF could load another engine/provider section than the harness's.
+DROPPED_VARIABLES = frozenset({"OPENSSL_CONF", "PKCS11_MODULE_PATH"})

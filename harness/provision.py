@@ -85,7 +85,13 @@ class Provisioner:
         self.run_tag = run_tag
         self.created: list[bytes] = []  # CKA_IDs of objects this run created
 
-    def provision(self, spec: KeySpec, provisioning: Provisioning) -> ProvisionedKey:
+    def provision(self, spec: KeySpec, provisioning: Provisioning,
+                  private_key: Any = None) -> ProvisionedKey:
+        """Put a key of `spec` and its certificate on the token.
+
+        `private_key` (a cryptography key, import only) stores that key instead
+        of a fresh one, e.g. to compare with a client using the same key from PEM.
+        """
         label = f"p11tls-{self.run_tag}-{spec.name}-{provisioning.value}"
         key_id = secrets.token_bytes(8)
         session = self.token.session
@@ -94,7 +100,7 @@ class Provisioner:
             if provisioning is Provisioning.GENERATE:
                 public_key = self._generate(session, spec, label, key_id)
             else:
-                public_key = self._import(session, spec, label, key_id)
+                public_key = self._import(session, spec, label, key_id, private_key)
         except p11exc.PKCS11Error as exc:
             ckr = ckr_name(exc)
             raise ProvisioningRefused(
@@ -152,7 +158,8 @@ class Provisioner:
         return loaded
 
     # -- import (C_CreateObject) -----------------------------------------------
-    def _import(self, session: Any, spec: KeySpec, label: str, key_id: bytes) -> PublicKey:
+    def _import(self, session: Any, spec: KeySpec, label: str, key_id: bytes,
+                given: Any = None) -> PublicKey:
         # The template follows seed 000 (Pkcs11Interop importing to a Nitrokey):
         # class, key type, label, id, token, sensitive, params, value.
         common = {Attribute.TOKEN: True, Attribute.ID: key_id, Attribute.LABEL: label}
@@ -162,7 +169,7 @@ class Provisioner:
         public: dict[Any, Any] = {**common, Attribute.CLASS: ObjectClass.PUBLIC_KEY,
                                   Attribute.VERIFY: True}
         if spec.algorithm is Algorithm.RSA:
-            key = rsa.generate_private_key(RSA_EXPONENT, spec.bits)
+            key = given or rsa.generate_private_key(RSA_EXPONENT, spec.bits)
             n = key.private_numbers()
             pn = n.public_numbers
             public.update({Attribute.KEY_TYPE: KeyType.RSA, Attribute.MODULUS: _int_bytes(pn.n),
@@ -177,7 +184,7 @@ class Provisioner:
             })
             public_key: PublicKey = key.public_key()
         elif spec.algorithm is Algorithm.ECDSA:
-            eckey = ec.generate_private_key(getattr(ec, spec.curve.upper())())  # type: ignore[union-attr]
+            eckey = given or ec.generate_private_key(getattr(ec, spec.curve.upper())())  # type: ignore[union-attr]
             params = encode_named_curve_parameters(spec.curve)
             size = (spec.bits + 7) // 8
             private.update({Attribute.KEY_TYPE: KeyType.EC, Attribute.EC_PARAMS: params,
@@ -186,7 +193,7 @@ class Provisioner:
                            Attribute.EC_POINT: _ec_point(eckey.public_key())})
             public_key = eckey.public_key()
         else:
-            edkey = ed25519.Ed25519PrivateKey.generate()
+            edkey = given or ed25519.Ed25519PrivateKey.generate()
             params = bytes.fromhex(spec.ec_params_hex or "")
             raw_private = edkey.private_bytes(serialization.Encoding.Raw,
                                               serialization.PrivateFormat.Raw,

@@ -45,6 +45,7 @@ class MatrixRunner:
         self.provisioners: dict[str, Provisioner] = {}
         self.keys: dict[tuple[str, Provisioning], ProvisionedKey | ProvisioningRefused] = {}
         self.clients: dict[str, Client] = {}
+        self._versions: dict[str, str] = {}
         self.ca = TestCA(self.workdir / "ca")
         self.known_failures = load_known_failures()
         if settings.module is None:
@@ -102,6 +103,11 @@ class MatrixRunner:
             self.clients[name] = CLIENTS[name]()
         return self.clients[name]
 
+    def _client_version(self, client: Client) -> str:
+        if client.name not in self._versions:  # one subprocess per client and run
+            self._versions[client.name] = client.version()
+        return self._versions[client.name]
+
     # -- one case -----------------------------------------------------------------
     def module_info(self) -> dict[str, Any]:
         return self.token_info().as_dict()
@@ -121,7 +127,7 @@ class MatrixRunner:
         if reason:
             record.outcome, record.error = Outcome.SKIP.value, reason
             return record
-        record.client_version = client.version()
+        record.client_version = self._client_version(client)
         try:
             key = self.key(case.key, case.provisioning)
         except ProvisioningRefused as refused:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from harness.clients.logs import short_openssl_error
 from harness.errors import HarnessError, ToolMissing
 from harness.process import kill_group
 from harness.tls import TLSVersion
@@ -158,7 +159,7 @@ def parse_trace(lines: list[str]) -> ServerObservation:
         elif line.startswith("subject="):
             subject = line[len("subject="):].strip()
         elif error is None and ":error:" in line:
-            error = line.split(":", 5)[-1].strip()
+            error = short_openssl_error(line)
     version = "TLSv1.3" if tls13 else (legacy_version.replace("TLS ", "TLSv") if legacy_version else None)
     connected = any(line.startswith("Received Record") for line in lines)
     return ServerObservation(

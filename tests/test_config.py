@@ -1,0 +1,60 @@
+"""Settings resolution: command line > ini > environment > default, and bad values."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import resolve
+from harness.errors import ConfigError
+
+MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
+
+
+def test_defaults_give_the_embedded_softhsm():
+    settings = resolve({}, {}, {})
+    assert settings.module is None and settings.embedded
+    assert [k.name for k in settings.keys] == ["rsa2048", "p256", "p384"]
+    assert settings.timeout_s == 20
+
+
+def test_precedence_cli_over_ini_over_env(tmp_path):
+    env = {"P11TLS_TIMEOUT": "7", "P11TLS_KEYS": "p521"}
+    assert resolve({}, {}, env).timeout_s == 7
+    assert resolve({}, {"p11_timeout": "8"}, env).timeout_s == 8
+    assert resolve({"p11_timeout": "9"}, {"p11_timeout": "8"}, env).timeout_s == 9
+    # empty values do not override a lower source
+    assert resolve({"p11_timeout": None}, {"p11_timeout": ""}, env).timeout_s == 7
+    assert [k.name for k in resolve({"p11_keys": "all"}, {}, env).keys][-1] == "ed25519"
+    assert [k.name for k in resolve({}, {}, env).keys] == ["p521"]
+
+
+def test_module_from_environment_with_label_and_pin(tmp_path):
+    module = tmp_path / "mod.so"
+    module.write_bytes(b"")
+    env = {"PKCS11_MODULE": str(module), "PKCS11_TOKEN_LABEL": "lab", "PKCS11_TOKEN_PIN": "1"}
+    settings = resolve({}, {}, env)
+    assert settings.module == module and settings.token_label == "lab" and settings.pin == "1"
+    assert not settings.embedded
+
+
+@pytest.mark.parametrize(
+    "cli, message",
+    [
+        ({"p11_module": "/nonexistent/lib.so"}, "does not exist"),
+        ({"p11_module": str(MODULE)}, "needs --p11-token-label"),
+        ({"p11_module": str(MODULE), "p11_token_label": "x"}, "needs the user PIN"),
+        ({"p11_timeout": "soon"}, "must be a number"),
+        ({"p11_timeout": "-1"}, "positive"),
+        ({"p11_keys": "p999"}, "unknown key type 'p999'"),
+        ({"p11_keys": ","}, "--p11-keys is empty"),
+        ({"p11_clients": "curl"}, "unknown client curl"),
+    ],
+    ids=["missing-module", "no-label", "no-pin", "timeout-text", "timeout-negative",
+         "unknown-key", "no-keys", "unknown-client"],
+)
+def test_bad_values_are_one_clear_error(cli, message):
+    if "p11_module" in cli and cli["p11_module"] == str(MODULE) and not MODULE.exists():
+        pytest.skip("Requires SoftHSM2 at its Debian path")
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve(cli, {}, {})
+    assert "\n" not in str(info.value)
