@@ -20,6 +20,8 @@ class Option:
     env: str | None  # environment variable, if any
     help: str
     default: str | None = None
+    flag: bool = False  # on the command line a switch without a value
+    repeatable: bool = False  # may be given several times; ini: one per line
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -35,7 +37,20 @@ OPTIONS: tuple[Option, ...] = (
            "key types of the matrix, comma-separated, or 'all'", "rsa2048,p256,p384"),
     Option("p11_clients", "P11TLS_CLIENTS",
            "TLS clients of the matrix, comma-separated, or 'all'", "all"),
+    Option("java", "JAVA_HOME", "JDK (home directory or bin/java) for the Java clients; "
+           "default: JAVA_HOME, else the one on PATH"),
+    Option("java_p11_config", None,
+           "extra SunPKCS11 configuration line for the Java clients", repeatable=True),
+    Option("p11_no_record", "P11TLS_NO_RECORD",
+           "run clients on the module directly, without the recording interposer",
+           flag=True),
+    Option("p11_spy", "P11TLS_SPY",
+           "also chain OpenSC's pkcs11-spy below the interposer; its log is kept per case",
+           flag=True),
 )
+
+TRUE_WORDS = ("1", "yes", "true", "on")
+FALSE_WORDS = ("", "0", "no", "false", "off")
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,10 @@ class Settings:
     timeout_s: float
     keys: tuple[KeySpec, ...]
     clients: tuple[str, ...]
+    java_home: str | None = None
+    java_p11_config: tuple[str, ...] = ()
+    record: bool = True  # clients load the recording interposer
+    spy: bool = False  # pkcs11-spy chained below the interposer
 
     @property
     def embedded(self) -> bool:
@@ -55,6 +74,14 @@ class Settings:
 
 def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
           env: Mapping[str, str]) -> str | None:
+    if option.repeatable:  # lines, joined; the first source that has any wins
+        for source in (cli, ini):
+            lines = source.get(option.name) or []
+            if isinstance(lines, str):
+                lines = lines.splitlines()
+            if lines:
+                return "\n".join(str(line) for line in lines)
+        return None
     for source in (cli, ini):
         value = source.get(option.name)
         if value not in (None, ""):
@@ -90,6 +117,11 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
     if timeout <= 0:
         raise ConfigError("--p11-timeout must be a positive number of seconds")
     return Settings(
+        java_home=raw["java"],
+        java_p11_config=tuple(line for line in (raw["java_p11_config"] or "").splitlines()
+                              if line.strip()),
+        record=not _flag(raw, "p11_no_record"),
+        spy=_flag(raw, "p11_spy"),
         keys=parse_keys(raw["p11_keys"] or ""),
         clients=parse_clients(raw["p11_clients"] or ""),
         module=module,
@@ -98,6 +130,15 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         reports=Path(raw["p11_reports"] or "reports"),
         timeout_s=timeout,
     )
+
+
+def _flag(raw: Mapping[str, str | None], name: str) -> bool:
+    value = (raw[name] or "").strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ConfigError(f"--{name.replace('_', '-')} takes yes or no, not {raw[name]!r}")
 
 
 def parse_keys(text: str) -> tuple[KeySpec, ...]:

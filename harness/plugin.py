@@ -4,10 +4,7 @@ the end-of-run report. All real work happens in the library (runner.py)."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +13,7 @@ from harness.clients import CLIENTS
 from harness.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
 from harness.matrix import cases, expected_failure, load_known_failures
+from harness.process import tool_version
 from harness.record import HandshakeRecord, write_results
 from harness.report import terminal_matrix
 
@@ -39,8 +37,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         flag = "--" + option.name.replace("_", "-")
         env = f" [env {option.env}]" if option.env else ""
         default = f" (default: {option.default})" if option.default else ""
-        group.addoption(flag, dest=option.name, default=None,
-                        help=option.help + env + default)
+        if option.repeatable:
+            group.addoption(flag, dest=option.name, action="append", default=None,
+                            help=option.help + " (repeatable)")
+            parser.addini(option.name, option.help, type="linelist", default=[])
+            continue
+        if option.flag:
+            group.addoption(flag, dest=option.name, action="store_const", const="yes",
+                            default=None, help=option.help + env)
+        else:
+            group.addoption(flag, dest=option.name, default=None,
+                            help=option.help + env + default)
         parser.addini(option.name, option.help, default=None)
 
 
@@ -61,21 +68,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(RecordCollector(settings), "p11tls-records")
 
 
-def _version(argv: list[str]) -> str:
-    if shutil.which(argv[0]) is None:
-        return "not installed"
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return ((out.stdout or out.stderr).splitlines() or ["unknown"])[0].strip()
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[settings_key]
     if settings.module is None:
         module = "embedded default: throw-away SoftHSM2 token"
-        module += f" ({_version(['softhsm2-util', '--version'])})"
+        module += f" ({tool_version(['softhsm2-util', '--version'])})"
     else:
         module = f"{settings.module}, token {settings.token_label!r}"
     try:
@@ -84,11 +81,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         pkcs11_version = version("python-pkcs11")
     except Exception:  # noqa: BLE001 - a header must never break the run
         pkcs11_version = "unknown"
-    return [
-        f"p11tls module: {module}",
-        f"p11tls clients: {_version(['openssl', 'version'])}; "
-        f"{_version(['gnutls-cli', '--version'])}; python-pkcs11 {pkcs11_version}",
-    ]
+    clients = "; ".join([tool_version(["openssl", "version"]),
+                         tool_version(["gnutls-cli", "--version"]),
+                         f"python-pkcs11 {pkcs11_version}"])
+    return [f"p11tls module: {module}", f"p11tls clients: {clients}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -149,7 +145,7 @@ class RecordCollector:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:
-            if name == RECORD_PROPERTY and report.when == "call":
+            if name == RECORD_PROPERTY and report.when == "call" and isinstance(value, dict):
                 self.records.append(HandshakeRecord(**value))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -4,6 +4,7 @@ the whole process group killed on timeout, and one log file per run."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -95,3 +96,14 @@ def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 # OPENSSL_CONF could load another engine/provider section than the harness's.
 DROPPED_VARIABLES = frozenset({"OPENSSL_CONF", "PKCS11_MODULE_PATH"})
+
+
+def tool_version(argv: list[str]) -> str:
+    """First line a tool prints about its version, or why there is none."""
+    if shutil.which(argv[0]) is None:
+        return "not installed"
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return ((out.stdout or out.stderr).splitlines() or ["unknown"])[0].strip()

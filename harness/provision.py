@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11exc
-from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+from pkcs11.util.ec import encode_ec_public_key
 
 from harness.ca import PublicKey, TestCA, write_pem
 from harness.errors import TokenError
@@ -185,7 +185,7 @@ class Provisioner:
             public_key: PublicKey = key.public_key()
         elif spec.algorithm is Algorithm.ECDSA:
             eckey = given or ec.generate_private_key(getattr(ec, spec.curve.upper())())  # type: ignore[union-attr]
-            params = encode_named_curve_parameters(spec.curve)
+            params = bytes.fromhex(spec.ec_params_hex or "")
             size = (spec.bits + 7) // 8
             private.update({Attribute.KEY_TYPE: KeyType.EC, Attribute.EC_PARAMS: params,
                             Attribute.VALUE: eckey.private_numbers().private_value.to_bytes(size, "big")})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.ca import TestCA
+from harness.calls import sign_summary
 from harness.clients import CLIENTS
 from harness.clients.base import Client, HandshakeJob
 from harness.config import Settings
@@ -23,6 +24,7 @@ from harness.keys import Algorithm, KeySpec, Provisioning
 from harness.matrix import Case, expected_failure, load_known_failures
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.record import HandshakeRecord, Outcome
+from harness.recording import CallRecorder
 from harness.server import HandshakeServer
 from harness.softhsm import TemporarySoftHSM
 from harness.token import Token, TokenInfo
@@ -46,6 +48,7 @@ class MatrixRunner:
         self.keys: dict[tuple[str, Provisioning], ProvisionedKey | ProvisioningRefused] = {}
         self.clients: dict[str, Client] = {}
         self._versions: dict[str, str] = {}
+        self.recorders: dict[str, CallRecorder] = {}
         self.ca = TestCA(self.workdir / "ca")
         self.known_failures = load_known_failures()
         if settings.module is None:
@@ -100,8 +103,15 @@ class MatrixRunner:
         if name not in self.clients:
             if name not in CLIENTS:
                 raise HarnessError(f"unknown client {name!r}: choose one of {', '.join(CLIENTS)}")
-            self.clients[name] = CLIENTS[name]()
+            self.clients[name] = CLIENTS[name].from_settings(self.settings)
         return self.clients[name]
+
+    def recorder(self, client: str) -> CallRecorder:
+        """The interposer set-up for `client` (built and configured on first use)."""
+        if client not in self.recorders:
+            self.recorders[client] = CallRecorder(
+                self.module, self.workdir / "interposer", client, spy=self.settings.spy)
+        return self.recorders[client]
 
     def _client_version(self, client: Client) -> str:
         if client.name not in self._versions:  # one subprocess per client and run
@@ -139,19 +149,30 @@ class MatrixRunner:
             client_ca_pem=self.ca.ca_pem, tls=case.tls, log_path=logs / "server.log",
             client_sigalgs=client_sigalgs,
         )
+        module, env = self.module, self.env
+        recorder = self.recorder(case.client) if self.settings.record else None
+        if recorder is not None:
+            module, env = recorder.module, {**self.env, **recorder.env}
+            mark = recorder.mark()
         port = server.start()
         try:
             job = HandshakeJob(
-                host="127.0.0.1", port=port, tls=case.tls, module=self.module,
+                host="127.0.0.1", port=port, tls=case.tls, module=module,
                 token_label=self.token_label_for(case.key), pin=self.pin,
                 key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
                 ca_pem=self.ca.ca_pem, log_path=logs / "client.log",
-                timeout_s=self.settings.timeout_s, env=self.env,
+                timeout_s=self.settings.timeout_s, env=env,
             )
             result = client.handshake(job)
         finally:
             seen = server.finish()
         record.logs = {"client": str(job.log_path), "server": str(server.log_path)}
+        if recorder is not None:
+            record.calls = recorder.collect(mark, logs)
+            record.sign = sign_summary(record.calls)
+            record.logs["calls"] = str(logs / "calls.jsonl")
+            if recorder.spy_log is not None:
+                record.logs["spy"] = str(logs / "spy.log")
         record.duration_s = round(result.duration_s, 4)
         record.negotiated_version = seen.negotiated_version
         record.cipher = seen.cipher
@@ -165,7 +186,9 @@ class MatrixRunner:
             if result.timed_out:
                 record.error = f"client timed out after {self.settings.timeout_s:g} s"
             else:
-                record.error = result.error or seen.error or (
+                sign_rv = (record.sign or {}).get("rv")
+                token_error = sign_rv if sign_rv not in (None, "CKR_OK") else None
+                record.error = token_error or result.error or seen.error or (
                     "client never reached the server" if not seen.connected
                     else "server rejected the handshake")
         return record

@@ -19,10 +19,15 @@ def matrix(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def run(pytester: pytest.Pytester, *args: str, env: dict[str, str] | None = None):
-    if env:
-        for name, value in env.items():
-            pytester._monkeypatch.setenv(name, value)  # noqa: SLF001 - pytester's own
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+    """A child pytest; `env` is added to its environment."""
+    mp = pytest.MonkeyPatch()
+    try:
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+    finally:
+        mp.undo()
+
 
 
 def test_marker_selects_only_tls12_cases_and_ids_are_stable(matrix):

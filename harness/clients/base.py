@@ -5,8 +5,12 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.tls import TLSVersion
+
+if TYPE_CHECKING:
+    from harness.config import Settings
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,11 @@ class Client(abc.ABC):
 
     name: str = ""  # as in test ids: openssl-engine, gnutls, ...
     marker: str = ""  # pytest marker: openssl_engine, gnutls, ...
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Client:
+        """The client as the user configured it (most clients take no options)."""
+        return cls()
 
     @abc.abstractmethod
     def unavailable_reason(self) -> str | None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.logs import client_error
-from harness.process import base_env, run_logged
+from harness.process import base_env, run_logged, tool_version
 
 
 class GnuTLSClient(Client):
@@ -20,11 +19,7 @@ class GnuTLSClient(Client):
         return None
 
     def version(self) -> str:
-        cli = shutil.which("gnutls-cli")
-        if cli is None:
-            return "not installed"
-        out = subprocess.run([cli, "--version"], capture_output=True, text=True, timeout=10)
-        return (out.stdout.splitlines() or ["gnutls-cli ?"])[0].strip()
+        return tool_version(["gnutls-cli", "--version"])
 
     def handshake(self, job: HandshakeJob) -> ClientResult:
         cli = shutil.which("gnutls-cli") or "gnutls-cli"

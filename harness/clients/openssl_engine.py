@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.logs import client_error
-from harness.process import base_env, run_logged
+from harness.process import base_env, run_logged, tool_version
 
 ENGINE_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so",
@@ -16,14 +15,6 @@ ENGINE_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/engines-1.1/pkcs11.so",
     "/usr/lib/aarch64-linux-gnu/engines-1.1/pkcs11.so",
 )
-
-
-def openssl_version() -> str:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        return "not installed"
-    out = subprocess.run([openssl, "version"], capture_output=True, text=True, timeout=10)
-    return out.stdout.strip()
 
 
 class OpenSSLEngineClient(Client):
@@ -38,7 +29,7 @@ class OpenSSLEngineClient(Client):
         return None
 
     def version(self) -> str:
-        return f"{openssl_version()}, libp11 engine"
+        return f"{tool_version(['openssl', 'version'])}, libp11 engine"
 
     def handshake(self, job: HandshakeJob) -> ClientResult:
         openssl = shutil.which("openssl") or "openssl"

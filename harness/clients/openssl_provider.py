@@ -8,8 +8,7 @@ from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.logs import client_error
-from harness.clients.openssl_engine import openssl_version
-from harness.process import base_env, run_logged
+from harness.process import base_env, run_logged, tool_version
 
 PROVIDER_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so",
@@ -51,7 +50,7 @@ class OpenSSLProviderClient(Client):
         return None
 
     def version(self) -> str:
-        return f"{openssl_version()}, pkcs11-provider"
+        return f"{tool_version(['openssl', 'version'])}, pkcs11-provider"
 
     def handshake(self, job: HandshakeJob) -> ClientResult:
         openssl = shutil.which("openssl") or "openssl"

@@ -1,0 +1,1414 @@
+/*
+ * p11tls recording interposer: a PKCS#11 module that forwards every call to
+ * the real module and appends one JSON object per call to a record file.
+ *
+ * Configuration: the file named by $P11TLS_INTERPOSER_CONF, one setting per
+ * line, "key value" (value = rest of the line); blank lines and lines starting
+ * with '#' are ignored.  Keys: "module PATH" (the real module), "record PATH"
+ * (the JSON-lines file, opened O_APPEND).  Any other key is an error: the
+ * Python side (harness/interposer/__init__.py) validates everything first, so
+ * this file only has to read what it is given.
+ *
+ * Rules this file keeps:
+ *  - never change what the real module does: arguments, return codes and
+ *    output buffers pass through untouched; errno is preserved;
+ *  - never write a PIN or the value of any attribute except the harmless ones
+ *    listed in harmless_value();
+ *  - one write() per line, under a mutex (Java calls from several threads).
+ *
+ * PKCS#11 2.40 only: the p11-kit 0.24 pkcs11.h this builds against has no 3.0
+ * types (CK_INTERFACE, CK_FUNCTION_LIST_3_0), so C_GetInterfaceList and
+ * C_GetInterface are not exported and clients fall back to C_GetFunctionList.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <p11-kit/pkcs11.h>
+
+#ifndef CKR_UNWRAPPING_KEY_HANDLE_INVALID
+#define CKR_UNWRAPPING_KEY_HANDLE_INVALID 0xF0UL /* missing from p11-kit 0.24 */
+#endif
+
+#define CONF_ENV "P11TLS_INTERPOSER_CONF"
+#define EXPORT __attribute__((visibility("default")))
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ------------------------------------------------------------------ names */
+
+struct name { CK_ULONG v; const char *n; };
+#define N(x) { x, #x }
+#define TABLE(t) t, COUNT(t)
+
+static const struct name rv_names[] = {
+    N(CKR_OK), N(CKR_CANCEL), N(CKR_HOST_MEMORY), N(CKR_SLOT_ID_INVALID),
+    N(CKR_GENERAL_ERROR), N(CKR_FUNCTION_FAILED), N(CKR_ARGUMENTS_BAD), N(CKR_NO_EVENT),
+    N(CKR_NEED_TO_CREATE_THREADS), N(CKR_CANT_LOCK), N(CKR_ATTRIBUTE_READ_ONLY),
+    N(CKR_ATTRIBUTE_SENSITIVE), N(CKR_ATTRIBUTE_TYPE_INVALID), N(CKR_ATTRIBUTE_VALUE_INVALID),
+    N(CKR_ACTION_PROHIBITED), N(CKR_DATA_INVALID), N(CKR_DATA_LEN_RANGE), N(CKR_DEVICE_ERROR),
+    N(CKR_DEVICE_MEMORY), N(CKR_DEVICE_REMOVED), N(CKR_ENCRYPTED_DATA_INVALID),
+    N(CKR_ENCRYPTED_DATA_LEN_RANGE), N(CKR_FUNCTION_CANCELED), N(CKR_FUNCTION_NOT_PARALLEL),
+    N(CKR_FUNCTION_NOT_SUPPORTED), N(CKR_KEY_HANDLE_INVALID), N(CKR_KEY_SIZE_RANGE),
+    N(CKR_KEY_TYPE_INCONSISTENT), N(CKR_KEY_NOT_NEEDED), N(CKR_KEY_CHANGED), N(CKR_KEY_NEEDED),
+    N(CKR_KEY_INDIGESTIBLE), N(CKR_KEY_FUNCTION_NOT_PERMITTED), N(CKR_KEY_NOT_WRAPPABLE),
+    N(CKR_KEY_UNEXTRACTABLE), N(CKR_MECHANISM_INVALID), N(CKR_MECHANISM_PARAM_INVALID),
+    N(CKR_OBJECT_HANDLE_INVALID), N(CKR_OPERATION_ACTIVE), N(CKR_OPERATION_NOT_INITIALIZED),
+    N(CKR_PIN_INCORRECT), N(CKR_PIN_INVALID), N(CKR_PIN_LEN_RANGE), N(CKR_PIN_EXPIRED),
+    N(CKR_PIN_LOCKED), N(CKR_SESSION_CLOSED), N(CKR_SESSION_COUNT),
+    N(CKR_SESSION_HANDLE_INVALID), N(CKR_SESSION_PARALLEL_NOT_SUPPORTED),
+    N(CKR_SESSION_READ_ONLY), N(CKR_SESSION_EXISTS), N(CKR_SESSION_READ_ONLY_EXISTS),
+    N(CKR_SESSION_READ_WRITE_SO_EXISTS), N(CKR_SIGNATURE_INVALID), N(CKR_SIGNATURE_LEN_RANGE),
+    N(CKR_TEMPLATE_INCOMPLETE), N(CKR_TEMPLATE_INCONSISTENT), N(CKR_TOKEN_NOT_PRESENT),
+    N(CKR_TOKEN_NOT_RECOGNIZED), N(CKR_TOKEN_WRITE_PROTECTED),
+    N(CKR_UNWRAPPING_KEY_HANDLE_INVALID), N(CKR_UNWRAPPING_KEY_SIZE_RANGE),
+    N(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT), N(CKR_USER_ALREADY_LOGGED_IN),
+    N(CKR_USER_NOT_LOGGED_IN), N(CKR_USER_PIN_NOT_INITIALIZED), N(CKR_USER_TYPE_INVALID),
+    N(CKR_USER_ANOTHER_ALREADY_LOGGED_IN), N(CKR_USER_TOO_MANY_TYPES),
+    N(CKR_WRAPPED_KEY_INVALID), N(CKR_WRAPPED_KEY_LEN_RANGE),
+    N(CKR_WRAPPING_KEY_HANDLE_INVALID), N(CKR_WRAPPING_KEY_SIZE_RANGE),
+    N(CKR_WRAPPING_KEY_TYPE_INCONSISTENT), N(CKR_RANDOM_SEED_NOT_SUPPORTED),
+    N(CKR_RANDOM_NO_RNG), N(CKR_DOMAIN_PARAMS_INVALID), N(CKR_CURVE_NOT_SUPPORTED),
+    N(CKR_BUFFER_TOO_SMALL), N(CKR_SAVED_STATE_INVALID), N(CKR_INFORMATION_SENSITIVE),
+    N(CKR_STATE_UNSAVEABLE), N(CKR_CRYPTOKI_NOT_INITIALIZED),
+    N(CKR_CRYPTOKI_ALREADY_INITIALIZED), N(CKR_MUTEX_BAD), N(CKR_MUTEX_NOT_LOCKED),
+    N(CKR_NEW_PIN_MODE), N(CKR_NEXT_OTP), N(CKR_EXCEEDED_MAX_ITERATIONS),
+    N(CKR_FIPS_SELF_TEST_FAILED), N(CKR_LIBRARY_LOAD_FAILED), N(CKR_PIN_TOO_WEAK),
+    N(CKR_PUBLIC_KEY_INVALID), N(CKR_FUNCTION_REJECTED),
+};
+
+/* Where two names share a value, the first one listed wins. */
+static const struct name mech_names[] = {
+    N(CKM_RSA_PKCS_KEY_PAIR_GEN), N(CKM_RSA_PKCS), N(CKM_RSA_9796), N(CKM_RSA_X_509),
+    N(CKM_MD5_RSA_PKCS), N(CKM_SHA1_RSA_PKCS), N(CKM_RSA_PKCS_OAEP), N(CKM_RSA_X9_31),
+    N(CKM_RSA_PKCS_PSS), N(CKM_SHA1_RSA_PKCS_PSS), N(CKM_SHA224_RSA_PKCS),
+    N(CKM_SHA256_RSA_PKCS), N(CKM_SHA384_RSA_PKCS), N(CKM_SHA512_RSA_PKCS),
+    N(CKM_SHA224_RSA_PKCS_PSS), N(CKM_SHA256_RSA_PKCS_PSS), N(CKM_SHA384_RSA_PKCS_PSS),
+    N(CKM_SHA512_RSA_PKCS_PSS), N(CKM_DSA_KEY_PAIR_GEN), N(CKM_DSA), N(CKM_DSA_SHA1),
+    N(CKM_DSA_SHA224), N(CKM_DSA_SHA256), N(CKM_DSA_SHA384), N(CKM_DSA_SHA512),
+    N(CKM_DSA_PARAMETER_GEN), N(CKM_DH_PKCS_KEY_PAIR_GEN), N(CKM_DH_PKCS_DERIVE),
+    N(CKM_DH_PKCS_PARAMETER_GEN),
+    N(CKM_MD5), N(CKM_MD5_HMAC), N(CKM_SHA_1), N(CKM_SHA_1_HMAC), N(CKM_SHA224),
+    N(CKM_SHA224_HMAC), N(CKM_SHA256), N(CKM_SHA256_HMAC), N(CKM_SHA384), N(CKM_SHA384_HMAC),
+    N(CKM_SHA512), N(CKM_SHA512_HMAC), N(CKM_GENERIC_SECRET_KEY_GEN),
+    N(CKM_TLS_PRE_MASTER_KEY_GEN), N(CKM_TLS_MASTER_KEY_DERIVE), N(CKM_TLS_KEY_AND_MAC_DERIVE),
+    N(CKM_TLS_MASTER_KEY_DERIVE_DH), N(CKM_TLS_PRF), N(CKM_TLS12_MASTER_KEY_DERIVE),
+    N(CKM_TLS12_KEY_AND_MAC_DERIVE), N(CKM_TLS12_MASTER_KEY_DERIVE_DH), N(CKM_TLS12_KDF),
+    N(CKM_TLS_MAC), N(CKM_TLS_KDF),
+    N(CKM_EC_KEY_PAIR_GEN), N(CKM_ECDSA), N(CKM_ECDSA_SHA1), N(CKM_ECDSA_SHA224),
+    N(CKM_ECDSA_SHA256), N(CKM_ECDSA_SHA384), N(CKM_ECDSA_SHA512), N(CKM_ECDH1_DERIVE),
+    N(CKM_ECDH1_COFACTOR_DERIVE), N(CKM_EC_EDWARDS_KEY_PAIR_GEN), N(CKM_EDDSA),
+    N(CKM_DES_KEY_GEN), N(CKM_DES_ECB), N(CKM_DES_CBC), N(CKM_DES_CBC_PAD), N(CKM_DES2_KEY_GEN),
+    N(CKM_DES3_KEY_GEN), N(CKM_DES3_ECB), N(CKM_DES3_CBC), N(CKM_DES3_CBC_PAD), N(CKM_DES3_CMAC),
+    N(CKM_DES_ECB_ENCRYPT_DATA), N(CKM_DES_CBC_ENCRYPT_DATA), N(CKM_DES3_ECB_ENCRYPT_DATA),
+    N(CKM_DES3_CBC_ENCRYPT_DATA), N(CKM_AES_ECB_ENCRYPT_DATA), N(CKM_AES_CBC_ENCRYPT_DATA),
+    N(CKM_AES_KEY_GEN), N(CKM_AES_ECB), N(CKM_AES_CBC), N(CKM_AES_MAC), N(CKM_AES_CBC_PAD),
+    N(CKM_AES_CTR), N(CKM_AES_GCM), N(CKM_AES_CCM), N(CKM_AES_CMAC), N(CKM_AES_KEY_WRAP),
+    N(CKM_AES_KEY_WRAP_PAD),
+};
+
+static const struct name attr_names[] = {
+    N(CKA_CLASS), N(CKA_TOKEN), N(CKA_PRIVATE), N(CKA_LABEL), N(CKA_APPLICATION), N(CKA_VALUE),
+    N(CKA_OBJECT_ID), N(CKA_CERTIFICATE_TYPE), N(CKA_ISSUER), N(CKA_SERIAL_NUMBER),
+    N(CKA_TRUSTED), N(CKA_CERTIFICATE_CATEGORY), N(CKA_CHECK_VALUE), N(CKA_KEY_TYPE),
+    N(CKA_SUBJECT), N(CKA_ID), N(CKA_SENSITIVE), N(CKA_ENCRYPT), N(CKA_DECRYPT), N(CKA_WRAP),
+    N(CKA_UNWRAP), N(CKA_SIGN), N(CKA_SIGN_RECOVER), N(CKA_VERIFY), N(CKA_VERIFY_RECOVER),
+    N(CKA_DERIVE), N(CKA_START_DATE), N(CKA_END_DATE), N(CKA_MODULUS), N(CKA_MODULUS_BITS),
+    N(CKA_PUBLIC_EXPONENT), N(CKA_PRIVATE_EXPONENT), N(CKA_PRIME_1), N(CKA_PRIME_2),
+    N(CKA_EXPONENT_1), N(CKA_EXPONENT_2), N(CKA_COEFFICIENT), N(CKA_PUBLIC_KEY_INFO),
+    N(CKA_PRIME), N(CKA_SUBPRIME), N(CKA_BASE), N(CKA_VALUE_BITS), N(CKA_VALUE_LEN),
+    N(CKA_EXTRACTABLE), N(CKA_LOCAL), N(CKA_NEVER_EXTRACTABLE), N(CKA_ALWAYS_SENSITIVE),
+    N(CKA_KEY_GEN_MECHANISM), N(CKA_MODIFIABLE), N(CKA_COPYABLE), N(CKA_DESTROYABLE),
+    N(CKA_EC_PARAMS), N(CKA_EC_POINT), N(CKA_ALWAYS_AUTHENTICATE), N(CKA_WRAP_WITH_TRUSTED),
+    N(CKA_WRAP_TEMPLATE), N(CKA_UNWRAP_TEMPLATE), N(CKA_DERIVE_TEMPLATE),
+    N(CKA_ALLOWED_MECHANISMS), N(CKA_HW_FEATURE_TYPE),
+};
+
+static const struct name class_names[] = {
+    N(CKO_DATA), N(CKO_CERTIFICATE), N(CKO_PUBLIC_KEY), N(CKO_PRIVATE_KEY), N(CKO_SECRET_KEY),
+    N(CKO_HW_FEATURE), N(CKO_DOMAIN_PARAMETERS), N(CKO_MECHANISM), N(CKO_OTP_KEY),
+};
+
+static const struct name key_type_names[] = {
+    N(CKK_RSA), N(CKK_DSA), N(CKK_DH), N(CKK_EC), N(CKK_X9_42_DH), N(CKK_GENERIC_SECRET),
+    N(CKK_DES), N(CKK_DES2), N(CKK_DES3), N(CKK_AES), N(CKK_SHA_1_HMAC), N(CKK_SHA224_HMAC),
+    N(CKK_SHA256_HMAC), N(CKK_SHA384_HMAC), N(CKK_SHA512_HMAC), N(CKK_EC_EDWARDS),
+};
+
+static const struct name user_names[] = { N(CKU_SO), N(CKU_USER), N(CKU_CONTEXT_SPECIFIC) };
+
+static const struct name mgf_names[] = {
+    N(CKG_MGF1_SHA1), N(CKG_MGF1_SHA224), N(CKG_MGF1_SHA256), N(CKG_MGF1_SHA384),
+    N(CKG_MGF1_SHA512),
+};
+
+static const struct name source_names[] = { N(CKZ_DATA_SPECIFIED) };
+
+static const char *lookup(const struct name *t, size_t n, CK_ULONG v)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].v == v)
+            return t[i].n;
+    return NULL;
+}
+
+/* ------------------------------------------------------ JSON line builder */
+
+typedef struct { char *p; size_t len, cap; int oom; } jbuf;
+
+static void jb_put(jbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 512;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1; /* the line is dropped, the call itself is unaffected */
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static void jb_puts(jbuf *b, const char *s) { jb_put(b, s, strlen(s)); }
+
+__attribute__((format(printf, 2, 3)))
+static void jb_fmt(jbuf *b, const char *fmt, ...)
+{
+    char tmp[160]; /* only numbers and fixed words go through here */
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        jb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* ,"key": */
+static void jb_key(jbuf *b, const char *key) { jb_fmt(b, ",\"%s\":", key); }
+
+/* Length of the valid UTF-8 sequence at s, 0 when it is not valid. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    size_t len;
+    if (s[0] < 0x80)
+        return 1;
+    else if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        len = 2;
+    else if ((s[0] & 0xf0) == 0xe0)
+        len = 3;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        len = 4;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    return len;
+}
+
+/* A JSON string; invalid UTF-8 becomes U+FFFD so every line stays valid JSON. */
+static void jb_str(jbuf *b, const void *data, size_t n)
+{
+    const unsigned char *s = data;
+    jb_put(b, "\"", 1);
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_len(s + i, n - i);
+        if (k == 0) {
+            jb_puts(b, "\\ufffd");
+            i++;
+        } else if (k > 1) {
+            jb_put(b, (const char *)s + i, k);
+            i += k;
+        } else {
+            if (s[i] == '"' || s[i] == '\\')
+                jb_fmt(b, "\\%c", s[i]);
+            else if (s[i] < 0x20)
+                jb_fmt(b, "\\u%04x", s[i]);
+            else
+                jb_put(b, (const char *)s + i, 1);
+            i++;
+        }
+    }
+    jb_put(b, "\"", 1);
+}
+
+static void jb_hex(jbuf *b, const void *data, size_t n)
+{
+    const unsigned char *s = data;
+    static const char digits[] = "0123456789abcdef";
+    jb_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        char two[2] = { digits[s[i] >> 4], digits[s[i] & 15] };
+        jb_put(b, two, 2);
+    }
+    jb_put(b, "\"", 1);
+}
+
+/* "CKM_ECDSA", or "0x..." for a value not in the table. */
+static void jb_name(jbuf *b, const struct name *t, size_t n, CK_ULONG v)
+{
+    const char *name = lookup(t, n, v);
+    if (name)
+        jb_fmt(b, "\"%s\"", name);
+    else
+        jb_fmt(b, "\"0x%lx\"", v);
+}
+
+/* A length, with CK_UNAVAILABLE_INFORMATION written as -1. */
+static void jb_len(jbuf *b, CK_ULONG v)
+{
+    if (v == CK_UNAVAILABLE_INFORMATION)
+        jb_puts(b, "-1");
+    else
+        jb_fmt(b, "%lu", v);
+}
+
+static void j_ulong(jbuf *b, const char *key, CK_ULONG v) { jb_key(b, key); jb_fmt(b, "%lu", v); }
+
+static void j_hexflags(jbuf *b, const char *key, CK_ULONG v)
+{
+    jb_key(b, key);
+    jb_fmt(b, "\"0x%lx\"", v);
+}
+
+/* An output handle: written only when the call succeeded. */
+static void j_handle_out(jbuf *b, const char *key, CK_RV rv, const CK_ULONG *h)
+{
+    jb_key(b, key);
+    if (rv == CKR_OK && h)
+        jb_fmt(b, "%lu", *h);
+    else
+        jb_puts(b, "null");
+}
+
+/*
+ * The output-buffer protocol: out_buf is the caller's buffer size, or null
+ * for a size query (NULL buffer); out_len is what the module reported back.
+ * `cap` is *plen as it was before the call.
+ */
+static void j_out(jbuf *b, const void *buf, CK_ULONG cap, const CK_ULONG *plen)
+{
+    jb_key(b, "out_buf");
+    if (buf)
+        jb_fmt(b, "%lu", cap);
+    else
+        jb_puts(b, "null");
+    jb_key(b, "out_len");
+    if (plen)
+        jb_len(b, *plen);
+    else
+        jb_puts(b, "null");
+}
+
+static int is_pss(CK_MECHANISM_TYPE m)
+{
+    return m == CKM_RSA_PKCS_PSS || m == CKM_SHA1_RSA_PKCS_PSS || m == CKM_SHA224_RSA_PKCS_PSS
+        || m == CKM_SHA256_RSA_PKCS_PSS || m == CKM_SHA384_RSA_PKCS_PSS
+        || m == CKM_SHA512_RSA_PKCS_PSS;
+}
+
+/* "mechanism": {"name", "value"} and "params" (PSS, OAEP, else length or null). */
+static void j_mech(jbuf *b, const CK_MECHANISM *m)
+{
+    jb_key(b, "mechanism");
+    if (!m) {
+        jb_puts(b, "null,\"params\":null");
+        return;
+    }
+    jb_puts(b, "{\"name\":");
+    jb_name(b, TABLE(mech_names), m->mechanism);
+    jb_fmt(b, ",\"value\":%lu}", m->mechanism);
+    jb_key(b, "params");
+    if (is_pss(m->mechanism) && m->pParameter
+        && m->ulParameterLen == sizeof(CK_RSA_PKCS_PSS_PARAMS)) {
+        const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+        jb_puts(b, "{\"hash\":");
+        jb_name(b, TABLE(mech_names), p->hashAlg);
+        jb_puts(b, ",\"mgf\":");
+        jb_name(b, TABLE(mgf_names), p->mgf);
+        jb_fmt(b, ",\"salt_len\":%lu}", p->sLen);
+    } else if (m->mechanism == CKM_RSA_PKCS_OAEP && m->pParameter
+               && m->ulParameterLen == sizeof(CK_RSA_PKCS_OAEP_PARAMS)) {
+        const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+        jb_puts(b, "{\"hash\":");
+        jb_name(b, TABLE(mech_names), p->hashAlg);
+        jb_puts(b, ",\"mgf\":");
+        jb_name(b, TABLE(mgf_names), p->mgf);
+        jb_puts(b, ",\"source\":");
+        jb_name(b, TABLE(source_names), p->source);
+        jb_fmt(b, ",\"label_len\":%lu}", p->ulSourceDataLen);
+    } else if (m->pParameter && m->ulParameterLen) {
+        /* Other parameters (IVs, ECDH peer points): the length only. */
+        jb_fmt(b, "{\"len\":%lu}", m->ulParameterLen);
+    } else {
+        jb_puts(b, "null");
+    }
+}
+
+static int is_bool_attr(CK_ATTRIBUTE_TYPE t)
+{
+    switch (t) {
+    case CKA_TOKEN: case CKA_PRIVATE: case CKA_TRUSTED: case CKA_SENSITIVE: case CKA_ENCRYPT:
+    case CKA_DECRYPT: case CKA_WRAP: case CKA_UNWRAP: case CKA_SIGN: case CKA_SIGN_RECOVER:
+    case CKA_VERIFY: case CKA_VERIFY_RECOVER: case CKA_DERIVE: case CKA_EXTRACTABLE:
+    case CKA_LOCAL: case CKA_NEVER_EXTRACTABLE: case CKA_ALWAYS_SENSITIVE: case CKA_MODIFIABLE:
+    case CKA_COPYABLE: case CKA_DESTROYABLE: case CKA_ALWAYS_AUTHENTICATE:
+    case CKA_WRAP_WITH_TRUSTED:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/*
+ * ,"value":... for the harmless attributes only (this list is the whole
+ * allow-list; everything else, above all CKA_VALUE, private exponents and
+ * primes, is written as type and length alone).
+ */
+static void harmless_value(jbuf *b, const CK_ATTRIBUTE *a)
+{
+    const CK_ULONG n = a->ulValueLen;
+    if (!a->pValue || n == CK_UNAVAILABLE_INFORMATION || n > 1024)
+        return;
+    if ((a->type == CKA_CLASS || a->type == CKA_KEY_TYPE || a->type == CKA_MODULUS_BITS)
+        && n == sizeof(CK_ULONG)) {
+        CK_ULONG v;
+        memcpy(&v, a->pValue, sizeof v);
+        jb_key(b, "value");
+        if (a->type == CKA_CLASS)
+            jb_name(b, TABLE(class_names), v);
+        else if (a->type == CKA_KEY_TYPE)
+            jb_name(b, TABLE(key_type_names), v);
+        else
+            jb_fmt(b, "%lu", v);
+    } else if (is_bool_attr(a->type) && n == sizeof(CK_BBOOL)) {
+        jb_key(b, "value");
+        jb_puts(b, *(const CK_BBOOL *)a->pValue ? "true" : "false");
+    } else if (a->type == CKA_ID || a->type == CKA_EC_PARAMS) {
+        jb_key(b, "value");
+        jb_hex(b, a->pValue, n);
+    } else if (a->type == CKA_LABEL) {
+        jb_key(b, "value");
+        jb_str(b, a->pValue, n);
+    }
+}
+
+#define TEMPLATE_MAX 256 /* attributes written per template */
+
+/*
+ * "key": [{"type", "len", "value" (harmless only)}, ...].  with_values is 0
+ * when the module did not fill the template (a failed C_GetAttributeValue
+ * leaves the caller's buffers as they were: never read them then).  caps,
+ * for a filled template, are the caller's buffer sizes: a length beyond its
+ * buffer is not believed.
+ */
+static void j_template(jbuf *b, const char *key, const CK_ATTRIBUTE *t, CK_ULONG n,
+                       int with_values, const CK_ULONG *caps)
+{
+    jb_key(b, key);
+    if (!t) {
+        jb_puts(b, "null");
+        return;
+    }
+    jb_puts(b, "[");
+    for (CK_ULONG i = 0; i < n && i < TEMPLATE_MAX; i++) {
+        jb_puts(b, i ? ",{\"type\":" : "{\"type\":");
+        jb_name(b, TABLE(attr_names), t[i].type);
+        jb_puts(b, ",\"len\":");
+        jb_len(b, t[i].ulValueLen);
+        if (with_values && (!caps || t[i].ulValueLen <= caps[i]))
+            harmless_value(b, &t[i]);
+        jb_puts(b, "}");
+    }
+    jb_puts(b, "]");
+}
+
+/* ------------------------------------------------------------ module state */
+
+static _Atomic(CK_FUNCTION_LIST_PTR) real; /* set once, by the first C_Initialize */
+static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
+static int record_fd = -1;
+static atomic_ulong seq_counter;
+
+static long thread_id(void)
+{
+    static __thread long tid;
+    if (!tid)
+        tid = (long)syscall(SYS_gettid);
+    return tid;
+}
+
+static void record_line(const jbuf *b)
+{
+    if (b->oom || record_fd < 0)
+        return;
+    pthread_mutex_lock(&write_lock);
+    for (size_t off = 0; off < b->len;) {
+        ssize_t n = write(record_fd, b->p + off, b->len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    pthread_mutex_unlock(&write_lock);
+}
+
+/* ----------------------------------------------------- key description cache */
+
+/* Object handles are valid across all sessions of an application, so the
+ * cache is keyed by handle alone; entries go when the object may change. */
+struct key_entry { CK_OBJECT_HANDLE h; char *json; struct key_entry *next; };
+static struct key_entry *key_cache;
+static size_t key_cache_size;
+static pthread_mutex_t key_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void key_cache_clear(void)
+{
+    pthread_mutex_lock(&key_lock);
+    while (key_cache) {
+        struct key_entry *e = key_cache;
+        key_cache = e->next;
+        free(e->json);
+        free(e);
+    }
+    key_cache_size = 0;
+    pthread_mutex_unlock(&key_lock);
+}
+
+static void key_cache_forget(CK_OBJECT_HANDLE h)
+{
+    pthread_mutex_lock(&key_lock);
+    for (struct key_entry **p = &key_cache; *p; p = &(*p)->next) {
+        if ((*p)->h == h) {
+            struct key_entry *e = *p;
+            *p = e->next;
+            free(e->json);
+            free(e);
+            key_cache_size--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&key_lock);
+}
+
+static char *key_cache_get(CK_OBJECT_HANDLE h)
+{
+    char *json = NULL;
+    pthread_mutex_lock(&key_lock);
+    for (struct key_entry *e = key_cache; e; e = e->next)
+        if (e->h == h) {
+            json = strdup(e->json);
+            break;
+        }
+    pthread_mutex_unlock(&key_lock);
+    return json;
+}
+
+static void key_cache_put(CK_OBJECT_HANDLE h, const char *json)
+{
+    struct key_entry *e = malloc(sizeof *e);
+    if (!e || !(e->json = strdup(json))) {
+        free(e);
+        return;
+    }
+    e->h = h;
+    pthread_mutex_lock(&key_lock);
+    if (key_cache_size >= 1024) { /* bound memory; a miss only costs a re-read */
+        pthread_mutex_unlock(&key_lock);
+        key_cache_clear();
+        pthread_mutex_lock(&key_lock);
+    }
+    e->next = key_cache;
+    key_cache = e;
+    key_cache_size++;
+    pthread_mutex_unlock(&key_lock);
+}
+
+static int attr_ok(CK_RV rv)
+{
+    return rv == CKR_OK || rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID
+        || rv == CKR_BUFFER_TOO_SMALL;
+}
+
+/*
+ * {"class", "key_type", "id", "label"[, "ec_params"]} of a key as a malloc'd
+ * JSON text, read from the real module once per handle; NULL when it cannot
+ * be read.  Called before the real *Init call, so no operation is active
+ * while we read.
+ */
+static char *key_describe(CK_FUNCTION_LIST_PTR r, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+    char *cached = key_cache_get(h);
+    if (cached || !r->C_GetAttributeValue)
+        return cached;
+
+    CK_OBJECT_CLASS cls = 0;
+    CK_KEY_TYPE type = 0;
+    CK_ATTRIBUTE fixed[2] = {
+        { CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &type, sizeof type },
+    };
+    /* Variable length: first the lengths, then the values. */
+    CK_ATTRIBUTE var[3] = { { CKA_ID, NULL, 0 }, { CKA_LABEL, NULL, 0 },
+                            { CKA_EC_PARAMS, NULL, 0 } };
+    if (!attr_ok(r->C_GetAttributeValue(s, h, fixed, 2))
+        || !attr_ok(r->C_GetAttributeValue(s, h, var, 3)))
+        return NULL;
+    CK_ULONG cap[3];
+    for (int i = 0; i < 3; i++) {
+        cap[i] = var[i].ulValueLen;
+        if (cap[i] != CK_UNAVAILABLE_INFORMATION && cap[i] > 0 && cap[i] <= 1024)
+            var[i].pValue = malloc(cap[i]);
+    }
+    CK_RV rv = r->C_GetAttributeValue(s, h, var, 3);
+    for (int i = 0; i < 3; i++) { /* trust nothing we did not allocate for */
+        int empty = cap[i] == 0 && var[i].ulValueLen == 0;
+        if (!attr_ok(rv) || (!empty && (!var[i].pValue || var[i].ulValueLen > cap[i])))
+            var[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+    }
+
+    jbuf b = { 0 };
+    jb_puts(&b, "{\"class\":");
+    if (fixed[0].ulValueLen == sizeof cls)
+        jb_name(&b, TABLE(class_names), cls);
+    else
+        jb_puts(&b, "null");
+    jb_puts(&b, ",\"key_type\":");
+    if (fixed[1].ulValueLen == sizeof type)
+        jb_name(&b, TABLE(key_type_names), type);
+    else
+        jb_puts(&b, "null");
+    jb_puts(&b, ",\"id\":");
+    if (var[0].ulValueLen != CK_UNAVAILABLE_INFORMATION)
+        jb_hex(&b, var[0].pValue, var[0].ulValueLen);
+    else
+        jb_puts(&b, "null");
+    jb_puts(&b, ",\"label\":");
+    if (var[1].ulValueLen != CK_UNAVAILABLE_INFORMATION)
+        jb_str(&b, var[1].pValue, var[1].ulValueLen);
+    else
+        jb_puts(&b, "null");
+    if (var[2].ulValueLen != CK_UNAVAILABLE_INFORMATION && var[2].ulValueLen > 0) {
+        jb_puts(&b, ",\"ec_params\":"); /* the curve: public */
+        jb_hex(&b, var[2].pValue, var[2].ulValueLen);
+    }
+    jb_put(&b, "}", 2); /* with the terminating NUL */
+    for (int i = 0; i < 3; i++)
+        free(var[i].pValue);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    key_cache_put(h, b.p);
+    return b.p;
+}
+
+/* ,"key_handle":N,"key":{...} (takes ownership of json) */
+static void j_key(jbuf *b, CK_OBJECT_HANDLE h, char *json)
+{
+    j_ulong(b, "key_handle", h);
+    jb_key(b, "key");
+    jb_puts(b, json ? json : "null");
+    free(json);
+}
+
+/* ------------------------------------------------------------- one call */
+
+struct call {
+    const char *fn;
+    unsigned long seq;
+    struct timespec wall, t0, t1;
+    int err; /* errno as the real module left it */
+    jbuf j;
+};
+
+static void call_start(struct call *c, const char *fn)
+{
+    c->fn = fn;
+    c->seq = atomic_fetch_add(&seq_counter, 1) + 1;
+    clock_gettime(CLOCK_REALTIME, &c->wall);
+    memset(&c->j, 0, sizeof c->j);
+}
+
+static void call_header(struct call *c)
+{
+    jb_fmt(&c->j, "{\"fn\":\"%s\",\"seq\":%lu,\"pid\":%ld,\"tid\":%ld,\"ts\":%lld.%06ld",
+           c->fn, c->seq, (long)getpid(), thread_id(), (long long)c->wall.tv_sec,
+           c->wall.tv_nsec / 1000);
+}
+
+static CK_RV call_end(struct call *c, CK_RV rv)
+{
+    long long us = (c->t1.tv_sec - c->t0.tv_sec) * 1000000LL
+                   + (c->t1.tv_nsec - c->t0.tv_nsec) / 1000;
+    jb_puts(&c->j, ",\"rv\":");
+    jb_name(&c->j, TABLE(rv_names), rv);
+    jb_fmt(&c->j, ",\"us\":%lld}\n", us);
+    record_line(&c->j);
+    free(c->j.p);
+    errno = c->err;
+    return rv;
+}
+
+/*
+ * Every wrapper is: START, anything read before the call (key description),
+ * FORWARD (the timed real call), its own fields, END.  Before the first
+ * successful load nothing is forwarded or recorded.
+ */
+#define START(name)                                                      \
+    CK_FUNCTION_LIST_PTR r = atomic_load(&real);                         \
+    if (!r)                                                              \
+        return CKR_CRYPTOKI_NOT_INITIALIZED;                             \
+    struct call c;                                                       \
+    call_start(&c, "C_" #name)
+#define FORWARD(name, ...)                                               \
+    clock_gettime(CLOCK_MONOTONIC, &c.t0);                               \
+    CK_RV rv = r->C_##name ? r->C_##name(__VA_ARGS__) : CKR_FUNCTION_NOT_SUPPORTED; \
+    c.err = errno;                                                       \
+    clock_gettime(CLOCK_MONOTONIC, &c.t1);                               \
+    call_header(&c)
+#define END return call_end(&c, rv)
+#define J (&c.j)
+#define SESSION(s) j_ulong(J, "session", s)
+
+/* ---------------------------------------------------------- configuration */
+
+static int config_error(const char *path, int line, const char *what, const char *arg)
+{
+    if (line)
+        fprintf(stderr, "p11tls interposer: %s line %d: %s%s\n", path, line, what, arg);
+    else
+        fprintf(stderr, "p11tls interposer: %s: %s%s\n", path, what, arg);
+    return -1;
+}
+
+/* Reads the configuration, opens the record file, loads the real module. */
+static CK_RV load(void)
+{
+    const char *path = getenv(CONF_ENV);
+    if (!path || !*path) {
+        fprintf(stderr, "p11tls interposer: " CONF_ENV " is not set: it must name the "
+                        "configuration file written by the harness\n");
+        return CKR_GENERAL_ERROR;
+    }
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        config_error(path, 0, "cannot open: ", strerror(errno));
+        return CKR_GENERAL_ERROR;
+    }
+    char line[4096], module[4096] = "", record[4096] = "";
+    int lineno = 0, bad = 0;
+    while (!bad && fgets(line, sizeof line, f)) {
+        lineno++;
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\n')
+            line[--len] = 0;
+        else if (!feof(f)) {
+            bad = config_error(path, lineno, "line too long", "");
+            break;
+        }
+        char *key = line + strspn(line, " \t");
+        if (!*key || *key == '#')
+            continue;
+        char *value = key + strcspn(key, " \t");
+        if (*value)
+            *value++ = 0;
+        value += strspn(value, " \t");
+        if (!*value)
+            bad = config_error(path, lineno, "no value for key ", key);
+        else if (!strcmp(key, "module"))
+            snprintf(module, sizeof module, "%s", value);
+        else if (!strcmp(key, "record"))
+            snprintf(record, sizeof record, "%s", value);
+        else
+            bad = config_error(path, lineno, "unknown key (known: module, record): ", key);
+    }
+    fclose(f);
+    if (!bad && !*module)
+        bad = config_error(path, 0, "missing line: ", "module PATH");
+    if (!bad && !*record)
+        bad = config_error(path, 0, "missing line: ", "record PATH");
+    if (bad)
+        return CKR_GENERAL_ERROR;
+
+    int fd = open(record, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "p11tls interposer: cannot open record file %s: %s\n", record,
+                strerror(errno));
+        return CKR_GENERAL_ERROR;
+    }
+    void *lib = dlopen(module, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "p11tls interposer: cannot load real module %s: %s\n", module,
+                dlerror());
+        close(fd);
+        return CKR_GENERAL_ERROR;
+    }
+    CK_C_GetFunctionList get;
+    *(void **)&get = dlsym(lib, "C_GetFunctionList"); /* the POSIX idiom for dlsym */
+    CK_FUNCTION_LIST_PTR list = NULL;
+    const char *why = NULL;
+    if (!get)
+        why = "it has no C_GetFunctionList";
+    else if (get == C_GetFunctionList)
+        why = "it is this interposer (it would call itself)";
+    else if (get(&list) != CKR_OK || !list)
+        why = "its C_GetFunctionList failed";
+    if (why) {
+        fprintf(stderr, "p11tls interposer: real module %s: %s\n", module, why);
+        dlclose(lib);
+        close(fd);
+        return CKR_GENERAL_ERROR;
+    }
+    record_fd = fd;
+    atomic_store(&real, list); /* never unloaded: modules often dislike dlclose */
+    return CKR_OK;
+}
+
+/* ------------------------------------------------------- general purpose */
+
+static CK_RV ip_Initialize(CK_VOID_PTR args)
+{
+    pthread_mutex_lock(&load_lock);
+    CK_RV loaded = atomic_load(&real) ? CKR_OK : load();
+    pthread_mutex_unlock(&load_lock);
+    if (loaded != CKR_OK)
+        return loaded;
+    START(Initialize);
+    FORWARD(Initialize, args);
+    jb_key(J, "init_flags");
+    if (args)
+        jb_fmt(J, "\"0x%lx\"", ((CK_C_INITIALIZE_ARGS *)args)->flags);
+    else
+        jb_puts(J, "null");
+    END;
+}
+
+static CK_RV ip_Finalize(CK_VOID_PTR reserved)
+{
+    START(Finalize);
+    FORWARD(Finalize, reserved);
+    if (rv == CKR_OK)
+        key_cache_clear();
+    END;
+}
+
+static CK_RV ip_GetInfo(CK_INFO_PTR info)
+{
+    START(GetInfo);
+    FORWARD(GetInfo, info);
+    END;
+}
+
+/* ------------------------------------------------- slots and tokens */
+
+static CK_RV ip_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
+{
+    CK_ULONG cap = count ? *count : 0;
+    START(GetSlotList);
+    FORWARD(GetSlotList, present, list, count);
+    jb_key(J, "token_present");
+    jb_puts(J, present ? "true" : "false");
+    j_out(J, list, cap, count);
+    END;
+}
+
+static CK_RV ip_GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+{
+    START(GetSlotInfo);
+    FORWARD(GetSlotInfo, slot, info);
+    j_ulong(J, "slot", slot);
+    END;
+}
+
+static CK_RV ip_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+    START(GetTokenInfo);
+    FORWARD(GetTokenInfo, slot, info);
+    j_ulong(J, "slot", slot);
+    if (rv == CKR_OK && info)
+        j_hexflags(J, "token_flags", info->flags);
+    END;
+}
+
+static CK_RV ip_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved)
+{
+    START(WaitForSlotEvent);
+    FORWARD(WaitForSlotEvent, flags, slot, reserved);
+    j_hexflags(J, "flags", flags);
+    j_handle_out(J, "slot", rv, slot);
+    END;
+}
+
+static CK_RV ip_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
+{
+    CK_ULONG cap = count ? *count : 0;
+    START(GetMechanismList);
+    FORWARD(GetMechanismList, slot, list, count);
+    j_ulong(J, "slot", slot);
+    j_out(J, list, cap, count);
+    if (rv == CKR_OK && list && count) { /* what the client was offered */
+        jb_key(J, "mechanisms");
+        jb_puts(J, "[");
+        for (CK_ULONG i = 0; i < *count && i < cap; i++) {
+            if (i)
+                jb_puts(J, ",");
+            jb_name(J, TABLE(mech_names), list[i]);
+        }
+        jb_puts(J, "]");
+    }
+    END;
+}
+
+static CK_RV ip_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
+                                 CK_MECHANISM_INFO_PTR info)
+{
+    START(GetMechanismInfo);
+    FORWARD(GetMechanismInfo, slot, type, info);
+    j_ulong(J, "slot", slot);
+    jb_key(J, "mechanism");
+    jb_puts(J, "{\"name\":");
+    jb_name(J, TABLE(mech_names), type);
+    jb_fmt(J, ",\"value\":%lu}", type);
+    if (rv == CKR_OK && info) {
+        jb_fmt(J, ",\"info\":{\"min_key\":%lu,\"max_key\":%lu,\"flags\":\"0x%lx\"}",
+               info->ulMinKeySize, info->ulMaxKeySize, info->flags);
+    }
+    END;
+}
+
+static CK_RV ip_InitToken(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len,
+                          CK_UTF8CHAR_PTR label)
+{
+    START(InitToken);
+    FORWARD(InitToken, slot, pin, pin_len, label);
+    j_ulong(J, "slot", slot);
+    jb_key(J, "pin_len");
+    pin ? jb_fmt(J, "%lu", pin_len) : jb_puts(J, "null");
+    jb_key(J, "label");
+    label ? jb_str(J, label, 32) : jb_puts(J, "null");
+    END;
+}
+
+static CK_RV ip_InitPIN(CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len)
+{
+    START(InitPIN);
+    FORWARD(InitPIN, s, pin, pin_len);
+    SESSION(s);
+    jb_key(J, "pin_len");
+    pin ? jb_fmt(J, "%lu", pin_len) : jb_puts(J, "null");
+    END;
+}
+
+static CK_RV ip_SetPIN(CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR old_pin, CK_ULONG old_len,
+                       CK_UTF8CHAR_PTR new_pin, CK_ULONG new_len)
+{
+    START(SetPIN);
+    FORWARD(SetPIN, s, old_pin, old_len, new_pin, new_len);
+    SESSION(s);
+    jb_key(J, "old_pin_len");
+    old_pin ? jb_fmt(J, "%lu", old_len) : jb_puts(J, "null");
+    jb_key(J, "new_pin_len");
+    new_pin ? jb_fmt(J, "%lu", new_len) : jb_puts(J, "null");
+    END;
+}
+
+/* ------------------------------------------------------------- sessions */
+
+static CK_RV ip_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
+                            CK_SESSION_HANDLE_PTR session)
+{
+    START(OpenSession);
+    FORWARD(OpenSession, slot, flags, app, notify, session);
+    j_ulong(J, "slot", slot);
+    j_hexflags(J, "flags", flags);
+    j_handle_out(J, "session", rv, session);
+    END;
+}
+
+static CK_RV ip_CloseSession(CK_SESSION_HANDLE s)
+{
+    START(CloseSession);
+    FORWARD(CloseSession, s);
+    key_cache_clear(); /* its session objects are gone; handles may be reused */
+    SESSION(s);
+    END;
+}
+
+static CK_RV ip_CloseAllSessions(CK_SLOT_ID slot)
+{
+    START(CloseAllSessions);
+    FORWARD(CloseAllSessions, slot);
+    key_cache_clear();
+    j_ulong(J, "slot", slot);
+    END;
+}
+
+static CK_RV ip_GetSessionInfo(CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR info)
+{
+    START(GetSessionInfo);
+    FORWARD(GetSessionInfo, s, info);
+    SESSION(s);
+    if (rv == CKR_OK && info)
+        j_ulong(J, "state", info->state);
+    END;
+}
+
+static CK_RV ip_GetOperationState(CK_SESSION_HANDLE s, CK_BYTE_PTR state, CK_ULONG_PTR len)
+{
+    CK_ULONG cap = len ? *len : 0;
+    START(GetOperationState);
+    FORWARD(GetOperationState, s, state, len);
+    SESSION(s);
+    j_out(J, state, cap, len);
+    END;
+}
+
+static CK_RV ip_SetOperationState(CK_SESSION_HANDLE s, CK_BYTE_PTR state, CK_ULONG len,
+                                  CK_OBJECT_HANDLE enc_key, CK_OBJECT_HANDLE auth_key)
+{
+    START(SetOperationState);
+    FORWARD(SetOperationState, s, state, len, enc_key, auth_key);
+    SESSION(s);
+    j_ulong(J, "in_len", len);
+    END;
+}
+
+static CK_RV ip_Login(CK_SESSION_HANDLE s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
+                      CK_ULONG pin_len)
+{
+    START(Login);
+    FORWARD(Login, s, user, pin, pin_len);
+    SESSION(s);
+    jb_key(J, "user_type");
+    jb_name(J, TABLE(user_names), user);
+    jb_key(J, "pin_len"); /* the length only, never the PIN */
+    pin ? jb_fmt(J, "%lu", pin_len) : jb_puts(J, "null");
+    END;
+}
+
+static CK_RV ip_Logout(CK_SESSION_HANDLE s)
+{
+    START(Logout);
+    FORWARD(Logout, s);
+    SESSION(s);
+    END;
+}
+
+/* ---------------------------------------------------------------- objects */
+
+static CK_RV ip_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                             CK_OBJECT_HANDLE_PTR obj)
+{
+    START(CreateObject);
+    FORWARD(CreateObject, s, t, n, obj);
+    SESSION(s);
+    j_template(J, "template", t, n, 1, NULL);
+    j_handle_out(J, "object", rv, obj);
+    END;
+}
+
+static CK_RV ip_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR t,
+                           CK_ULONG n, CK_OBJECT_HANDLE_PTR new_obj)
+{
+    START(CopyObject);
+    FORWARD(CopyObject, s, obj, t, n, new_obj);
+    SESSION(s);
+    j_ulong(J, "object", obj);
+    j_template(J, "template", t, n, 1, NULL);
+    j_handle_out(J, "new_object", rv, new_obj);
+    END;
+}
+
+static CK_RV ip_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
+{
+    START(DestroyObject);
+    FORWARD(DestroyObject, s, obj);
+    key_cache_forget(obj);
+    SESSION(s);
+    j_ulong(J, "object", obj);
+    END;
+}
+
+static CK_RV ip_GetObjectSize(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size)
+{
+    START(GetObjectSize);
+    FORWARD(GetObjectSize, s, obj, size);
+    SESSION(s);
+    j_ulong(J, "object", obj);
+    j_handle_out(J, "size", rv, size);
+    END;
+}
+
+static CK_RV ip_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR t,
+                                  CK_ULONG n)
+{
+    CK_ULONG caps[TEMPLATE_MAX];
+    for (CK_ULONG i = 0; t && i < n && i < TEMPLATE_MAX; i++)
+        caps[i] = t[i].ulValueLen;
+    START(GetAttributeValue);
+    FORWARD(GetAttributeValue, s, obj, t, n);
+    SESSION(s);
+    j_ulong(J, "object", obj);
+    j_template(J, "template", t, n, attr_ok(rv), caps);
+    END;
+}
+
+static CK_RV ip_SetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR t,
+                                  CK_ULONG n)
+{
+    START(SetAttributeValue);
+    FORWARD(SetAttributeValue, s, obj, t, n);
+    key_cache_forget(obj);
+    SESSION(s);
+    j_ulong(J, "object", obj);
+    j_template(J, "template", t, n, 1, NULL);
+    END;
+}
+
+static CK_RV ip_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+    START(FindObjectsInit);
+    FORWARD(FindObjectsInit, s, t, n);
+    SESSION(s);
+    j_template(J, "template", t, n, 1, NULL);
+    END;
+}
+
+static CK_RV ip_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR objs, CK_ULONG max,
+                            CK_ULONG_PTR count)
+{
+    START(FindObjects);
+    FORWARD(FindObjects, s, objs, max, count);
+    SESSION(s);
+    j_ulong(J, "max", max);
+    j_handle_out(J, "count", rv, count);
+    END;
+}
+
+static CK_RV ip_FindObjectsFinal(CK_SESSION_HANDLE s)
+{
+    START(FindObjectsFinal);
+    FORWARD(FindObjectsFinal, s);
+    SESSION(s);
+    END;
+}
+
+/* ------------------------------------------------- cryptographic operations */
+
+/* C_xInit(session, mechanism, key): mechanism, params and the key used. */
+#define WRAP_INIT(name)                                                      \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) \
+    {                                                                        \
+        START(name);                                                         \
+        char *key = key_describe(r, s, k);                                   \
+        FORWARD(name, s, m, k);                                              \
+        SESSION(s);                                                          \
+        j_mech(J, m);                                                        \
+        j_key(J, k, key);                                                    \
+        END;                                                                 \
+    }
+
+/* C_x(session, in, in_len, out, &out_len): one part in, one part out. */
+#define WRAP_IN_OUT(name)                                                    \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len, \
+                           CK_BYTE_PTR out, CK_ULONG_PTR out_len)           \
+    {                                                                        \
+        CK_ULONG cap = out_len ? *out_len : 0;                               \
+        START(name);                                                         \
+        FORWARD(name, s, in, in_len, out, out_len);                          \
+        SESSION(s);                                                          \
+        j_ulong(J, "in_len", in_len);                                        \
+        j_out(J, out, cap, out_len);                                         \
+        END;                                                                 \
+    }
+
+/* C_xFinal(session, out, &out_len) and the like. */
+#define WRAP_OUT(name)                                                       \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR out_len) \
+    {                                                                        \
+        CK_ULONG cap = out_len ? *out_len : 0;                               \
+        START(name);                                                         \
+        FORWARD(name, s, out, out_len);                                      \
+        SESSION(s);                                                          \
+        j_out(J, out, cap, out_len);                                         \
+        END;                                                                 \
+    }
+
+/* C_xUpdate(session, in, in_len) and the like: `field` names the length. */
+#define WRAP_IN(name, field)                                                 \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len) \
+    {                                                                        \
+        START(name);                                                         \
+        FORWARD(name, s, in, in_len);                                        \
+        SESSION(s);                                                          \
+        j_ulong(J, field, in_len);                                           \
+        END;                                                                 \
+    }
+
+WRAP_INIT(EncryptInit)
+WRAP_IN_OUT(Encrypt)
+WRAP_IN_OUT(EncryptUpdate)
+WRAP_OUT(EncryptFinal)
+
+WRAP_INIT(DecryptInit)
+WRAP_IN_OUT(Decrypt)
+WRAP_IN_OUT(DecryptUpdate)
+WRAP_OUT(DecryptFinal)
+
+WRAP_IN_OUT(Digest)
+WRAP_IN(DigestUpdate, "in_len")
+WRAP_OUT(DigestFinal)
+
+WRAP_INIT(SignInit)
+WRAP_IN_OUT(Sign)
+WRAP_IN(SignUpdate, "in_len")
+WRAP_OUT(SignFinal)
+WRAP_INIT(SignRecoverInit)
+WRAP_IN_OUT(SignRecover)
+
+WRAP_INIT(VerifyInit)
+WRAP_IN(VerifyUpdate, "in_len")
+WRAP_IN(VerifyFinal, "sig_len")
+WRAP_INIT(VerifyRecoverInit)
+WRAP_IN_OUT(VerifyRecover) /* in: the signature, out: the recovered data */
+
+WRAP_IN_OUT(DigestEncryptUpdate)
+WRAP_IN_OUT(DecryptDigestUpdate)
+WRAP_IN_OUT(SignEncryptUpdate)
+WRAP_IN_OUT(DecryptVerifyUpdate)
+
+WRAP_IN(SeedRandom, "in_len")
+
+static CK_RV ip_DigestInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m)
+{
+    START(DigestInit);
+    FORWARD(DigestInit, s, m);
+    SESSION(s);
+    j_mech(J, m);
+    END;
+}
+
+static CK_RV ip_DigestKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k)
+{
+    START(DigestKey);
+    char *key = key_describe(r, s, k);
+    FORWARD(DigestKey, s, k);
+    SESSION(s);
+    j_key(J, k, key);
+    END;
+}
+
+static CK_RV ip_Verify(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
+                       CK_ULONG sig_len)
+{
+    START(Verify);
+    FORWARD(Verify, s, data, len, sig, sig_len);
+    SESSION(s);
+    j_ulong(J, "in_len", len);
+    j_ulong(J, "sig_len", sig_len);
+    END;
+}
+
+static CK_RV ip_GenerateRandom(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG len)
+{
+    START(GenerateRandom);
+    FORWARD(GenerateRandom, s, out, len);
+    SESSION(s);
+    j_ulong(J, "out_len", len);
+    END;
+}
+
+/* ----------------------------------------------------------------- keys */
+
+static CK_RV ip_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t,
+                            CK_ULONG n, CK_OBJECT_HANDLE_PTR key)
+{
+    START(GenerateKey);
+    FORWARD(GenerateKey, s, m, t, n, key);
+    SESSION(s);
+    j_mech(J, m);
+    j_template(J, "template", t, n, 1, NULL);
+    j_handle_out(J, "object", rv, key);
+    END;
+}
+
+static CK_RV ip_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pub_t,
+                                CK_ULONG pub_n, CK_ATTRIBUTE_PTR priv_t, CK_ULONG priv_n,
+                                CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv)
+{
+    START(GenerateKeyPair);
+    FORWARD(GenerateKeyPair, s, m, pub_t, pub_n, priv_t, priv_n, pub, priv);
+    SESSION(s);
+    j_mech(J, m);
+    j_template(J, "public_template", pub_t, pub_n, 1, NULL);
+    j_template(J, "private_template", priv_t, priv_n, 1, NULL);
+    j_handle_out(J, "public_key", rv, pub);
+    j_handle_out(J, "private_key", rv, priv);
+    END;
+}
+
+static CK_RV ip_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wrapping,
+                        CK_OBJECT_HANDLE k, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+{
+    CK_ULONG cap = out_len ? *out_len : 0;
+    START(WrapKey);
+    char *key = key_describe(r, s, wrapping);
+    FORWARD(WrapKey, s, m, wrapping, k, out, out_len);
+    SESSION(s);
+    j_mech(J, m);
+    j_key(J, wrapping, key);
+    j_ulong(J, "object", k);
+    j_out(J, out, cap, out_len);
+    END;
+}
+
+static CK_RV ip_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE unwrapping,
+                          CK_BYTE_PTR in, CK_ULONG in_len, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                          CK_OBJECT_HANDLE_PTR obj)
+{
+    START(UnwrapKey);
+    char *key = key_describe(r, s, unwrapping);
+    FORWARD(UnwrapKey, s, m, unwrapping, in, in_len, t, n, obj);
+    SESSION(s);
+    j_mech(J, m);
+    j_key(J, unwrapping, key);
+    j_ulong(J, "in_len", in_len);
+    j_template(J, "template", t, n, 1, NULL);
+    j_handle_out(J, "object", rv, obj);
+    END;
+}
+
+static CK_RV ip_DeriveKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE base,
+                          CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR obj)
+{
+    START(DeriveKey);
+    char *key = key_describe(r, s, base);
+    FORWARD(DeriveKey, s, m, base, t, n, obj);
+    SESSION(s);
+    j_mech(J, m);
+    j_key(J, base, key);
+    j_template(J, "template", t, n, 1, NULL);
+    j_handle_out(J, "object", rv, obj);
+    END;
+}
+
+/* ------------------------------------------------------ parallel functions */
+
+static CK_RV ip_GetFunctionStatus(CK_SESSION_HANDLE s)
+{
+    START(GetFunctionStatus);
+    FORWARD(GetFunctionStatus, s);
+    SESSION(s);
+    END;
+}
+
+static CK_RV ip_CancelFunction(CK_SESSION_HANDLE s)
+{
+    START(CancelFunction);
+    FORWARD(CancelFunction, s);
+    SESSION(s);
+    END;
+}
+
+/* ------------------------------------------------------------ entry point */
+
+static CK_FUNCTION_LIST function_list = {
+    .version = { CRYPTOKI_VERSION_MAJOR, CRYPTOKI_VERSION_MINOR },
+    .C_Initialize = ip_Initialize,
+    .C_Finalize = ip_Finalize,
+    .C_GetInfo = ip_GetInfo,
+    .C_GetFunctionList = C_GetFunctionList,
+    .C_GetSlotList = ip_GetSlotList,
+    .C_GetSlotInfo = ip_GetSlotInfo,
+    .C_GetTokenInfo = ip_GetTokenInfo,
+    .C_GetMechanismList = ip_GetMechanismList,
+    .C_GetMechanismInfo = ip_GetMechanismInfo,
+    .C_InitToken = ip_InitToken,
+    .C_InitPIN = ip_InitPIN,
+    .C_SetPIN = ip_SetPIN,
+    .C_OpenSession = ip_OpenSession,
+    .C_CloseSession = ip_CloseSession,
+    .C_CloseAllSessions = ip_CloseAllSessions,
+    .C_GetSessionInfo = ip_GetSessionInfo,
+    .C_GetOperationState = ip_GetOperationState,
+    .C_SetOperationState = ip_SetOperationState,
+    .C_Login = ip_Login,
+    .C_Logout = ip_Logout,
+    .C_CreateObject = ip_CreateObject,
+    .C_CopyObject = ip_CopyObject,
+    .C_DestroyObject = ip_DestroyObject,
+    .C_GetObjectSize = ip_GetObjectSize,
+    .C_GetAttributeValue = ip_GetAttributeValue,
+    .C_SetAttributeValue = ip_SetAttributeValue,
+    .C_FindObjectsInit = ip_FindObjectsInit,
+    .C_FindObjects = ip_FindObjects,
+    .C_FindObjectsFinal = ip_FindObjectsFinal,
+    .C_EncryptInit = ip_EncryptInit,
+    .C_Encrypt = ip_Encrypt,
+    .C_EncryptUpdate = ip_EncryptUpdate,
+    .C_EncryptFinal = ip_EncryptFinal,
+    .C_DecryptInit = ip_DecryptInit,
+    .C_Decrypt = ip_Decrypt,
+    .C_DecryptUpdate = ip_DecryptUpdate,
+    .C_DecryptFinal = ip_DecryptFinal,
+    .C_DigestInit = ip_DigestInit,
+    .C_Digest = ip_Digest,
+    .C_DigestUpdate = ip_DigestUpdate,
+    .C_DigestKey = ip_DigestKey,
+    .C_DigestFinal = ip_DigestFinal,
+    .C_SignInit = ip_SignInit,
+    .C_Sign = ip_Sign,
+    .C_SignUpdate = ip_SignUpdate,
+    .C_SignFinal = ip_SignFinal,
+    .C_SignRecoverInit = ip_SignRecoverInit,
+    .C_SignRecover = ip_SignRecover,
+    .C_VerifyInit = ip_VerifyInit,
+    .C_Verify = ip_Verify,
+    .C_VerifyUpdate = ip_VerifyUpdate,
+    .C_VerifyFinal = ip_VerifyFinal,
+    .C_VerifyRecoverInit = ip_VerifyRecoverInit,
+    .C_VerifyRecover = ip_VerifyRecover,
+    .C_DigestEncryptUpdate = ip_DigestEncryptUpdate,
+    .C_DecryptDigestUpdate = ip_DecryptDigestUpdate,
+    .C_SignEncryptUpdate = ip_SignEncryptUpdate,
+    .C_DecryptVerifyUpdate = ip_DecryptVerifyUpdate,
+    .C_GenerateKey = ip_GenerateKey,
+    .C_GenerateKeyPair = ip_GenerateKeyPair,
+    .C_WrapKey = ip_WrapKey,
+    .C_UnwrapKey = ip_UnwrapKey,
+    .C_DeriveKey = ip_DeriveKey,
+    .C_SeedRandom = ip_SeedRandom,
+    .C_GenerateRandom = ip_GenerateRandom,
+    .C_GetFunctionStatus = ip_GetFunctionStatus,
+    .C_CancelFunction = ip_CancelFunction,
+    .C_WaitForSlotEvent = ip_WaitForSlotEvent,
+};
+
+/* Not recorded: it runs before the configuration has been read. */
+EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
+{
+    if (!list)
+        return CKR_ARGUMENTS_BAD;
+    *list = &function_list;
+    return CKR_OK;
+}

@@ -1,0 +1,86 @@
+"""Putting the recording interposer (and optionally pkcs11-spy) between each
+client and the real module, and cutting its record into one file per case.
+
+Each client gets one record file for the whole run: a warm JVM reads the
+interposer's configuration once, so per-case files are cut from it by
+offset before and after each handshake.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ToolMissing
+from harness.interposer import build_interposer, write_interposer_config
+
+SPY_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
+    "/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so",
+    "/usr/lib/pkcs11/pkcs11-spy.so",
+)
+
+
+def find_pkcs11_spy() -> Path:
+    for candidate in SPY_CANDIDATES:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise ToolMissing("pkcs11-spy.so not found: install opensc, or run without --p11-spy")
+
+
+@dataclass(frozen=True)
+class Mark:
+    record_offset: int
+    spy_offset: int
+
+
+class CallRecorder:
+    """The interposer set-up of one client for one run."""
+
+    def __init__(self, real_module: Path, workdir: Path, name: str, *, spy: bool = False,
+                 extra_lines: tuple[str, ...] = ()) -> None:
+        self.module = build_interposer()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.record_file = workdir / f"calls-{name}.jsonl"
+        self.spy_log = workdir / f"spy-{name}.log" if spy else None
+        below = find_pkcs11_spy() if spy else real_module
+        self.env = write_interposer_config(
+            below, self.record_file, workdir / f"interposer-{name}.conf", list(extra_lines))
+        if self.spy_log is not None:
+            self.env.update({"PKCS11SPY": str(real_module), "PKCS11SPY_OUTPUT": str(self.spy_log)})
+
+    def mark(self) -> Mark:
+        return Mark(_size(self.record_file), _size(self.spy_log))
+
+    def collect(self, since: Mark, case_dir: Path) -> list[dict[str, Any]]:
+        """The calls made since `since`; also kept as case_dir/calls.jsonl (and spy.log)."""
+        case_dir.mkdir(parents=True, exist_ok=True)
+        chunk = _read_from(self.record_file, since.record_offset)
+        (case_dir / "calls.jsonl").write_bytes(chunk)
+        if self.spy_log is not None:
+            (case_dir / "spy.log").write_bytes(_read_from(self.spy_log, since.spy_offset))
+        calls = []
+        for line in chunk.decode(errors="replace").splitlines():
+            try:
+                calls.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crashing client: keep the others
+        return calls
+
+
+def _size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except FileNotFoundError:
+        return b""
