@@ -7,6 +7,7 @@ HarnessError becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,21 @@ def _matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calls(args: argparse.Namespace) -> int:
+    from harness.calls import format_calls_table, load_calls
+
+    print(format_calls_table(load_calls(args.file)))
+    return 0
+
+
+# Subcommands whose module parses its own arguments: name -> (module, function, help).
+DELEGATED = {
+    "explain": ("harness.explain", "explain_main",
+                "say what went wrong in a PKCS#11 call log (own records, pkcs11-spy, "
+                "p11-kit, pkcs11-logger, OpenSC debug)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p11tls",
@@ -32,11 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the matrix of a results.json")
     show.add_argument("results", type=Path, nargs="?", default=Path("reports/results.json"))
     show.set_defaults(func=_matrix)
+    calls = sub.add_parser("calls", help="print a record file of the interposer as a table")
+    calls.add_argument("file", type=Path, help="a calls.jsonl from reports/logs/CASE/")
+    calls.set_defaults(func=_calls)
+    for name, (_, _, text) in DELEGATED.items():
+        delegated = sub.add_parser(name, help=text, add_help=False)
+        delegated.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        module_name, function, _ = DELEGATED[argv[0]]
+        module = importlib.import_module(module_name)
+        return int(getattr(module, function)(argv[1:]))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
