@@ -16,10 +16,10 @@ from harness.errors import HarnessError
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    from harness.record import read_results
+    from harness.compare import load_results
     from harness.report import terminal_matrix
 
-    print(terminal_matrix(read_results(args.results)))
+    print(terminal_matrix(load_results(args.results)))
     return 0
 
 
@@ -35,6 +35,12 @@ DELEGATED = {
     "explain": ("harness.explain", "explain_main",
                 "say what went wrong in a PKCS#11 call log (own records, pkcs11-spy, "
                 "p11-kit, pkcs11-logger, OpenSC debug)"),
+    "report": ("harness.compare", "report_main",
+               "render matrix.html and matrix.md from a results.json"),
+    "merge": ("harness.compare", "merge_main",
+              "merge results.json files from several lab hosts into one"),
+    "diff": ("harness.compare", "diff_main",
+             "list changed cells between two results.json, regressions first (exit 1 on one)"),
 }
 
 

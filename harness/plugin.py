@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from harness.clients import CLIENTS
+from harness.compare import write_reports
 from harness.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
 from harness.matrix import cases, expected_failure, load_known_failures
@@ -151,10 +152,14 @@ class RecordCollector:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.records:
             write_results(self.records, self.settings.reports / "results.json")
+            write_reports(self.records, self.settings.reports)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.records:
             return
         terminalreporter.section("PKCS#11 TLS client-auth matrix")
         terminalreporter.write_line(terminal_matrix(self.records))
-        terminalreporter.write_line(f"results: {self.settings.reports / 'results.json'}")
+        reports = self.settings.reports
+        terminalreporter.write_line(
+            f"reports: {reports / 'results.json'}, {reports / 'matrix.html'}, "
+            f"{reports / 'matrix.md'}")

@@ -26,6 +26,7 @@ class HandshakeRecord:
     provisioning: str
     tls: str  # "1.2" / "1.3" as requested
     outcome: str  # Outcome value
+    client_sigalgs: str | None = None  # client signature schemes the server allowed
     module: dict[str, Any] = field(default_factory=dict)  # path, library, token label/model
     profile: str | None = None
     client_version: str | None = None
@@ -37,8 +38,16 @@ class HandshakeRecord:
     expected: str | None = None  # reason when this case is a known failure
     duration_s: float | None = None
     sign: dict[str, Any] | None = None  # summary of the CertificateVerify signing call
+    sign_problems: list[str] | None = None  # differences from expected_mechanisms.toml
     calls: list[dict[str, Any]] | None = None  # PKCS#11 calls made for this handshake
-    logs: dict[str, str] = field(default_factory=dict)  # name -> path relative to reports/
+    logs: dict[str, str] = field(default_factory=dict)  # name -> path of the case's log
+
+    @property
+    def row_label(self) -> str:
+        """Provisioning, plus the server's restriction when there was one."""
+        if self.client_sigalgs:
+            return f"{self.provisioning}, server forces {self.client_sigalgs}"
+        return self.provisioning
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,52 +1,42 @@
-"""Rendering results: the terminal matrix (rows key × provisioning, columns
-client × TLS version)."""
+"""The terminal matrix printed at the end of every run: one table per
+module/profile, rows key × provisioning, columns client × TLS version; the
+cells are the same as in matrix.html and matrix.md (markdown_report.cell_text)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from harness.markdown_report import cell_state, cell_text, matrix_tables
 from harness.record import HandshakeRecord
 
-TLS_ORDER = ("1.2", "1.3")
+
+def terminal_cell(records: Sequence[HandshakeRecord]) -> str:
+    """`ok ECDSA 32B`, `CKR_GENERAL_ERROR ECDSA_SHA256 3037B (known)`, `-` for none."""
+    texts = []
+    for record in records:
+        text = cell_text(record)
+        state = cell_state(record)
+        if state == "known":
+            text += " (known)"
+        elif state == "xpass":
+            text += " (expected to fail)"
+        texts.append(text)
+    return " / ".join(texts) or "-"
 
 
-def cell(record: HandshakeRecord) -> str:
-    """One matrix cell: ok/FAIL (xfail when known) and the signature scheme or error."""
-    if record.outcome == "ok":
-        return f"ok {record.signature_scheme or ''}".strip()
-    if record.outcome == "skip":
-        return "skip"
-    word = "xfail" if record.expected else record.outcome.upper()
-    return f"{word} {record.error or ''}".strip()[:40]
-
-
-def terminal_matrix(records: list[HandshakeRecord]) -> str:
-    """A plain-text table; one block per module."""
+def terminal_matrix(records: Sequence[HandshakeRecord]) -> str:
+    """Plain-text tables with a count line under each."""
     if not records:
         return "no handshake cases were run"
-    clients = sorted({r.client for r in records})
-    columns = [(c, t) for c in clients for t in TLS_ORDER
-               if any(r.client == c and r.tls == t for r in records)]
-    rows = sorted({(r.key, r.provisioning) for r in records},
-                  key=lambda kp: (_key_order(kp[0]), kp[1]))
-    by_slot = {(r.key, r.provisioning, r.client, r.tls): r for r in records}
-    header = ["key", "provisioning"] + [f"{c} TLS{t}" for c, t in columns]
-    table = [header]
-    for key, prov in rows:
-        table.append([key, prov] + [
-            cell(by_slot[(key, prov, c, t)]) if (key, prov, c, t) in by_slot else "-"
-            for c, t in columns
-        ])
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    ok = sum(r.outcome == "ok" for r in records)
-    failed = sum(r.outcome in ("fail", "error") and not r.expected for r in records)
-    known = sum(r.outcome in ("fail", "error") and bool(r.expected) for r in records)
-    skipped = sum(r.outcome == "skip" for r in records)
-    lines.append(f"{ok} ok, {failed} failed, {known} known failures, {skipped} skipped")
-    return "\n".join(lines)
-
-
-def _key_order(name: str) -> int:
-    from harness.keys import KEYS
-
-    return list(KEYS).index(name) if name in KEYS else len(KEYS)
+    blocks = []
+    for table in matrix_tables(records):
+        header = ["key", "provisioning"] + [f"{c} TLS{t}" for c, t in table.columns]
+        rows = [header] + [
+            [key, label] + [terminal_cell(table.cases((key, label), col)) for col in table.columns]
+            for key, label in table.rows
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        blocks.append("\n".join([table.title, *lines, table.counts()]))
+    return "\n\n".join(blocks)

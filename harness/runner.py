@@ -21,7 +21,13 @@ from harness.clients.base import Client, HandshakeJob
 from harness.config import Settings
 from harness.errors import HarnessError
 from harness.keys import Algorithm, KeySpec, Provisioning
-from harness.matrix import Case, expected_failure, load_known_failures
+from harness.matrix import (
+    Case,
+    expected_failure,
+    load_known_failures,
+    load_sign_expectations,
+    sign_expectation,
+)
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.record import HandshakeRecord, Outcome
 from harness.recording import CallRecorder
@@ -51,6 +57,7 @@ class MatrixRunner:
         self.recorders: dict[str, CallRecorder] = {}
         self.ca = TestCA(self.workdir / "ca")
         self.known_failures = load_known_failures()
+        self.sign_expectations = load_sign_expectations()
         if settings.module is None:
             self.softhsm = TemporarySoftHSM(self.workdir / "softhsm")
             self.softhsm.activate()  # python-pkcs11 in this process reads it too
@@ -126,10 +133,17 @@ class MatrixRunner:
         """Why `case` is known to fail on this stack, or None."""
         return expected_failure(case, self.known_failures)
 
-    def run(self, case: Case, *, client_sigalgs: str | None = None) -> HandshakeRecord:
+    @property
+    def checks_mechanisms(self) -> bool:
+        """expected_mechanisms.toml describes the default stack: the embedded
+        SoftHSM2 token with calls recorded."""
+        return self.softhsm is not None and self.settings.record
+
+    def run(self, case: Case) -> HandshakeRecord:
         record = HandshakeRecord(
             case_id=case.case_id, client=case.client, key=case.key.name,
             provisioning=case.provisioning.value, tls=case.tls.value,
+            client_sigalgs=case.client_sigalgs,
             outcome=Outcome.ERROR.value, module=self._module_summary(), expected=self.expected_failure(case),
         )
         client = self.client(case.client)
@@ -147,7 +161,7 @@ class MatrixRunner:
         server = HandshakeServer(
             cert_pem=self.ca.server_cert_pem, key_pem=self.ca.server_key_pem,
             client_ca_pem=self.ca.ca_pem, tls=case.tls, log_path=logs / "server.log",
-            client_sigalgs=client_sigalgs,
+            client_sigalgs=case.client_sigalgs,
         )
         module, env = self.module, self.env
         recorder = self.recorder(case.client) if self.settings.record else None
@@ -170,6 +184,9 @@ class MatrixRunner:
         if recorder is not None:
             record.calls = recorder.collect(mark, logs)
             record.sign = sign_summary(record.calls)
+            expectation = sign_expectation(case, self.sign_expectations)
+            if self.checks_mechanisms and expectation is not None:
+                record.sign_problems = expectation.problems(record.sign)
             record.logs["calls"] = str(logs / "calls.jsonl")
             if recorder.spy_log is not None:
                 record.logs["spy"] = str(logs / "spy.log")

@@ -18,3 +18,5 @@ def test_handshake(p11_runner, p11_case, p11_record):
         f"{record.case_id}: {record.error} (logs: {record.logs.get('client')})"
     )
     assert record.signature_scheme, "the server saw no CertificateVerify"
+    # what the token was asked for (harness/data/expected_mechanisms.toml)
+    assert not record.sign_problems, "; ".join(record.sign_problems)

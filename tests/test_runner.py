@@ -113,6 +113,7 @@ def test_unavailable_client_is_a_skip_with_reason(p11_runner, monkeypatch):
 
 @pytest.mark.parametrize("client", ["openssl-engine", "gnutls"])
 def test_forced_rsa_pkcs1_in_tls12(p11_runner, client):
-    case = Case(client, KEYS["rsa2048"], Provisioning.GENERATE, TLSVersion.TLS12)
-    forced = p11_runner.run(case, client_sigalgs="rsa_pkcs1_sha256")
+    case = Case(client, KEYS["rsa2048"], Provisioning.GENERATE, TLSVersion.TLS12,
+                "rsa_pkcs1_sha256")
+    forced = p11_runner.run(case)
     assert forced.outcome == "ok" and forced.signature_scheme == "rsa_pkcs1_sha256"

@@ -1,0 +1,362 @@
+"""Working on results files: render them (`p11tls report`), merge runs from
+several lab hosts (`p11tls merge`) and compare two runs (`p11tls diff`).
+
+A case is identified across files by (host, module path, profile, case_id):
+the same case id on two hosts or two modules is two cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness.errors import ConfigError, HarnessError
+from harness.markdown_report import FAILED, cell_text, group_key, render_markdown
+from harness.record import HandshakeRecord, write_results
+
+__all__ = [
+    "CaseKey",
+    "CellChange",
+    "ChangeKind",
+    "DiffResult",
+    "diff",
+    "diff_main",
+    "load_results",
+    "merge",
+    "merge_main",
+    "report_main",
+    "write_reports",
+]
+
+CaseKey = tuple[str, str, str, str]  # (host, module path, profile, case_id)
+_REQUIRED = ("case_id", "client", "key", "provisioning", "tls", "outcome")
+_OPTIONAL_TEXT = ("profile", "client_version", "negotiated_version", "cipher",
+                  "signature_scheme", "client_subject", "error", "expected")
+
+
+def case_key(record: HandshakeRecord) -> CaseKey:
+    return (*group_key(record), record.case_id)
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def load_results(path: Path) -> list[HandshakeRecord]:
+    """Read a results.json; anything that is not one raises ConfigError (one line).
+
+    Stricter than record.read_results: each entry must be an object with the
+    identifying fields as strings, so a hand-edited or foreign file fails here
+    and not as a traceback somewhere in a renderer.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"results file {path} not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a results file: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read results file {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a results file: not JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{path} is not a results file: expected a JSON list of cases, "
+                          f"found {_json_kind(data)}")
+    known = set(HandshakeRecord.__dataclass_fields__)
+    records = []
+    for i, entry in enumerate(data):
+        where = f"{path} is not a results file: entry {i}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} is {_json_kind(entry)}, not an object")
+        for name in _REQUIRED:
+            if not isinstance(entry.get(name), str):
+                raise ConfigError(f"{where} needs {name!r} as text, found {entry.get(name)!r}")
+        for name in _OPTIONAL_TEXT:
+            if not isinstance(entry.get(name), (str, type(None))):
+                raise ConfigError(f"{where}: {name!r} must be text or null")
+        values = {k: v for k, v in entry.items() if k in known}
+        for name in ("module", "logs"):  # null is read as empty
+            if values.get(name) is None:
+                values[name] = {}
+            elif not isinstance(values[name], dict):
+                raise ConfigError(f"{where}: {name!r} must be an object")
+        if values.get("sign") is not None and not isinstance(values["sign"], dict):
+            raise ConfigError(f"{where}: 'sign' must be an object or null")
+        if values.get("calls") is not None and not isinstance(values["calls"], list):
+            raise ConfigError(f"{where}: 'calls' must be a list or null")
+        records.append(HandshakeRecord(**values))
+    return records
+
+
+def _json_kind(value: object) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true/false",
+             int: "a number", float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def write_reports(records: Sequence[HandshakeRecord], out_dir: Path, *,
+                  log_base: Path | None = None) -> tuple[Path, Path]:
+    """Write out_dir/matrix.html and out_dir/matrix.md; returns their paths.
+
+    Relative log paths in the records are read from `log_base` (default
+    out_dir, the reports directory they are relative to).
+    """
+    from harness.html_report import render_html
+
+    out_dir = Path(out_dir)
+    html_path, md_path = out_dir / "matrix.html", out_dir / "matrix.md"
+    html = render_html(records, log_base=log_base if log_base is not None else out_dir)
+    markdown = render_markdown(records)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(html_path, html)
+        _write_atomic(md_path, markdown)
+    except OSError as exc:
+        raise ConfigError(f"cannot write reports into {out_dir}: {exc.strerror or exc}") from None
+    return html_path, md_path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # a browser or CI artefact upload never sees a half-written report
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- merge --------------------------------------------------------------------------
+
+
+def merge(results: Sequence[Sequence[HandshakeRecord]], sources: Sequence[str | Path],
+          notes: list[str] | None = None) -> list[HandshakeRecord]:
+    """Merge runs from several lab hosts into one list, each host kept apart.
+
+    A record without module["host"] is tagged with its source's file stem
+    (`lab1.json` -> host "lab1"; two sources with the same stem get their
+    parent directory added). A case that appears twice for the same
+    host/module/profile keeps the later one. Every such decision is appended
+    to `notes` as one line; nothing is dropped without a note.
+    """
+    if len(results) != len(sources):
+        raise ConfigError(f"merge: {len(results)} results lists but {len(sources)} sources")
+    said = notes if notes is not None else []
+    tags = _host_tags([Path(s) for s in sources])
+    merged: dict[CaseKey, tuple[HandshakeRecord, str]] = {}
+    for records, source, tag in zip(results, sources, tags):
+        tagged_here = 0
+        for record in records:
+            module = dict(record.module) if isinstance(record.module, dict) else {}
+            if not module.get("host"):
+                module["host"] = tag
+                tagged_here += 1
+            record = replace(record, module=module)
+            key = case_key(record)
+            if key in merged:
+                said.append(f"{record.case_id} on {_where(key)} is in both "
+                            f"{merged[key][1]} and {source}: keeping the one from {source}")
+            merged[key] = (record, str(source))
+        if tagged_here:
+            said.append(f"{source}: {tagged_here} cases without a host, tagged host {tag!r}")
+    return [record for record, _ in merged.values()]
+
+
+def _host_tags(paths: list[Path]) -> list[str]:
+    """File stems; a stem shared by different files gets its directory, then a number.
+
+    The same file given twice keeps one tag: its cases are duplicates (later wins).
+    """
+    files = [p.resolve() for p in paths]
+    tags = [p.stem for p in files]
+    for step in ("directory", "number"):
+        files_per_tag: dict[str, set[Path]] = {}
+        for file, tag in zip(files, tags):
+            files_per_tag.setdefault(tag, set()).add(file)
+        for i, tag in enumerate(tags):
+            if len(files_per_tag[tag]) > 1:
+                tags[i] = f"{files[i].parent.name}/{tag}" if step == "directory" else f"{tag}#{i + 1}"
+    return tags
+
+
+def _where(key: CaseKey) -> str:
+    host, path, profile, _ = key
+    parts = [p for p in (host, path) if p]
+    if profile:
+        parts.append(f"profile {profile}")
+    return " ".join(parts) or "an unnamed module"
+
+
+# --- diff ---------------------------------------------------------------------------
+
+
+class ChangeKind(enum.Enum):
+    """How a cell changed, in the order a diff lists them."""
+
+    REGRESSION = "regression"  # ok before, fails now
+    FIXED = "fixed"  # failed before, ok now
+    CHANGED = "changed"  # anything else in the cell (CKR code, mechanism, size, skip)
+    NEW = "new"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class CellChange:
+    kind: ChangeKind
+    key: CaseKey
+    old: HandshakeRecord | None
+    new: HandshakeRecord | None
+
+    def describe(self) -> str:
+        """`REGRESSION  lab1 /usr/lib/x.so java-p256-generate-tls12: ok ECDSA 32B -> ...`."""
+        before = _cell(self.old) if self.old is not None else "(absent)"
+        after = _cell(self.new) if self.new is not None else "(absent)"
+        text = f"{self.kind.value.upper():<10}  {_where(self.key)} {self.key[3]}: "
+        if self.kind is ChangeKind.NEW:
+            text += after
+        elif self.kind is ChangeKind.REMOVED:
+            text += f"was {before}"
+        else:
+            text += f"{before} -> {after}"
+        if self.kind is ChangeKind.REGRESSION and self.new is not None and self.new.error:
+            text += f" ({' '.join(self.new.error.split())[:160]})"
+        return text
+
+
+def _cell(record: HandshakeRecord) -> str:
+    text = cell_text(record)
+    return text + " (known failure)" if record.expected and record.outcome in FAILED else text
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """The changed cells between two runs: regressions first, then fixes,
+    other changes, new and removed cases."""
+
+    changes: tuple[CellChange, ...]
+    unchanged: int = 0
+
+    def of(self, kind: ChangeKind) -> list[CellChange]:
+        return [c for c in self.changes if c.kind is kind]
+
+    @property
+    def has_regression(self) -> bool:
+        """A case that was ok now fails (or errors): what a nightly job alarms on."""
+        return any(c.kind is ChangeKind.REGRESSION for c in self.changes)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{len(self.of(k))} {k.value}" for k in ChangeKind)
+        return f"{counts}; {self.unchanged} unchanged"
+
+    def format(self) -> str:
+        lines = [c.describe() for c in self.changes]
+        return "\n".join(lines + [self.summary()])
+
+
+def diff(old: Sequence[HandshakeRecord], new: Sequence[HandshakeRecord]) -> DiffResult:
+    """Compare two runs cell by cell (keyed by host, module, profile, case id)."""
+    before = {case_key(r): r for r in old}
+    after = {case_key(r): r for r in new}
+    changes: list[CellChange] = []
+    unchanged = 0
+    for key in sorted(before.keys() | after.keys()):
+        o, n = before.get(key), after.get(key)
+        if o is None:
+            changes.append(CellChange(ChangeKind.NEW, key, None, n))
+        elif n is None:
+            changes.append(CellChange(ChangeKind.REMOVED, key, o, None))
+        elif o.outcome == "ok" and n.outcome in FAILED:
+            changes.append(CellChange(ChangeKind.REGRESSION, key, o, n))
+        elif o.outcome in FAILED and n.outcome == "ok":
+            changes.append(CellChange(ChangeKind.FIXED, key, o, n))
+        elif _cell(o) != _cell(n) or o.outcome != n.outcome:
+            changes.append(CellChange(ChangeKind.CHANGED, key, o, n))
+        else:
+            unchanged += 1
+    order = list(ChangeKind)
+    changes.sort(key=lambda c: order.index(c.kind))  # stable: keys stay sorted per kind
+    return DiffResult(tuple(changes), unchanged)
+
+
+# --- command-line entry points ------------------------------------------------------
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """`p11tls report RESULTS.json [-o DIR]`: write matrix.html and matrix.md."""
+    parser = argparse.ArgumentParser(
+        prog="p11tls report",
+        description="Render matrix.html and matrix.md from a results.json.")
+    parser.add_argument("results", type=Path, help="a results.json (from a run or a merge)")
+    parser.add_argument("-o", "--out-dir", type=Path, default=None,
+                        help="where to write the reports (default: the results file's directory)")
+
+    def run(args: argparse.Namespace) -> int:
+        records = load_results(args.results)
+        out_dir = args.out_dir if args.out_dir is not None else args.results.parent
+        paths = write_reports(records, out_dir, log_base=args.results.parent)
+        print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
+
+    return _run(parser, run, argv)
+
+
+def merge_main(argv: Sequence[str] | None = None) -> int:
+    """`p11tls merge A.json B.json ... -o ALL.json`."""
+    parser = argparse.ArgumentParser(
+        prog="p11tls merge",
+        description="Merge results files from several lab hosts into one (one table per "
+        "host/module). Cases without a host are tagged with their file's name.")
+    parser.add_argument("results", type=Path, nargs="+", help="results files, one per host")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the merged file")
+
+    def run(args: argparse.Namespace) -> int:
+        loaded = [load_results(p) for p in args.results]
+        notes: list[str] = []
+        merged = merge(loaded, [str(p) for p in args.results], notes)
+        for note in notes:
+            print(f"p11tls merge: {note}", file=sys.stderr)
+        try:
+            write_results(merged, args.output)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        print(f"wrote {args.output}: {len(merged)} cases from {len(args.results)} files")
+        return 0
+
+    return _run(parser, run, argv)
+
+
+def diff_main(argv: Sequence[str] | None = None) -> int:
+    """`p11tls diff OLD.json NEW.json`: exit 1 when a case that was ok now fails."""
+    parser = argparse.ArgumentParser(
+        prog="p11tls diff",
+        description="List the cells that changed between two results files, regressions "
+        "first. Exit status 1 when a case that was ok now fails, else 0.")
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+
+    def run(args: argparse.Namespace) -> int:
+        result = diff(load_results(args.old), load_results(args.new))
+        print(result.format())
+        return 1 if result.has_regression else 0
+
+    return _run(parser, run, argv)
+
+
+def _run(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+         argv: Sequence[str] | None) -> int:
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (argparse printed why) and --help
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return run(args)
+    except HarnessError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
