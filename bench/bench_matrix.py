@@ -6,8 +6,9 @@ Prints, from one run:
      against the same server with a bare `openssl s_client` using the same
      P-256 key from a PEM file, and their ratio (target <= 1.5);
   2. the wall time of the whole default matrix (rsa2048, p256, p384 x
-     generate, import x openssl-engine, gnutls x TLS 1.2, 1.3) as
-     `pytest tests/test_matrix.py`, pytest start included (target <= 15 s).
+     generate, import x every client x TLS 1.2, 1.3) as
+     `pytest tests/test_matrix.py`, pytest start included (target <= 15 s),
+     and the same without the Java clients: what Java adds (target <= 5 s).
 
 Run: .venv/bin/python bench/bench_matrix.py [--rounds N]
 """
@@ -75,20 +76,29 @@ def main() -> int:
                 bare_s.append(bare_handshake(runner, key.cert_pem, key_pem, work))
         finally:
             runner.close()
-        start = time.perf_counter()
-        matrix = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             str(ROOT / "tests" / "test_matrix.py"), f"--p11-reports={work / 'matrix'}"],
-            cwd=ROOT, capture_output=True, text=True, check=False)
-        matrix_s = time.perf_counter() - start
+        matrix_s, summary, matrix_ok = run_matrix(work / "all")
+        no_java_s, no_java_summary, no_java_ok = run_matrix(
+            work / "no-java", "--p11-clients=openssl-engine,openssl-provider,gnutls")
     h, b = statistics.median(harness_s), statistics.median(bare_s)
-    summary = (matrix.stdout.strip().splitlines() or ["?"])[-1]
     print(f"harness openssl-engine handshake, median of {args.rounds}: {h * 1000:.1f} ms")
     print(f"bare openssl s_client with PEM key, median of {args.rounds}: {b * 1000:.1f} ms")
     print(f"ratio harness/bare: {h / b:.2f}   (target <= 1.5)")
     print(f"default matrix wall time incl. pytest start: {matrix_s:.2f} s   (target <= 15 s)"
           f"   [{summary}]")
-    return 0 if matrix.returncode == 0 else 1
+    print(f"the same without the Java clients: {no_java_s:.2f} s   [{no_java_summary}]")
+    print(f"Java adds to the default matrix: {matrix_s - no_java_s:.2f} s   (target <= 5 s)")
+    return 0 if matrix_ok and no_java_ok else 1
+
+
+def run_matrix(reports: Path, *options: str) -> tuple[float, str, bool]:
+    """Wall time of `pytest tests/test_matrix.py` in a fresh process, its summary line."""
+    start = time.perf_counter()
+    matrix = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(ROOT / "tests" / "test_matrix.py"), f"--p11-reports={reports}", *options],
+        cwd=ROOT, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    return elapsed, (matrix.stdout.strip().splitlines() or ["?"])[-1], matrix.returncode == 0
 
 
 if __name__ == "__main__":
