@@ -13,7 +13,8 @@ from harness.clients import CLIENTS
 from harness.compare import write_reports
 from harness.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
-from harness.matrix import cases, expected_failure, load_known_failures
+from harness.expectations import CaseExpectations, ExpectedFailure
+from harness.matrix import cases
 from harness.process import tool_version
 from harness.record import HandshakeRecord, write_results
 from harness.report import terminal_matrix
@@ -92,13 +93,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "p11_case" not in metafunc.fixturenames:
         return
     settings = metafunc.config.stash[settings_key]
-    known = load_known_failures()
+    expectations = CaseExpectations()
     params = []
     for case in cases(list(settings.clients), settings.keys):
         marks = [getattr(pytest.mark, m) for m in case.markers]
-        reason = expected_failure(case, known)
+        reason = expectations.failure_reason(case)
         if reason:
-            marks.append(pytest.mark.xfail(reason=reason, strict=True))
+            marks.append(pytest.mark.xfail(reason=reason, strict=True, raises=ExpectedFailure))
         params.append(pytest.param(case, id=case.case_id, marks=marks))
     metafunc.parametrize("p11_case", params)
 

@@ -38,7 +38,6 @@ class HandshakeRecord:
     expected: str | None = None  # reason when this case is a known failure
     duration_s: float | None = None
     sign: dict[str, Any] | None = None  # summary of the CertificateVerify signing call
-    sign_problems: list[str] | None = None  # differences from expected_mechanisms.toml
     calls: list[dict[str, Any]] | None = None  # PKCS#11 calls made for this handshake
     logs: dict[str, str] = field(default_factory=dict)  # name -> path of the case's log
 

@@ -21,13 +21,8 @@ from harness.clients.base import Client, HandshakeJob
 from harness.config import Settings
 from harness.errors import HarnessError
 from harness.keys import Algorithm, KeySpec, Provisioning
-from harness.matrix import (
-    Case,
-    expected_failure,
-    load_known_failures,
-    load_sign_expectations,
-    sign_expectation,
-)
+from harness.expectations import CaseExpectations, Verdict
+from harness.matrix import Case
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.record import HandshakeRecord, Outcome
 from harness.recording import CallRecorder
@@ -56,8 +51,6 @@ class MatrixRunner:
         self._versions: dict[str, str] = {}
         self.recorders: dict[str, CallRecorder] = {}
         self.ca = TestCA(self.workdir / "ca")
-        self.known_failures = load_known_failures()
-        self.sign_expectations = load_sign_expectations()
         if settings.module is None:
             self.softhsm = TemporarySoftHSM(self.workdir / "softhsm")
             self.softhsm.activate()  # python-pkcs11 in this process reads it too
@@ -74,6 +67,7 @@ class MatrixRunner:
             self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
         self.main_token = self._token("main")  # fails fast on a bad module/label/PIN
         _ = self.main_token.session
+        self.expectations = CaseExpectations(check_mechanisms=self.checks_mechanisms)
 
     # -- tokens and keys ---------------------------------------------------------
     def _token(self, role: str) -> Token:
@@ -129,9 +123,9 @@ class MatrixRunner:
     def module_info(self) -> dict[str, Any]:
         return self.token_info().as_dict()
 
-    def expected_failure(self, case: Case) -> str | None:
-        """Why `case` is known to fail on this stack, or None."""
-        return expected_failure(case, self.known_failures)
+    def verdict(self, case: Case, record: HandshakeRecord) -> Verdict:
+        """Whether the record is what the data files expect of the case."""
+        return self.expectations.verdict(case, record)
 
     @property
     def checks_mechanisms(self) -> bool:
@@ -144,7 +138,8 @@ class MatrixRunner:
             case_id=case.case_id, client=case.client, key=case.key.name,
             provisioning=case.provisioning.value, tls=case.tls.value,
             client_sigalgs=case.client_sigalgs,
-            outcome=Outcome.ERROR.value, module=self._module_summary(), expected=self.expected_failure(case),
+            outcome=Outcome.ERROR.value, module=self._module_summary(),
+            expected=self.expectations.failure_reason(case),
         )
         client = self.client(case.client)
         reason = client.unavailable_reason()
@@ -184,9 +179,6 @@ class MatrixRunner:
         if recorder is not None:
             record.calls = recorder.collect(mark, logs)
             record.sign = sign_summary(record.calls)
-            expectation = sign_expectation(case, self.sign_expectations)
-            if self.checks_mechanisms and expectation is not None:
-                record.sign_problems = expectation.problems(record.sign)
             record.logs["calls"] = str(logs / "calls.jsonl")
             if recorder.spy_log is not None:
                 record.logs["spy"] = str(logs / "spy.log")

@@ -1,99 +1,119 @@
-"""The data tables the matrix checks against: mechanism expectations and
-known failures (parsing, matching, and that a mismatch is reported)."""
+"""The data files the matrix checks against (harness/expectations.py):
+parsing, matching, and that a record that differs is reported."""
 
 from __future__ import annotations
 
 import pytest
 
 from harness.errors import ConfigError
-from harness.keys import KEYS, Provisioning
-from harness.matrix import (
-    Case,
-    cases,
-    expected_failure,
-    load_known_failures,
-    load_sign_expectations,
-    sign_expectation,
+from harness.expectations import (
+    EXPECTED_MECHANISMS,
+    CaseExpectations,
+    first_match,
+    load_expectations,
 )
+from harness.keys import KEYS, Provisioning
+from harness.matrix import Case, cases
+from harness.record import HandshakeRecord
 from harness.tls import TLSVersion
 
 PSS = {"hash": "CKM_SHA256", "mgf": "CKG_MGF1_SHA256", "salt_len": 32}
+GOOD_PSS = {"mechanism": "CKM_RSA_PKCS_PSS", "params": PSS, "parts": 0, "input_bytes": 32,
+            "rv": "CKR_OK"}
 
 
 def case(client="openssl-engine", key="p256", tls=TLSVersion.TLS12, sigalgs=None):
     return Case(client, KEYS[key], Provisioning.GENERATE, tls, sigalgs)
 
 
-def test_shipped_expectations_cover_the_issue_examples():
-    table = load_sign_expectations()
-    ecdsa = sign_expectation(case(), table)
-    assert ecdsa and ecdsa.mechanism == "CKM_ECDSA" and ecdsa.input_bytes == 32
-    assert ecdsa.parts == 0
-    rsa = sign_expectation(case(key="rsa2048"), table)
+def record(c: Case, outcome="ok", error=None, sign=None) -> HandshakeRecord:
+    return HandshakeRecord(case_id=c.case_id, client=c.client, key=c.key.name,
+                           provisioning=c.provisioning.value, tls=c.tls.value,
+                           outcome=outcome, error=error, sign=sign)
+
+
+def test_shipped_mechanisms_cover_the_issue_examples():
+    table = load_expectations(EXPECTED_MECHANISMS)
+    ecdsa = first_match(case(), table)
+    assert ecdsa and (ecdsa.mechanism, ecdsa.input_bytes, ecdsa.parts) == ("CKM_ECDSA", 32, 0)
+    rsa = first_match(case(key="rsa2048"), table)
     assert rsa and rsa.mechanism == "CKM_RSA_PKCS_PSS" and rsa.params == PSS
-    forced = sign_expectation(case(key="rsa2048", sigalgs="rsa_pkcs1_sha256"), table)
+    forced = first_match(case(key="rsa2048", sigalgs="rsa_pkcs1_sha256"), table)
     assert forced and forced.mechanism == "CKM_RSA_PKCS" and forced.input_bytes == 51
-    java_forced = sign_expectation(case("java", "rsa2048", sigalgs="rsa_pkcs1_sha256"), table)
-    assert java_forced and java_forced.mechanism == "CKM_SHA256_RSA_PKCS"
+    java = first_match(case("java", "rsa2048", sigalgs="rsa_pkcs1_sha256"), table)
+    assert java and java.mechanism == "CKM_SHA256_RSA_PKCS"
 
 
-def test_every_default_case_has_an_expectation():
-    table = load_sign_expectations()
+def test_every_case_of_the_full_matrix_has_a_mechanism_or_a_known_failure():
+    expectations = CaseExpectations(check_mechanisms=True)
     missing = [c.case_id for c in cases(["openssl-engine", "gnutls", "java", "java-nocombined"],
                                         tuple(KEYS.values()))
-               if sign_expectation(c, table) is None]
+               if first_match(c, expectations.mechanisms) is None
+               and expectations.failure_reason(c) is None]
     assert missing == []
 
 
-def test_matching_sign_has_no_problems_and_a_changed_one_is_reported():
-    expectation = sign_expectation(case(key="rsa2048"), load_sign_expectations())
-    assert expectation is not None
-    good = {"mechanism": "CKM_RSA_PKCS_PSS", "params": PSS, "parts": 0, "input_bytes": 32,
-            "rv": "CKR_OK"}
-    assert expectation.problems(good) == []
-    changed = {**good, "mechanism": "CKM_SHA256_RSA_PKCS_PSS", "parts": 1, "input_bytes": 2900}
-    problems = expectation.problems(changed)
+def test_verdict_accepts_the_expected_call_and_reports_a_changed_one():
+    expectations = CaseExpectations(check_mechanisms=True)
+    c = case(key="rsa2048")
+    assert expectations.verdict(c, record(c, sign=GOOD_PSS)).problems == []
+    changed = {**GOOD_PSS, "mechanism": "CKM_SHA256_RSA_PKCS_PSS", "parts": 1,
+               "input_bytes": 2900}
+    problems = expectations.verdict(c, record(c, sign=changed)).problems
     assert any(p.startswith("mechanism: expected 'CKM_RSA_PKCS_PSS'") for p in problems)
     assert any(p.startswith("parts:") for p in problems)
-    assert expectation.problems(None) == ["no signing call recorded; expected CKM_RSA_PKCS_PSS"]
-    assert expectation.problems({**good, "rv": "CKR_GENERAL_ERROR"})
+    assert expectations.verdict(c, record(c, sign=None)).problems == [
+        "no signing call recorded; expected CKM_RSA_PKCS_PSS"]
+    # without the default stack's table nothing is checked about the call
+    assert CaseExpectations().verdict(c, record(c, sign=changed)).problems == []
 
 
 def test_minimum_input_is_checked():
-    java = sign_expectation(case("java", "rsa2048", sigalgs="rsa_pkcs1_sha256"),
-                            load_sign_expectations())
+    java = first_match(case("java", "rsa2048", sigalgs="rsa_pkcs1_sha256"),
+                       load_expectations(EXPECTED_MECHANISMS))
     assert java is not None
     sign = {"mechanism": "CKM_SHA256_RSA_PKCS", "params": None, "parts": 1, "rv": "CKR_OK"}
-    assert java.problems({**sign, "input_bytes": 2270}) == []
-    assert java.problems({**sign, "input_bytes": 51})
+    assert java.sign_problems({**sign, "input_bytes": 2270}) == []
+    assert java.sign_problems({**sign, "input_bytes": 51})
 
 
-def test_known_failures_match_by_client_and_key():
-    known = load_known_failures()
-    assert "libp11" in (expected_failure(case(key="ed25519"), known) or "")
-    assert expected_failure(case("gnutls", "ed25519"), known) is None
-    assert expected_failure(case(key="p256"), known) is None
+def test_known_failure_is_expected_only_when_it_fails():
+    expectations = CaseExpectations()
+    c = case(key="ed25519")
+    assert "libp11" in (expectations.failure_reason(c) or "")
+    failed = expectations.verdict(c, record(c, "fail", "Unable to enumerate private keys"))
+    assert failed.expected_failure and failed.problems == []
+    passed = expectations.verdict(c, record(c))
+    assert passed.expected_failure is None and passed.problems[0].startswith("passed, but")
+    assert expectations.failure_reason(case("gnutls", "ed25519")) is None
+
+
+def test_expected_failure_with_the_wrong_error_is_a_problem(tmp_path):
+    table = tmp_path / "outcomes.toml"
+    table.write_text('[[expect]]\nkeys = ["p256"]\noutcome = "fail"\nreason = "r"\n'
+                     'error = "CKR_GENERAL_ERROR"\n')
+    expectations = CaseExpectations()
+    expectations.outcomes = load_expectations(table)
+    c = case()
+    right = expectations.verdict(c, record(c, "fail", "CKR_GENERAL_ERROR"))
+    assert right.expected_failure == "r" and right.problems == []
+    wrong = expectations.verdict(c, record(c, "fail", "CKR_DEVICE_REMOVED"))
+    assert wrong.expected_failure is None and "expected 'CKR_GENERAL_ERROR'" in wrong.problems[0]
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("[[known]]\nclient = 'gnutls'\n", "missing \\['reason'\\]"),
-        ("[[known]]\nreason = 'x'\nversion = '1'\n", "unknown keys \\['version'\\]"),
-        ("[[known]\n", "cannot read"),
+        ('[[expect]]\noutcome = "fail"\n', "needs a 'reason'"),
+        ("[[expect]]\nreason = 'x'\nversion = '1'\n", "unknown keys \\['version'\\]"),
+        ('[[expect]]\noutcome = "maybe"\n', "outcome must be 'ok' or 'fail'"),
+        ("[[expect]\n", "cannot read"),
     ],
-    ids=["no-reason", "unknown-key", "bad-toml"],
+    ids=["no-reason", "unknown-key", "bad-outcome", "bad-toml"],
 )
-def test_bad_known_failures_file_is_one_clear_error(tmp_path, text, message):
-    path = tmp_path / "known.toml"
+def test_bad_data_file_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "table.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message) as info:
-        load_known_failures(path)
+        load_expectations(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
-
-
-def test_bad_expectations_file_is_one_clear_error(tmp_path):
-    path = tmp_path / "expect.toml"
-    path.write_text("[[expect]]\nkeys = ['p256']\n")
-    with pytest.raises(ConfigError, match="missing \\['mechanism'\\]"):
-        load_sign_expectations(path)
