@@ -35,6 +35,8 @@ DELEGATED = {
     "explain": ("harness.explain", "explain_main",
                 "say what went wrong in a PKCS#11 call log (own records, pkcs11-spy, "
                 "p11-kit, pkcs11-logger, OpenSC debug)"),
+    "sweep": ("harness.sweep", "sweep_main",
+              "grow the TLS 1.2 transcript and find the largest input the token signs"),
     "report": ("harness.compare", "report_main",
                "render matrix.html and matrix.md from a results.json"),
     "merge": ("harness.compare", "merge_main",

@@ -21,11 +21,16 @@ class Case:
     provisioning: Provisioning
     tls: TLSVersion
     client_sigalgs: str | None = None  # the server allows only these client schemes
+    padding_bytes: int = 0  # extra CA names in the CertificateRequest (padding.py)
 
     @property
     def case_id(self) -> str:
-        base = f"{self.client}-{self.key.name}-{self.provisioning.value}-{self.tls.marker}"
-        return f"{base}-{self.client_sigalgs}" if self.client_sigalgs else base
+        parts = [self.client, self.key.name, self.provisioning.value, self.tls.marker]
+        if self.client_sigalgs:
+            parts.append(self.client_sigalgs)
+        if self.padding_bytes:
+            parts.append(f"pad{self.padding_bytes}")
+        return "-".join(parts)
 
     @property
     def markers(self) -> tuple[str, ...]:

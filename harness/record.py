@@ -27,6 +27,7 @@ class HandshakeRecord:
     tls: str  # "1.2" / "1.3" as requested
     outcome: str  # Outcome value
     client_sigalgs: str | None = None  # client signature schemes the server allowed
+    padding_bytes: int = 0  # extra CA names the server sent to grow the transcript
     module: dict[str, Any] = field(default_factory=dict)  # path, library, token label/model
     profile: str | None = None
     client_version: str | None = None
@@ -44,9 +45,12 @@ class HandshakeRecord:
     @property
     def row_label(self) -> str:
         """Provisioning, plus the server's restriction when there was one."""
+        label = self.provisioning
         if self.client_sigalgs:
-            return f"{self.provisioning}, server forces {self.client_sigalgs}"
-        return self.provisioning
+            label += f", server forces {self.client_sigalgs}"
+        if self.padding_bytes:
+            label += f", +{self.padding_bytes} B of CA names"
+        return label
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,6 +23,7 @@ from harness.errors import HarnessError
 from harness.keys import Algorithm, KeySpec, Provisioning
 from harness.expectations import CaseExpectations, Verdict
 from harness.matrix import Case
+from harness.padding import padded_ca_file
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.record import HandshakeRecord, Outcome
 from harness.recording import CallRecorder
@@ -137,7 +138,7 @@ class MatrixRunner:
         record = HandshakeRecord(
             case_id=case.case_id, client=case.client, key=case.key.name,
             provisioning=case.provisioning.value, tls=case.tls.value,
-            client_sigalgs=case.client_sigalgs,
+            client_sigalgs=case.client_sigalgs, padding_bytes=case.padding_bytes,
             outcome=Outcome.ERROR.value, module=self._module_summary(),
             expected=self.expectations.failure_reason(case),
         )
@@ -155,7 +156,9 @@ class MatrixRunner:
         logs = self.settings.reports / "logs" / case.case_id
         server = HandshakeServer(
             cert_pem=self.ca.server_cert_pem, key_pem=self.ca.server_key_pem,
-            client_ca_pem=self.ca.ca_pem, tls=case.tls, log_path=logs / "server.log",
+            client_ca_pem=padded_ca_file(self.workdir / "padding", self.ca.ca_pem,
+                                         case.padding_bytes),
+            tls=case.tls, log_path=logs / "server.log",
             client_sigalgs=case.client_sigalgs,
         )
         module, env = self.module, self.env
