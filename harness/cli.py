@@ -33,8 +33,8 @@ def _calls(args: argparse.Namespace) -> int:
 # Subcommands whose module parses its own arguments: name -> (module, function, help).
 DELEGATED = {
     "explain": ("harness.explain", "explain_main",
-                "say what went wrong in a PKCS#11 call log (own records, pkcs11-spy, "
-                "p11-kit, pkcs11-logger, OpenSC debug)"),
+                ("say what went wrong in a PKCS#11 call log (own records, pkcs11-spy, "
+                 "p11-kit, pkcs11-logger, OpenSC debug)")),
     "sweep": ("harness.sweep", "sweep_main",
               "grow the TLS 1.2 transcript and find the largest input the token signs"),
     "report": ("harness.compare", "report_main",

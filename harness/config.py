@@ -76,9 +76,8 @@ def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
           env: Mapping[str, str]) -> str | None:
     if option.repeatable:  # lines, joined; the first source that has any wins
         for source in (cli, ini):
-            lines = source.get(option.name) or []
-            if isinstance(lines, str):
-                lines = lines.splitlines()
+            value = source.get(option.name) or []
+            lines = value.splitlines() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
             if lines:
                 return "\n".join(str(line) for line in lines)
         return None

@@ -123,7 +123,8 @@ def load_expectations(path: Path) -> list[Expectation]:
             raise ConfigError(f"{where}: outcome must be 'ok' or 'fail', not {entry['outcome']!r}")
         if entry.get("outcome") == "fail" and not entry.get("reason"):
             raise ConfigError(f"{where}: an expected failure needs a 'reason'")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in entry.items()}
         result.append(Expectation(**values, source=str(path)))
     return result
 

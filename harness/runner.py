@@ -20,8 +20,8 @@ from harness.clients import CLIENTS
 from harness.clients.base import Client, HandshakeJob
 from harness.config import Settings
 from harness.errors import HarnessError
-from harness.keys import Algorithm, KeySpec, Provisioning
 from harness.expectations import CaseExpectations, Verdict
+from harness.keys import Algorithm, KeySpec, Provisioning
 from harness.matrix import Case
 from harness.padding import padded_ca_file
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused

@@ -27,12 +27,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import quote_plus, unquote_plus
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.errors import ConfigError, HarnessError, TokenError, ToolMissing
 from harness.process import base_env, kill_group, tail
+
+if TYPE_CHECKING:
+    from harness.config import Settings
 
 __all__ = ["COMBINED_MECHANISMS", "JDK", "JavaClient", "JavaNoCombinedClient", "JavaResult",
            "build_classes", "find_java_sources", "find_jdk"]
