@@ -35,6 +35,8 @@ DELEGATED = {
     "explain": ("harness.explain", "explain_main",
                 ("say what went wrong in a PKCS#11 call log (own records, pkcs11-spy, "
                  "p11-kit, pkcs11-logger, OpenSC debug)")),
+    "profiles": ("harness.profile", "profiles_main",
+                 "list the shipped emulation profiles, or check and show one"),
     "sweep": ("harness.sweep", "sweep_main",
               "grow the TLS 1.2 transcript and find the largest input the token signs"),
     "report": ("harness.compare", "report_main",

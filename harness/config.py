@@ -30,6 +30,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_token_label", "PKCS11_TOKEN_LABEL",
            "label of the token to use (required with --p11-module)"),
     Option("p11_pin", "PKCS11_TOKEN_PIN", "user PIN of the token"),
+    Option("p11_profile", "P11TLS_PROFILE",
+           "emulate a constrained token on top of the module: a shipped profile name or a "
+           "TOML file (p11tls profiles lists them)"),
     Option("p11_reports", "P11TLS_REPORTS", "directory for results.json and logs",
            "reports"),
     Option("p11_timeout", "P11TLS_TIMEOUT", "seconds allowed per handshake", "20"),
@@ -58,6 +61,7 @@ class Settings:
     module: Path | None  # None: the embedded SoftHSM2 default
     token_label: str | None
     pin: str | None
+    profile: str | None  # emulation profile name or path
     reports: Path
     timeout_s: float
     keys: tuple[KeySpec, ...]
@@ -109,6 +113,8 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
             raise ConfigError(
                 "--p11-module needs the user PIN: pass --p11-pin or set PKCS11_TOKEN_PIN"
             )
+    if raw["p11_profile"] and _flag(raw, "p11_no_record"):
+        raise ConfigError("--p11-profile works inside the interposer: drop --p11-no-record")
     try:
         timeout = float(raw["p11_timeout"] or 0)
     except ValueError:
@@ -126,6 +132,7 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         module=module,
         token_label=raw["p11_token_label"],
         pin=raw["p11_pin"],
+        profile=raw["p11_profile"],
         reports=Path(raw["p11_reports"] or "reports"),
         timeout_s=timeout,
     )

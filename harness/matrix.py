@@ -21,14 +21,16 @@ class Case:
     provisioning: Provisioning
     tls: TLSVersion
     client_sigalgs: str | None = None  # the server allows only these client schemes
-    padding_bytes: int = 0  # extra CA names in the CertificateRequest (padding.py)
+    # Sweep mode when set: the server names only padding CAs of about this many
+    # bytes in its CertificateRequest and sends no chain (padding.py).
+    padding_bytes: int | None = None
 
     @property
     def case_id(self) -> str:
         parts = [self.client, self.key.name, self.provisioning.value, self.tls.marker]
         if self.client_sigalgs:
             parts.append(self.client_sigalgs)
-        if self.padding_bytes:
+        if self.padding_bytes is not None:
             parts.append(f"pad{self.padding_bytes}")
         return "-".join(parts)
 

@@ -60,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     ini = {o.name: config.getini(o.name) for o in OPTIONS}
     try:
         settings = resolve(cli, ini, os.environ)
+        _profile_name(settings)  # a bad profile is a usage error before anything runs
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not settings.reports.is_absolute():
@@ -68,6 +69,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[settings_key] = settings
     if not hasattr(config, "workerinput"):  # only the controller writes reports
         config.pluginmanager.register(RecordCollector(settings), "p11tls-records")
+
+
+def _profile_name(settings: Settings) -> str | None:
+    from harness.profile import load_profile
+
+    return load_profile(settings.profile).name if settings.profile else None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -86,14 +93,20 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     clients = "; ".join([tool_version(["openssl", "version"]),
                          tool_version(["gnutls-cli", "--version"]),
                          f"python-pkcs11 {pkcs11_version}"])
-    return [f"p11tls module: {module}", f"p11tls clients: {clients}"]
+    lines = [f"p11tls module: {module}", f"p11tls clients: {clients}"]
+    if settings.profile:
+        from harness.profile import load_profile
+
+        lines.append(f"p11tls profile: {load_profile(settings.profile).label} -- an emulation, "
+                     "not the device")
+    return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "p11_case" not in metafunc.fixturenames:
         return
     settings = metafunc.config.stash[settings_key]
-    expectations = CaseExpectations()
+    expectations = CaseExpectations(profile=_profile_name(settings))
     params = []
     for case in cases(list(settings.clients), settings.keys):
         marks = [getattr(pytest.mark, m) for m in case.markers]

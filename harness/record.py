@@ -27,7 +27,7 @@ class HandshakeRecord:
     tls: str  # "1.2" / "1.3" as requested
     outcome: str  # Outcome value
     client_sigalgs: str | None = None  # client signature schemes the server allowed
-    padding_bytes: int = 0  # extra CA names the server sent to grow the transcript
+    padding_bytes: int | None = None  # sweep mode: bytes of padding CA names the server sent
     module: dict[str, Any] = field(default_factory=dict)  # path, library, token label/model
     profile: str | None = None
     client_version: str | None = None
@@ -48,7 +48,7 @@ class HandshakeRecord:
         label = self.provisioning
         if self.client_sigalgs:
             label += f", server forces {self.client_sigalgs}"
-        if self.padding_bytes:
+        if self.padding_bytes is not None:
             label += f", +{self.padding_bytes} B of CA names"
         return label
 

@@ -8,6 +8,7 @@ case needs it, and removes what it created when closed.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -21,9 +22,11 @@ from harness.clients.base import Client, HandshakeJob
 from harness.config import Settings
 from harness.errors import HarnessError
 from harness.expectations import CaseExpectations, Verdict
+from harness.interposer import build_interposer, write_interposer_config
 from harness.keys import Algorithm, KeySpec, Provisioning
 from harness.matrix import Case
-from harness.padding import padded_ca_file
+from harness.padding import padding_file
+from harness.profile import load_profile
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.record import HandshakeRecord, Outcome
 from harness.recording import CallRecorder
@@ -52,6 +55,7 @@ class MatrixRunner:
         self._versions: dict[str, str] = {}
         self.recorders: dict[str, CallRecorder] = {}
         self.ca = TestCA(self.workdir / "ca")
+        self.profile = load_profile(settings.profile) if settings.profile else None
         if settings.module is None:
             self.softhsm = TemporarySoftHSM(self.workdir / "softhsm")
             self.softhsm.activate()  # python-pkcs11 in this process reads it too
@@ -66,15 +70,31 @@ class MatrixRunner:
             self.pin = settings.pin or ""
             assert settings.token_label is not None
             self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
+        # Under a profile this process, which provisions the keys, goes through
+        # the emulation too: a refused import must be refused here.
+        self.token_module = self._emulate_here() if self.profile else self.module
         self.main_token = self._token("main")  # fails fast on a bad module/label/PIN
         _ = self.main_token.session
-        self.expectations = CaseExpectations(check_mechanisms=self.checks_mechanisms)
+        self.expectations = CaseExpectations(
+            profile=self.profile.name if self.profile else None,
+            check_mechanisms=self.checks_mechanisms)
 
     # -- tokens and keys ---------------------------------------------------------
+    def _emulate_here(self) -> Path:
+        """Load the interposer with the profile in this process; its calls are
+        kept in interposer/calls-provision.jsonl."""
+        assert self.profile is not None
+        directory = self.workdir / "interposer"
+        directory.mkdir(parents=True, exist_ok=True)
+        os.environ.update(write_interposer_config(
+            self.module, directory / "calls-provision.jsonl",
+            directory / "interposer-provision.conf", self.profile.interposer_lines()))
+        return build_interposer()
+
     def _token(self, role: str) -> Token:
         label = self.token_labels[role]
         if label not in self.tokens:
-            self.tokens[label] = Token(self.module, label, self.pin)
+            self.tokens[label] = Token(self.token_module, label, self.pin)
             self.provisioners[label] = Provisioner(
                 self.tokens[label], self.ca, self.workdir, self.run_tag)
         return self.tokens[label]
@@ -112,7 +132,8 @@ class MatrixRunner:
         """The interposer set-up for `client` (built and configured on first use)."""
         if client not in self.recorders:
             self.recorders[client] = CallRecorder(
-                self.module, self.workdir / "interposer", client, spy=self.settings.spy)
+                self.module, self.workdir / "interposer", client, spy=self.settings.spy,
+                extra_lines=tuple(self.profile.interposer_lines()) if self.profile else ())
         return self.recorders[client]
 
     def _client_version(self, client: Client) -> str:
@@ -130,8 +151,8 @@ class MatrixRunner:
 
     @property
     def checks_mechanisms(self) -> bool:
-        """expected_mechanisms.toml describes the default stack: the embedded
-        SoftHSM2 token with calls recorded."""
+        """expected_mechanisms.toml describes the embedded SoftHSM2 token with
+        calls recorded; a profile's outcome file overrides it case by case."""
         return self.softhsm is not None and self.settings.record
 
     def run(self, case: Case) -> HandshakeRecord:
@@ -139,6 +160,7 @@ class MatrixRunner:
             case_id=case.case_id, client=case.client, key=case.key.name,
             provisioning=case.provisioning.value, tls=case.tls.value,
             client_sigalgs=case.client_sigalgs, padding_bytes=case.padding_bytes,
+            profile=self.profile.name if self.profile else None,
             outcome=Outcome.ERROR.value, module=self._module_summary(),
             expected=self.expectations.failure_reason(case),
         )
@@ -156,9 +178,9 @@ class MatrixRunner:
         logs = self.settings.reports / "logs" / case.case_id
         server = HandshakeServer(
             cert_pem=self.ca.server_cert_pem, key_pem=self.ca.server_key_pem,
-            client_ca_pem=padded_ca_file(self.workdir / "padding", self.ca.ca_pem,
-                                         case.padding_bytes),
-            tls=case.tls, log_path=logs / "server.log",
+            client_ca_pem=self.ca.ca_pem, tls=case.tls, log_path=logs / "server.log",
+            ca_names_pem=(None if case.padding_bytes is None
+                          else padding_file(self.workdir / "padding", case.padding_bytes)),
             client_sigalgs=case.client_sigalgs,
         )
         module, env = self.module, self.env
@@ -200,7 +222,9 @@ class MatrixRunner:
             else:
                 sign_rv = (record.sign or {}).get("rv")
                 token_error = sign_rv if sign_rv not in (None, "CKR_OK") else None
-                record.error = token_error or result.error or seen.error or (
+                both = (f"{result.error} (server: {seen.error})"
+                        if result.error and seen.error else None)
+                record.error = token_error or both or result.error or seen.error or (
                     "client never reached the server" if not seen.connected
                     else "server rejected the handshake")
         return record
@@ -208,7 +232,10 @@ class MatrixRunner:
     def _module_summary(self) -> dict[str, Any]:
         if not hasattr(self, "_summary"):
             self._summary = self.module_info()
+            self._summary["path"] = str(self.module)  # the real module, not the interposer
             self._summary["embedded"] = self.softhsm is not None
+            if self.profile is not None:
+                self._summary["emulates"] = self.profile.emulates
         return dict(self._summary)
 
     def close(self) -> None:

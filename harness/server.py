@@ -60,13 +60,21 @@ class HandshakeServer:
         tls: TLSVersion,
         log_path: Path,
         client_sigalgs: str | None = None,
+        ca_names_pem: Path | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
+        """client_ca_pem verifies client certificates. By default the server
+        also names that CA in its CertificateRequest and sends it in its chain;
+        with ca_names_pem it names exactly the CAs of that file (none for an
+        empty file) and sends only its own certificate (the transcript-size sweep)."""
+        names = ca_names_pem or client_ca_pem
+        # s_server refuses an empty -CAfile; without one it names no CA at all
+        named = ["-CAfile", str(names)] if names.stat().st_size else []
         self.argv = [
             openssl_binary(), "s_server", "-accept", "0", "-naccept", "1",
             "-cert", str(cert_pem), "-key", str(key_pem),
-            "-CAfile", str(client_ca_pem), "-Verify", "1", "-verify_return_error",
-            tls.openssl_flag, "-trace",
+            "-verifyCAfile", str(client_ca_pem), *named,
+            "-Verify", "1", "-verify_return_error", tls.openssl_flag, "-trace",
         ]
         if client_sigalgs:
             self.argv += ["-client_sigalgs", client_sigalgs]

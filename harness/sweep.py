@@ -22,7 +22,7 @@ from harness.matrix import Case
 from harness.record import HandshakeRecord
 from harness.tls import TLSVersion
 
-DEFAULT_STEPS_KIB = (0, 1, 2, 4, 8, 16)
+DEFAULT_STEPS_KIB = (0, 1, 2, 4, 8, 16)  # padding of the CertificateRequest, KiB
 
 
 @dataclass
@@ -41,37 +41,61 @@ class SweepResult:
         if self.first_failure is None:
             return f"{self.client} {self.key}: {ok}; no limit found"
         f = self.first_failure
-        return (f"{self.client} {self.key}: {ok}; first failure at +{f['padding_bytes']} B of "
-                f"CA names: {f['mechanism']} over {f['input_bytes']} B -> {f['error']}")
+        return (f"{self.client} {self.key}: {ok}; smallest refused input {f['input_bytes']} B "
+                f"({f['mechanism']}, +{f['padding_bytes']} B of CA names) -> {f['error']}")
 
 
 def sweep(run: Callable[[Case], HandshakeRecord], client: str, key: str,
           steps_kib: Sequence[int] = DEFAULT_STEPS_KIB,
-          progress: Callable[[str], None] | None = None) -> SweepResult:
-    """Run the TLS 1.2 case at each padding step; stop after the first failure."""
+          progress: Callable[[str], None] | None = None, *, bisect: bool = True,
+          resolution: int = 4) -> SweepResult:
+    """Run the TLS 1.2 case at each padding step until one fails; then, with
+    `bisect`, narrow the padding between the last success and that failure
+    down to `resolution` bytes, so the limit is found to within a few bytes."""
     result = SweepResult(client, key)
-    for kib in steps_kib:
+
+    def step(padding: int) -> bool:
         case = Case(client, key_spec(key), Provisioning.GENERATE, TLSVersion.TLS12,
-                    padding_bytes=kib * 1024)
+                    padding_bytes=padding)
         record = run(case)
-        sign = record.sign or {}
-        step = {"padding_bytes": case.padding_bytes, "outcome": record.outcome,
-                "mechanism": sign.get("mechanism"), "parts": sign.get("parts"),
-                "input_bytes": sign.get("input_bytes"),
-                "error": record.error if record.outcome != "ok" else None}
-        result.steps.append(step)
-        if progress:
-            progress(f"  +{kib:>3} KiB: {record.outcome:4} {step['mechanism'] or '-'} "
-                     f"{step['input_bytes'] or '-'} B {step['error'] or ''}".rstrip())
         if record.outcome == "skip":
             raise ConfigError(f"{client} cannot run here: {record.error}")
+        sign = record.sign or {}
+        entry = {"padding_bytes": padding, "outcome": record.outcome,
+                 "mechanism": sign.get("mechanism"), "parts": sign.get("parts"),
+                 "input_bytes": sign.get("input_bytes"),
+                 "error": record.error if record.outcome != "ok" else None}
+        result.steps.append(entry)
+        if progress:
+            progress(f"  +{padding:>5} B of CA names: {record.outcome:4} "
+                     f"{entry['mechanism'] or '-'} {entry['input_bytes'] or '-'} B "
+                     f"{entry['error'] or ''}".rstrip())
+        size = entry["input_bytes"]
         if record.outcome == "ok":
-            size = step["input_bytes"]
             if isinstance(size, int):
                 result.largest_ok_input = max(result.largest_ok_input or 0, size)
-        else:
-            result.first_failure = step
+            return True
+        smallest = result.first_failure.get("input_bytes") if result.first_failure else None
+        if smallest is None or (isinstance(size, int) and isinstance(smallest, int)
+                                and size < smallest):
+            result.first_failure = entry  # the smallest input refused so far
+        return False
+
+    last_ok: int | None = None
+    for kib in steps_kib:
+        if not step(kib * 1024):
             break
+        last_ok = kib * 1024
+    else:
+        return result
+    failing = result.first_failure["padding_bytes"] if result.first_failure else None
+    if bisect and last_ok is not None and isinstance(failing, int):
+        while failing - last_ok > resolution:
+            middle = (last_ok + failing) // 2
+            if step(middle):
+                last_ok = middle
+            else:
+                failing = middle
     return result
 
 
@@ -86,6 +110,8 @@ def sweep_main(argv: Sequence[str]) -> int:
     parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS_KIB)),
                         help="padding steps in KiB of extra CA names (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--coarse", action="store_true",
+                        help="stop at the first failing step instead of narrowing the limit down")
     for option in OPTIONS:
         if option.name.startswith("p11_") and not option.flag and not option.repeatable:
             parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
@@ -110,7 +136,8 @@ def sweep_main(argv: Sequence[str]) -> int:
             for key in args.keys.split(","):
                 if say:
                     say(f"{client} {key}, TLS 1.2:")
-                results.append(sweep(runner.run, client.strip(), key.strip(), steps, say))
+                results.append(sweep(runner.run, client.strip(), key.strip(), steps, say,
+                                     bisect=not args.coarse))
     except HarnessError as exc:
         print(f"p11tls sweep: {exc}", file=sys.stderr)
         return 2

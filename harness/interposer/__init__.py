@@ -12,9 +12,11 @@ rest of the line; blank lines and ``#`` comments are ignored)::
     module /usr/lib/softhsm/libsofthsm2.so
     record /path/to/reports/case.calls.jsonl
 
-Later settings (emulation: ``hide CKM_X``, ``sign_max_input 2048``, ...) are
-more lines of the same shape. The C side refuses unknown keys: C_Initialize
-prints the reason to stderr and returns CKR_GENERAL_ERROR.
+Emulation settings (``hide 0xd # CKM_RSA_PKCS_PSS``, ``sign_max_input 2048``,
+...) are more lines of the same shape, written by `harness.profile.Profile.
+interposer_lines()`; interposer.c's opening comment lists them. The C side
+refuses unknown keys and bad values: C_Initialize prints the reason to stderr
+and returns CKR_GENERAL_ERROR.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ INTERPOSER_SOURCE = Path(__file__).with_name("interposer.c")
 
 # Part of the cache key: a change here rebuilds like a change of the source.
 CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden")
-LIBS = ("-ldl", "-lpthread")
+LIBS = ("-ldl", "-lpthread", "-lcrypto")  # libcrypto: the digests of emulated combined mechanisms
 INCLUDE_CANDIDATES = (Path("/usr/include/p11-kit-1"), Path("/usr/local/include/p11-kit-1"))
 _INSTALL_HINT = "install gcc and libp11-kit-dev (scripts/setup-system.sh)"
+_OPENSSL_HINT = "install libssl-dev (scripts/setup-system.sh)"
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
@@ -77,6 +80,7 @@ def build_interposer(source: Path | None = None, cache: Path | None = None) -> P
 
     cc = _find_compiler()
     include = _find_pkcs11_include()
+    _check_openssl_headers(cc)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache)
@@ -132,6 +136,23 @@ def _find_pkcs11_include(candidates: Sequence[Path] | None = None) -> Path:
         f"pkcs11.h from p11-kit not found (looked in {looked}), needed to build the "
         f"PKCS#11 interposer: {_INSTALL_HINT}"
     )
+
+
+def _check_openssl_headers(cc: Sequence[str]) -> None:
+    """ToolMissing unless the compiler finds openssl/evp.h (from libssl-dev)."""
+    try:
+        proc = subprocess.run(
+            [*cc, "-E", "-x", "c", "-"], input="#include <openssl/evp.h>\n",
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+    except subprocess.TimeoutExpired:
+        return  # the build itself will report it
+    if proc.returncode != 0 and "openssl/evp.h" in proc.stderr:
+        raise ToolMissing(
+            f"openssl/evp.h not found by {cc[0]}, needed to build the PKCS#11 interposer "
+            f"(it hashes for emulated combined mechanisms): {_OPENSSL_HINT}"
+        )
 
 
 def _pkg_config_include_dirs() -> list[Path]:

@@ -1,20 +1,64 @@
 /*
- * p11tls recording interposer: a PKCS#11 module that forwards every call to
- * the real module and appends one JSON object per call to a record file.
+ * p11tls interposer: a PKCS#11 module that forwards every call to the real
+ * module, appends one JSON object per call to a record file and, when a
+ * profile asks for it, emulates a constrained token on top of the real one.
  *
  * Configuration: the file named by $P11TLS_INTERPOSER_CONF, one setting per
- * line, "key value" (value = rest of the line); blank lines and lines starting
- * with '#' are ignored.  Keys: "module PATH" (the real module), "record PATH"
- * (the JSON-lines file, opened O_APPEND).  Any other key is an error: the
- * Python side (harness/interposer/__init__.py) validates everything first, so
- * this file only has to read what it is given.
+ * line, "key value"; blank lines and lines starting with '#' are ignored.
+ * "module PATH" (the real module) and "record PATH" (the JSON-lines file,
+ * opened O_APPEND) take the rest of the line.  The emulation settings take
+ * whitespace-separated words, and a word starting with '#' ends the line
+ * (the harness writes the name of a number there for the reader).  A number
+ * is decimal or 0x-hex; where a CKM_/CKR_/CKO_/CKK_ value is expected, a name
+ * from the tables below works too.  Repeatable lines are marked (*):
+ *
+ *   hide MECH (*)              gone from C_GetMechanismList/Info; any call
+ *                              with it (C_*Init, key generation, wrap, derive)
+ *                              -> CKR_MECHANISM_INVALID
+ *   add_combined MECH (*)      CKM_ECDSA_SHA1/224/256/384/512: advertised with
+ *                              CKM_ECDSA's info; the data is hashed here
+ *                              (libcrypto) and CKM_ECDSA signs the digest below
+ *   sign_max_input BYTES       total input of one signing operation; the call
+ *                              that goes past it fails and ends the operation
+ *   sign_limit_mechanism MECH (*)  the limit applies to these only (none: all)
+ *   sign_over_limit_rv CKR     what that call returns (CKR_GENERAL_ERROR)
+ *   sign_multipart yes|no      no: C_SignUpdate -> CKR_FUNCTION_NOT_SUPPORTED
+ *   refuse_create CKO CKK|any CKR (*)  C_CreateObject of that class and key
+ *                              type returns CKR; nothing is created
+ *   pin_max_tries N            emulated user-PIN retry counter (one per
+ *                              process, for every slot): token flags
+ *                              COUNT_LOW/FINAL_TRY/LOCKED, then C_Login ->
+ *                              CKR_PIN_LOCKED without calling the real module;
+ *                              a successful C_Login or C_InitPIN resets it
+ *   latency C_FN MS (*)        sleep MS before forwarding each C_FN call
+ *                              (not a size query with a NULL output buffer)
+ *   fail_after C_FN N CKR (*)  after N successful C_FN calls (size queries do
+ *                              not count), every further C_FN returns CKR
+ *                              without calling the real module (a signing
+ *                              call's failure also ends the real operation)
+ *
+ * Any other key, or a bad value, is an error: C_Initialize prints the reason
+ * to stderr and returns CKR_GENERAL_ERROR.  The Python side
+ * (harness/profile.py, harness/interposer/__init__.py) validates everything
+ * first, so this file only has to read what it is given.
+ *
+ * Every emulated decision is marked on the call's record line: "emulated" is
+ * one of hidden, mechanism_list, combined, limit, no_multipart,
+ * refuse_create, pin_counter, pin_locked, pin_flags, fail_after; a delayed
+ * call has "latency_ms" (and its "us" includes the delay).  Mechanisms and
+ * lengths are recorded as the client gave them (CKM_ECDSA_SHA256 over 6039
+ * bytes), with what went below in real_mechanism / real_in_len.
  *
  * Rules this file keeps:
- *  - never change what the real module does: arguments, return codes and
- *    output buffers pass through untouched; errno is preserved;
+ *  - without emulation settings, never change what the real module does:
+ *    arguments, return codes and output buffers pass through untouched;
+ *    errno is preserved;
  *  - never write a PIN or the value of any attribute except the harmless ones
  *    listed in harmless_value();
- *  - one write() per line, under a mutex (Java calls from several threads).
+ *  - one write() per line, under a mutex (Java calls from several threads);
+ *    the emulation settings are read once, before the first call is
+ *    forwarded, and only read afterwards; its mutable state (operations in
+ *    progress, PIN counter, call counters) has its own locks or atomics.
  *
  * PKCS#11 2.40 only: the p11-kit 0.24 pkcs11.h this builds against has no 3.0
  * types (CK_INTERFACE, CK_FUNCTION_LIST_3_0), so C_GetInterfaceList and
@@ -34,6 +78,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/opensslv.h>
 #include <p11-kit/pkcs11.h>
 
 #ifndef CKR_UNWRAPPING_KEY_HANDLE_INVALID
@@ -631,21 +677,126 @@ static void j_key(jbuf *b, CK_OBJECT_HANDLE h, char *json)
     free(json);
 }
 
+/* ------------------------------------------------------ function indexes */
+
+/* The PKCS#11 2.40 functions, for per-function settings (latency, fail_after). */
+#define FUNCTIONS(X)                                                           \
+    X(Initialize) X(Finalize) X(GetInfo) X(GetSlotList) X(GetSlotInfo)         \
+    X(GetTokenInfo) X(GetMechanismList) X(GetMechanismInfo) X(InitToken)       \
+    X(InitPIN) X(SetPIN) X(OpenSession) X(CloseSession) X(CloseAllSessions)    \
+    X(GetSessionInfo) X(GetOperationState) X(SetOperationState) X(Login)       \
+    X(Logout) X(CreateObject) X(CopyObject) X(DestroyObject) X(GetObjectSize)  \
+    X(GetAttributeValue) X(SetAttributeValue) X(FindObjectsInit)               \
+    X(FindObjects) X(FindObjectsFinal) X(EncryptInit) X(Encrypt)               \
+    X(EncryptUpdate) X(EncryptFinal) X(DecryptInit) X(Decrypt)                 \
+    X(DecryptUpdate) X(DecryptFinal) X(DigestInit) X(Digest) X(DigestUpdate)   \
+    X(DigestKey) X(DigestFinal) X(SignInit) X(Sign) X(SignUpdate) X(SignFinal) \
+    X(SignRecoverInit) X(SignRecover) X(VerifyInit) X(Verify) X(VerifyUpdate)  \
+    X(VerifyFinal) X(VerifyRecoverInit) X(VerifyRecover)                       \
+    X(DigestEncryptUpdate) X(DecryptDigestUpdate) X(SignEncryptUpdate)         \
+    X(DecryptVerifyUpdate) X(GenerateKey) X(GenerateKeyPair) X(WrapKey)        \
+    X(UnwrapKey) X(DeriveKey) X(SeedRandom) X(GenerateRandom)                  \
+    X(GetFunctionStatus) X(CancelFunction) X(WaitForSlotEvent)
+
+#define FN_ENUM(name) FN_##name,
+#define FN_NAME(name) "C_" #name,
+enum fn_id { FUNCTIONS(FN_ENUM) FN_COUNT };
+static const char *const fn_names[FN_COUNT] = { FUNCTIONS(FN_NAME) };
+
+/* ------------------------------------------------------ emulation settings */
+
+#define MAX_MECHS 64
+#define MAX_RULES 16
+
+struct refuse_rule { CK_OBJECT_CLASS cls; CK_KEY_TYPE type; int any_type; CK_RV rv; };
+struct fail_rule { int on; CK_ULONG calls; CK_RV rv; };
+
+/* ECDSA-with-hash mechanisms this file can add, and the digest each needs. */
+static const struct { CK_MECHANISM_TYPE mech; const char *digest; } combinable[] = {
+    { CKM_ECDSA_SHA1, "SHA1" },         { CKM_ECDSA_SHA224, "SHA2-224" },
+    { CKM_ECDSA_SHA256, "SHA2-256" },   { CKM_ECDSA_SHA384, "SHA2-384" },
+    { CKM_ECDSA_SHA512, "SHA2-512" },
+};
+
+/* Written only while loading (under load_lock, before `real` is published),
+ * read-only afterwards. */
+static struct {
+    CK_MECHANISM_TYPE hide[MAX_MECHS];
+    size_t n_hide;
+    int combined[COUNT(combinable)]; /* 1: advertise combinable[i] */
+    const EVP_MD *md[COUNT(combinable)];
+    int mech_list_changed;           /* hide or add_combined present */
+    int has_limit;
+    CK_ULONG max_input;
+    CK_MECHANISM_TYPE limit_mechs[MAX_MECHS];
+    size_t n_limit_mechs;            /* 0: the limit applies to every mechanism */
+    CK_RV over_limit_rv;
+    int no_multipart;
+    struct refuse_rule refuse[MAX_RULES];
+    size_t n_refuse;
+    CK_ULONG pin_max_tries;          /* 0: no PIN emulation */
+    unsigned long latency_ms[FN_COUNT];
+    struct fail_rule fail[FN_COUNT];
+} emu = { .over_limit_rv = CKR_GENERAL_ERROR };
+
+static atomic_ulong ok_calls[FN_COUNT]; /* successful calls, for fail_after */
+
+/* The emulated decisions, as written in the record's "emulated" field. */
+static const char EMU_HIDDEN[] = "hidden", EMU_MECH_LIST[] = "mechanism_list",
+                  EMU_COMBINED[] = "combined", EMU_LIMIT[] = "limit",
+                  EMU_NO_MULTIPART[] = "no_multipart", EMU_REFUSE[] = "refuse_create",
+                  EMU_PIN_COUNTER[] = "pin_counter", EMU_PIN_LOCKED[] = "pin_locked",
+                  EMU_PIN_FLAGS[] = "pin_flags", EMU_FAIL_AFTER[] = "fail_after";
+
+static int mech_in(const CK_MECHANISM_TYPE *list, size_t n, CK_MECHANISM_TYPE m)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i] == m)
+            return 1;
+    return 0;
+}
+
+static int is_hidden(CK_MECHANISM_TYPE m) { return mech_in(emu.hide, emu.n_hide, m); }
+
+/* The digest of an added combined mechanism, NULL when `m` is not one. */
+static const EVP_MD *combined_md(CK_MECHANISM_TYPE m)
+{
+    for (size_t i = 0; i < COUNT(combinable); i++)
+        if (emu.combined[i] && combinable[i].mech == m)
+            return emu.md[i];
+    return NULL;
+}
+
+static int limit_applies(CK_MECHANISM_TYPE m)
+{
+    return emu.has_limit
+        && (emu.n_limit_mechs == 0 || mech_in(emu.limit_mechs, emu.n_limit_mechs, m));
+}
+
 /* ------------------------------------------------------------- one call */
 
 struct call {
     const char *fn;
+    enum fn_id id;
     unsigned long seq;
     struct timespec wall, t0, t1;
-    int err; /* errno as the real module left it */
+    int err;              /* errno as the real module left it */
+    int query;            /* NULL output buffer: a size query, not counted by fail_after */
+    const char *emulated; /* the emulated decision that shaped the result, or NULL */
+    unsigned long latency;
     jbuf j;
 };
 
-static void call_start(struct call *c, const char *fn)
+static void call_start(struct call *c, const char *fn, enum fn_id id)
 {
     c->fn = fn;
+    c->id = id;
     c->seq = atomic_fetch_add(&seq_counter, 1) + 1;
     clock_gettime(CLOCK_REALTIME, &c->wall);
+    c->err = 0;
+    c->query = 0;
+    c->emulated = NULL;
+    c->latency = 0;
     memset(&c->j, 0, sizeof c->j);
 }
 
@@ -656,10 +807,40 @@ static void call_header(struct call *c)
            c->wall.tv_nsec / 1000);
 }
 
+/*
+ * Faults, before the real call: 1 (and *rv) when fail_after has struck, else
+ * the configured latency is slept (inside the timed span: the client waits
+ * for it as it would for a slow card) and 0.  A size query is not delayed: a
+ * token answers it without doing the work.
+ */
+static int fault_before(struct call *c, CK_RV *rv)
+{
+    const struct fail_rule *f = &emu.fail[c->id];
+    if (f->on && atomic_load(&ok_calls[c->id]) >= f->calls) {
+        c->emulated = EMU_FAIL_AFTER;
+        *rv = f->rv;
+        return 1;
+    }
+    if (emu.latency_ms[c->id] && !c->query) {
+        struct timespec ts = { (time_t)(emu.latency_ms[c->id] / 1000),
+                               (long)(emu.latency_ms[c->id] % 1000) * 1000000L };
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+        c->latency = emu.latency_ms[c->id];
+    }
+    return 0;
+}
+
 static CK_RV call_end(struct call *c, CK_RV rv)
 {
     long long us = (c->t1.tv_sec - c->t0.tv_sec) * 1000000LL
                    + (c->t1.tv_nsec - c->t0.tv_nsec) / 1000;
+    if (rv == CKR_OK && !c->query && emu.fail[c->id].on)
+        atomic_fetch_add(&ok_calls[c->id], 1);
+    if (c->emulated)
+        jb_fmt(&c->j, ",\"emulated\":\"%s\"", c->emulated);
+    if (c->latency)
+        jb_fmt(&c->j, ",\"latency_ms\":%lu", c->latency);
     jb_puts(&c->j, ",\"rv\":");
     jb_name(&c->j, TABLE(rv_names), rv);
     jb_fmt(&c->j, ",\"us\":%lld}\n", us);
@@ -671,24 +852,40 @@ static CK_RV call_end(struct call *c, CK_RV rv)
 
 /*
  * Every wrapper is: START, anything read before the call (key description),
- * FORWARD (the timed real call), its own fields, END.  Before the first
- * successful load nothing is forwarded or recorded.
+ * FORWARD (the timed real call) or TIMED(expression) when the emulation may
+ * answer instead, its own fields, END.  Before the first successful load
+ * nothing is forwarded or recorded.
  */
 #define START(name)                                                      \
     CK_FUNCTION_LIST_PTR r = atomic_load(&real);                         \
     if (!r)                                                              \
         return CKR_CRYPTOKI_NOT_INITIALIZED;                             \
     struct call c;                                                       \
-    call_start(&c, "C_" #name)
-#define FORWARD(name, ...)                                               \
+    call_start(&c, "C_" #name, FN_##name)
+/* The real function's result (an expression). */
+#define REAL(name, ...)                                                  \
+    (r->C_##name ? r->C_##name(__VA_ARGS__) : CKR_FUNCTION_NOT_SUPPORTED)
+#define TIMED(expr)                                                      \
     clock_gettime(CLOCK_MONOTONIC, &c.t0);                               \
-    CK_RV rv = r->C_##name ? r->C_##name(__VA_ARGS__) : CKR_FUNCTION_NOT_SUPPORTED; \
+    CK_RV rv;                                                            \
+    if (!fault_before(&c, &rv))                                          \
+        rv = (expr);                                                     \
     c.err = errno;                                                       \
     clock_gettime(CLOCK_MONOTONIC, &c.t1);                               \
     call_header(&c)
+#define FORWARD(name, ...) TIMED(REAL(name, __VA_ARGS__))
 #define END return call_end(&c, rv)
 #define J (&c.j)
 #define SESSION(s) j_ulong(J, "session", s)
+
+/* CKR_MECHANISM_INVALID for a hidden mechanism, as a token without it says. */
+static CK_RV refuse_hidden(struct call *c)
+{
+    c->emulated = EMU_HIDDEN;
+    return CKR_MECHANISM_INVALID;
+}
+
+#define HIDDEN(m) ((m) && is_hidden((m)->mechanism))
 
 /* ---------------------------------------------------------- configuration */
 
@@ -700,6 +897,197 @@ static int config_error(const char *path, int line, const char *what, const char
         fprintf(stderr, "p11tls interposer: %s: %s%s\n", path, what, arg);
     return -1;
 }
+
+#define KNOWN_KEYS "module, record, hide, add_combined, sign_max_input, " \
+                   "sign_limit_mechanism, sign_over_limit_rv, sign_multipart, refuse_create, " \
+                   "pin_max_tries, latency, fail_after"
+
+/* A whole word as an unsigned number (decimal or 0x-hex). */
+static int parse_number(const char *word, CK_ULONG *out)
+{
+    if (!word || !*word || *word == '-' || *word == '+')
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(word, &end, 0);
+    if (errno || *end)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+/* A number, or a name from `t` (the prefix says which table). */
+static int parse_named(const char *word, const struct name *t, size_t n, CK_ULONG *out)
+{
+    if (word && ((*word >= 'A' && *word <= 'Z') || (*word >= 'a' && *word <= 'z'))) {
+        for (size_t i = 0; i < n; i++)
+            if (!strcmp(t[i].n, word)) {
+                *out = t[i].v;
+                return 1;
+            }
+        return 0;
+    }
+    return parse_number(word, out);
+}
+
+static int parse_function(const char *word, enum fn_id *out)
+{
+    for (int i = 0; word && i < FN_COUNT; i++)
+        if (!strcmp(fn_names[i], word)) {
+            *out = (enum fn_id)i;
+            return 1;
+        }
+    return 0;
+}
+
+/*
+ * One emulation setting.  0: done; 1: not an emulation key; -1: bad value,
+ * with the reason in *why.
+ */
+static int parse_emulation(const char *key, char *value, const char **why)
+{
+    char *w[5] = { 0 }, *save = NULL;
+    int n = 0;
+    for (char *tok = strtok_r(value, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+        if (*tok == '#')
+            break; /* the rest is a comment */
+        if (n == 5) {
+            *why = "too many values for key ";
+            return -1;
+        }
+        w[n++] = tok;
+    }
+    CK_ULONG a, b, v;
+    enum fn_id fn;
+#define WANT(count, text)                                                \
+    do {                                                                 \
+        if (n != (count)) {                                              \
+            *why = "expected " text " after key ";                       \
+            return -1;                                                   \
+        }                                                                \
+    } while (0)
+#define BAD(text)                                                        \
+    do {                                                                 \
+        *why = text;                                                     \
+        return -1;                                                       \
+    } while (0)
+    if (!strcmp(key, "hide")) {
+        WANT(1, "one mechanism");
+        if (!parse_named(w[0], TABLE(mech_names), &v))
+            BAD("not a mechanism number or known CKM_ name: hide ");
+        if (emu.n_hide == MAX_MECHS)
+            BAD("too many mechanisms (64) for key ");
+        emu.hide[emu.n_hide++] = v;
+        emu.mech_list_changed = 1;
+    } else if (!strcmp(key, "add_combined")) {
+        WANT(1, "one mechanism");
+        if (!parse_named(w[0], TABLE(mech_names), &v))
+            BAD("not a mechanism number or known CKM_ name: add_combined ");
+        size_t i = 0;
+        while (i < COUNT(combinable) && combinable[i].mech != v)
+            i++;
+        if (i == COUNT(combinable))
+            BAD("only CKM_ECDSA_SHA1/224/256/384/512 can be added: add_combined ");
+        emu.combined[i] = 1;
+        emu.mech_list_changed = 1;
+    } else if (!strcmp(key, "sign_max_input")) {
+        WANT(1, "a byte count");
+        if (!parse_number(w[0], &v))
+            BAD("not a number: sign_max_input ");
+        emu.has_limit = 1;
+        emu.max_input = v;
+    } else if (!strcmp(key, "sign_limit_mechanism")) {
+        WANT(1, "one mechanism");
+        if (!parse_named(w[0], TABLE(mech_names), &v))
+            BAD("not a mechanism number or known CKM_ name: sign_limit_mechanism ");
+        if (emu.n_limit_mechs == MAX_MECHS)
+            BAD("too many mechanisms (64) for key ");
+        emu.limit_mechs[emu.n_limit_mechs++] = v;
+    } else if (!strcmp(key, "sign_over_limit_rv")) {
+        WANT(1, "one return code");
+        if (!parse_named(w[0], TABLE(rv_names), &v) || v == CKR_OK)
+            BAD("not an error code (number or known CKR_ name): sign_over_limit_rv ");
+        emu.over_limit_rv = v;
+    } else if (!strcmp(key, "sign_multipart")) {
+        WANT(1, "yes or no");
+        if (strcmp(w[0], "yes") && strcmp(w[0], "no"))
+            BAD("expected yes or no: sign_multipart ");
+        emu.no_multipart = !strcmp(w[0], "no");
+    } else if (!strcmp(key, "refuse_create")) {
+        WANT(3, "CLASS KEY_TYPE|any RV");
+        struct refuse_rule rule = { 0 };
+        if (!parse_named(w[0], TABLE(class_names), &a))
+            BAD("not an object class (number or known CKO_ name): refuse_create ");
+        if (!strcmp(w[1], "any"))
+            rule.any_type = 1;
+        else if (!parse_named(w[1], TABLE(key_type_names), &b))
+            BAD("not a key type (number, known CKK_ name or any): refuse_create ");
+        if (!parse_named(w[2], TABLE(rv_names), &v) || v == CKR_OK)
+            BAD("not an error code (number or known CKR_ name): refuse_create ");
+        if (emu.n_refuse == MAX_RULES)
+            BAD("too many rules (16) for key ");
+        rule.cls = a;
+        rule.type = rule.any_type ? 0 : b;
+        rule.rv = v;
+        emu.refuse[emu.n_refuse++] = rule;
+    } else if (!strcmp(key, "pin_max_tries")) {
+        WANT(1, "a number");
+        if (!parse_number(w[0], &v) || v == 0)
+            BAD("not a number of tries (1 or more): pin_max_tries ");
+        emu.pin_max_tries = v;
+    } else if (!strcmp(key, "latency")) {
+        WANT(2, "C_FUNCTION MILLISECONDS");
+        if (!parse_function(w[0], &fn))
+            BAD("not a PKCS#11 2.40 function name (C_Sign, ...): latency ");
+        if (!parse_number(w[1], &v) || v > 600000)
+            BAD("not a number of milliseconds (at most 600000): latency ");
+        emu.latency_ms[fn] = v;
+    } else if (!strcmp(key, "fail_after")) {
+        WANT(3, "C_FUNCTION CALLS RV");
+        if (!parse_function(w[0], &fn))
+            BAD("not a PKCS#11 2.40 function name (C_Sign, ...): fail_after ");
+        if (!parse_number(w[1], &a))
+            BAD("not a number of calls: fail_after ");
+        if (!parse_named(w[2], TABLE(rv_names), &v) || v == CKR_OK)
+            BAD("not an error code (number or known CKR_ name): fail_after ");
+        emu.fail[fn] = (struct fail_rule){ 1, a, v };
+    } else {
+        return 1;
+    }
+#undef WANT
+#undef BAD
+    return 0;
+}
+
+/*
+ * The digests of the added combined mechanisms, from a library context of our
+ * own: the client's OpenSSL configuration (which may route digests to a
+ * PKCS#11 provider, perhaps this very module) must not matter here.
+ */
+static const char *fetch_digests(void)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    static OSSL_LIB_CTX *ctx;
+    for (size_t i = 0; i < COUNT(combinable); i++) {
+        if (!emu.combined[i] || emu.md[i])
+            continue;
+        if (!ctx && !(ctx = OSSL_LIB_CTX_new()))
+            return "OSSL_LIB_CTX_new failed";
+        if (!(emu.md[i] = EVP_MD_fetch(ctx, combinable[i].digest, NULL)))
+            return combinable[i].digest;
+    }
+#else
+    const EVP_MD *(*const fns[])(void) = { EVP_sha1, EVP_sha224, EVP_sha256, EVP_sha384,
+                                           EVP_sha512 };
+    for (size_t i = 0; i < COUNT(combinable); i++)
+        if (emu.combined[i])
+            emu.md[i] = fns[i]();
+#endif
+    return NULL;
+}
+
+static CK_ULONG pin_tries_left;
+static pthread_mutex_t pin_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Reads the configuration, opens the record file, loads the real module. */
 static CK_RV load(void)
@@ -733,22 +1121,30 @@ static CK_RV load(void)
         if (*value)
             *value++ = 0;
         value += strspn(value, " \t");
+        const char *why = NULL;
+        int emulation;
         if (!*value)
             bad = config_error(path, lineno, "no value for key ", key);
         else if (!strcmp(key, "module"))
             snprintf(module, sizeof module, "%s", value);
         else if (!strcmp(key, "record"))
             snprintf(record, sizeof record, "%s", value);
-        else
-            bad = config_error(path, lineno, "unknown key (known: module, record): ", key);
+        else if ((emulation = parse_emulation(key, value, &why)) < 0)
+            bad = config_error(path, lineno, why, key);
+        else if (emulation > 0)
+            bad = config_error(path, lineno, "unknown key (known: " KNOWN_KEYS "): ", key);
     }
     fclose(f);
     if (!bad && !*module)
         bad = config_error(path, 0, "missing line: ", "module PATH");
     if (!bad && !*record)
         bad = config_error(path, 0, "missing line: ", "record PATH");
+    const char *missing = bad ? NULL : fetch_digests();
+    if (missing)
+        bad = config_error(path, 0, "add_combined: libcrypto has no digest ", missing);
     if (bad)
         return CKR_GENERAL_ERROR;
+    pin_tries_left = emu.pin_max_tries;
 
     int fd = open(record, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -784,6 +1180,452 @@ static CK_RV load(void)
     return CKR_OK;
 }
 
+/* -------------------------------------------- operations being emulated */
+
+/*
+ * A signing or verifying operation whose calls the interposer shapes: a
+ * combined mechanism (hashed here, CKM_ECDSA below) and/or an input limit.
+ * Other operations keep no state.  Keyed by session; only the thread using
+ * the session touches its entry (PKCS#11 forbids concurrent use of one
+ * session), the list itself is under op_lock.
+ */
+enum op_kind { OP_SIGN, OP_VERIFY };
+
+struct op {
+    CK_SESSION_HANDLE s;
+    enum op_kind kind;
+    const EVP_MD *md;  /* combined: the digest, with ctx; NULL: forwarded as is */
+    EVP_MD_CTX *ctx;
+    int limited;
+    CK_ULONG total;    /* input so far (C_SignUpdate parts) */
+    int fed;           /* the real module has seen a C_SignUpdate */
+    struct op *next;
+};
+
+static struct op *ops;
+static pthread_mutex_t op_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct op *op_find(CK_SESSION_HANDLE s, enum op_kind kind)
+{
+    struct op *o;
+    pthread_mutex_lock(&op_lock);
+    for (o = ops; o && !(o->s == s && o->kind == kind); o = o->next)
+        ;
+    pthread_mutex_unlock(&op_lock);
+    return o;
+}
+
+static void op_free(struct op *o)
+{
+    EVP_MD_CTX_free(o->ctx);
+    free(o);
+}
+
+/* Forget the operation(s): of one kind in one session, all of a session
+ * (all_kinds), or every one (all_sessions). */
+static void op_forget_where(CK_SESSION_HANDLE s, enum op_kind kind, int all_kinds,
+                            int all_sessions)
+{
+    pthread_mutex_lock(&op_lock);
+    for (struct op **p = &ops; *p;) {
+        struct op *o = *p;
+        if (all_sessions || (o->s == s && (all_kinds || o->kind == kind))) {
+            *p = o->next;
+            op_free(o);
+        } else {
+            p = &o->next;
+        }
+    }
+    pthread_mutex_unlock(&op_lock);
+}
+
+static void op_forget(CK_SESSION_HANDLE s, enum op_kind kind) { op_forget_where(s, kind, 0, 0); }
+
+static void op_add(struct op *o)
+{
+    pthread_mutex_lock(&op_lock);
+    o->next = ops;
+    ops = o;
+    pthread_mutex_unlock(&op_lock);
+}
+
+/* Whether a C_Sign/C_SignFinal result ends the operation (PKCS#11 2.40 5.2):
+ * all do except a size query that succeeded and CKR_BUFFER_TOO_SMALL. */
+static int sign_ends(CK_RV rv, const void *out)
+{
+    return !(rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && !out));
+}
+
+/*
+ * Ends the real module's signing operation after the interposer failed a call
+ * of it (such a failure ends the operation for the client, so the real module
+ * must not keep it open): it is finished into a scratch buffer and the result
+ * thrown away.  Not recorded: the record shows the client's view.
+ */
+static void end_real_sign(CK_FUNCTION_LIST_PTR r, CK_SESSION_HANDLE s, int fed)
+{
+    CK_BYTE scratch[1024], none = 0, *buf = scratch;
+    CK_ULONG len = sizeof scratch;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        CK_RV rv = fed ? REAL(SignFinal, s, buf, &len) : REAL(Sign, s, &none, 0, buf, &len);
+        if (rv != CKR_BUFFER_TOO_SMALL || buf != scratch || !(buf = malloc(len)))
+            break;
+    }
+    if (buf != scratch)
+        free(buf);
+}
+
+/* C_SignInit / C_VerifyInit: hidden, combined (CKM_ECDSA below) or forwarded;
+ * state is kept when the operation is emulated. */
+static CK_RV op_init(CK_FUNCTION_LIST_PTR r, struct call *c, enum op_kind kind,
+                     CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+    if (HIDDEN(m))
+        return refuse_hidden(c);
+    const EVP_MD *md = m ? combined_md(m->mechanism) : NULL;
+    int limited = kind == OP_SIGN && m && limit_applies(m->mechanism);
+    CK_MECHANISM below = { CKM_ECDSA, NULL, 0 };
+    CK_MECHANISM_PTR used = md ? &below : m;
+    if (md)
+        c->emulated = EMU_COMBINED;
+    CK_RV rv = kind == OP_SIGN ? REAL(SignInit, s, used, k) : REAL(VerifyInit, s, used, k);
+    if (rv != CKR_OK || !(md || limited))
+        return rv;
+    op_forget(s, kind); /* left over from an operation ended out of our sight */
+    struct op *o = calloc(1, sizeof *o);
+    if (o && md && (!(o->ctx = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(o->ctx, md, NULL))) {
+        op_free(o);
+        o = NULL;
+    }
+    if (!o) {
+        if (kind == OP_SIGN)
+            end_real_sign(r, s, 0);
+        else if (r->C_Verify) /* ends the real verification */
+            r->C_Verify(s, (CK_BYTE_PTR) "", 0, (CK_BYTE_PTR) "", 0);
+        return CKR_HOST_MEMORY;
+    }
+    o->s = s;
+    o->kind = kind;
+    o->md = md;
+    o->limited = limited;
+    op_add(o);
+    return CKR_OK;
+}
+
+/* The digest of everything given so far (the context stays usable). */
+static int op_digest(struct op *o, unsigned char *d, unsigned int *dl)
+{
+    EVP_MD_CTX *copy = EVP_MD_CTX_new();
+    int ok = copy && EVP_MD_CTX_copy_ex(copy, o->ctx) && EVP_DigestFinal_ex(copy, d, dl);
+    EVP_MD_CTX_free(copy);
+    return ok;
+}
+
+/* The call goes past the input limit: fail it and end the operation. */
+static CK_RV over_limit(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o,
+                        CK_SESSION_HANDLE s)
+{
+    c->emulated = EMU_LIMIT;
+    end_real_sign(r, s, o->fed);
+    op_forget(s, OP_SIGN);
+    return emu.over_limit_rv;
+}
+
+/* Ends an emulated operation on an error of our own (bad arguments, no memory). */
+static CK_RV op_fail(CK_FUNCTION_LIST_PTR r, struct op *o, CK_SESSION_HANDLE s, CK_RV rv)
+{
+    if (o->kind == OP_SIGN)
+        end_real_sign(r, s, o->fed);
+    else if (r->C_Verify)
+        r->C_Verify(s, (CK_BYTE_PTR) "", 0, (CK_BYTE_PTR) "", 0);
+    op_forget(s, o->kind);
+    return rv;
+}
+
+/* Totals of the operation for the record of a call that hit the limit. */
+struct sign_note { CK_ULONG total; CK_ULONG real_in; };
+
+static CK_RV op_sign(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o, CK_SESSION_HANDLE s,
+                     CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len,
+                     struct sign_note *note)
+{
+    note->total = in_len;
+    /* A size query passes: it hands the token no data to sign. */
+    if (o->limited && out && in_len > emu.max_input)
+        return over_limit(r, c, o, s);
+    CK_RV rv;
+    if (o->md) {
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned int dl = 0;
+        if (!in && in_len)
+            return op_fail(r, o, s, CKR_ARGUMENTS_BAD);
+        if (!EVP_Digest(in ? in : (CK_BYTE_PTR) "", in_len, d, &dl, o->md, NULL))
+            return op_fail(r, o, s, CKR_GENERAL_ERROR);
+        c->emulated = EMU_COMBINED;
+        note->real_in = dl;
+        rv = REAL(Sign, s, d, dl, out, out_len);
+    } else {
+        rv = REAL(Sign, s, in, in_len, out, out_len);
+    }
+    if (sign_ends(rv, out))
+        op_forget(s, OP_SIGN);
+    return rv;
+}
+
+static CK_RV op_sign_update(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o,
+                            CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len,
+                            struct sign_note *note)
+{
+    note->total = o->total + in_len;
+    if (o->limited && in_len > emu.max_input - o->total) /* total <= max here */
+        return over_limit(r, c, o, s);
+    if (o->md) {
+        if (!in && in_len)
+            return op_fail(r, o, s, CKR_ARGUMENTS_BAD);
+        if (!EVP_DigestUpdate(o->ctx, in, in_len))
+            return op_fail(r, o, s, CKR_GENERAL_ERROR);
+        o->total += in_len;
+        c->emulated = EMU_COMBINED;
+        return CKR_OK;
+    }
+    CK_RV rv = REAL(SignUpdate, s, in, in_len);
+    o->total += in_len;
+    o->fed = 1;
+    if (rv != CKR_OK)
+        op_forget(s, OP_SIGN);
+    return rv;
+}
+
+static CK_RV op_sign_final(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o,
+                           CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR out_len,
+                           struct sign_note *note)
+{
+    CK_RV rv;
+    note->total = o->total;
+    if (o->md) {
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned int dl = 0;
+        if (!op_digest(o, d, &dl))
+            return op_fail(r, o, s, CKR_HOST_MEMORY);
+        c->emulated = EMU_COMBINED;
+        note->real_in = dl;
+        rv = REAL(Sign, s, d, dl, out, out_len); /* a size query keeps the operation */
+    } else {
+        rv = REAL(SignFinal, s, out, out_len);
+    }
+    if (sign_ends(rv, out))
+        op_forget(s, OP_SIGN);
+    return rv;
+}
+
+/* multipart = no: C_SignUpdate is refused, and the refusal ends the operation. */
+static CK_RV refuse_update(CK_FUNCTION_LIST_PTR r, struct call *c, CK_SESSION_HANDLE s)
+{
+    struct op *o = op_find(s, OP_SIGN);
+    c->emulated = EMU_NO_MULTIPART;
+    end_real_sign(r, s, o && o->fed);
+    op_forget(s, OP_SIGN);
+    return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+/* Combined verification: C_Verify/C_VerifyFinal verify the digest below. */
+static CK_RV op_verify(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o, CK_SESSION_HANDLE s,
+                       CK_BYTE_PTR data, CK_ULONG len, int final, CK_BYTE_PTR sig,
+                       CK_ULONG sig_len, struct sign_note *note)
+{
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int dl = 0;
+    if (!final && !data && len)
+        return op_fail(r, o, s, CKR_ARGUMENTS_BAD);
+    if (final ? !op_digest(o, d, &dl)
+              : !EVP_Digest(data ? data : (CK_BYTE_PTR) "", len, d, &dl, o->md, NULL))
+        return op_fail(r, o, s, CKR_GENERAL_ERROR);
+    c->emulated = EMU_COMBINED;
+    note->real_in = dl;
+    CK_RV rv = REAL(Verify, s, d, dl, sig, sig_len);
+    op_forget(s, OP_VERIFY); /* C_Verify always ends the operation */
+    return rv;
+}
+
+static CK_RV op_verify_update(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o,
+                              CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len)
+{
+    if (!in && in_len)
+        return op_fail(r, o, s, CKR_ARGUMENTS_BAD);
+    if (!EVP_DigestUpdate(o->ctx, in, in_len))
+        return op_fail(r, o, s, CKR_GENERAL_ERROR);
+    c->emulated = EMU_COMBINED;
+    return CKR_OK;
+}
+
+/* fail_after struck a signing call: like any failure, it ends the operation,
+ * so the real module's one is ended too. */
+static void sign_fault_end(CK_FUNCTION_LIST_PTR r, struct call *c, CK_SESSION_HANDLE s,
+                           struct op *o)
+{
+    if (c->emulated != EMU_FAIL_AFTER)
+        return;
+    end_real_sign(r, s, o && o->fed);
+    op_forget(s, OP_SIGN);
+}
+
+/* ,"real_in_len" and, past the limit, ,"limit_bytes","op_in_len". */
+static void j_sign_note(struct call *c, const struct sign_note *note)
+{
+    if (note->real_in != CK_UNAVAILABLE_INFORMATION)
+        j_ulong(&c->j, "real_in_len", note->real_in);
+    if (c->emulated == EMU_LIMIT) {
+        j_ulong(&c->j, "limit_bytes", emu.max_input);
+        j_ulong(&c->j, "op_in_len", note->total);
+    }
+}
+
+#define NOTE { CK_UNAVAILABLE_INFORMATION, CK_UNAVAILABLE_INFORMATION }
+
+
+/* ------------------------------------------- mechanisms, objects and PIN */
+
+/*
+ * C_GetMechanismList as the emulated token answers it: the real list without
+ * the hidden mechanisms, plus the added combined ones (when the real token
+ * has CKM_ECDSA to do them with), with the usual size-query protocol.
+ */
+static CK_RV mech_list(CK_FUNCTION_LIST_PTR r, struct call *c, CK_SLOT_ID slot,
+                       CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count, CK_ULONG *real_count)
+{
+    if (!count)
+        return CKR_ARGUMENTS_BAD;
+    c->emulated = EMU_MECH_LIST;
+    CK_MECHANISM_TYPE *all = NULL;
+    CK_ULONG n = 0;
+    CK_RV rv;
+    for (int attempt = 0; attempt < 3; attempt++) { /* the list may grow in between */
+        if ((rv = REAL(GetMechanismList, slot, NULL, &n)) != CKR_OK)
+            return rv;
+        CK_MECHANISM_TYPE *grown = realloc(all, (n + COUNT(combinable) + 1) * sizeof *all);
+        if (!grown) {
+            free(all);
+            return CKR_HOST_MEMORY;
+        }
+        all = grown;
+        if ((rv = REAL(GetMechanismList, slot, all, &n)) != CKR_BUFFER_TOO_SMALL)
+            break;
+    }
+    if (rv != CKR_OK) {
+        free(all);
+        return rv;
+    }
+    *real_count = n;
+    int has_ecdsa = mech_in(all, n, CKM_ECDSA);
+    CK_ULONG kept = 0;
+    for (CK_ULONG i = 0; i < n; i++)
+        if (!is_hidden(all[i]) && !combined_md(all[i]))
+            all[kept++] = all[i];
+    for (size_t i = 0; i < COUNT(combinable); i++)
+        if (has_ecdsa && emu.combined[i] && !is_hidden(combinable[i].mech))
+            all[kept++] = combinable[i].mech;
+    if (list && *count < kept)
+        rv = CKR_BUFFER_TOO_SMALL;
+    else if (list)
+        memcpy(list, all, kept * sizeof *all);
+    *count = kept;
+    free(all);
+    return rv;
+}
+
+/* C_GetMechanismInfo of an added combined mechanism: CKM_ECDSA's. */
+static CK_RV combined_info(CK_FUNCTION_LIST_PTR r, struct call *c, CK_SLOT_ID slot,
+                           CK_MECHANISM_INFO_PTR info)
+{
+    c->emulated = EMU_COMBINED;
+    return REAL(GetMechanismInfo, slot, CKM_ECDSA, info);
+}
+
+/* A CK_ULONG attribute of a template: 1 and *v when present and well formed. */
+static int template_ulong(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type, CK_ULONG *v)
+{
+    for (CK_ULONG i = 0; t && i < n; i++)
+        if (t[i].type == type && t[i].pValue && t[i].ulValueLen == sizeof *v) {
+            memcpy(v, t[i].pValue, sizeof *v);
+            return 1;
+        }
+    return 0;
+}
+
+/* The refuse_create rule that matches a C_CreateObject template, or NULL. */
+static const struct refuse_rule *refusing_rule(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_ULONG cls, type;
+    if (!emu.n_refuse || !template_ulong(t, n, CKA_CLASS, &cls))
+        return NULL;
+    int has_type = template_ulong(t, n, CKA_KEY_TYPE, &type);
+    for (size_t i = 0; i < emu.n_refuse; i++) {
+        const struct refuse_rule *rule = &emu.refuse[i];
+        if (rule->cls == cls && (rule->any_type || (has_type && rule->type == type)))
+            return rule;
+    }
+    return NULL;
+}
+
+static CK_RV refuse_create(struct call *c, const struct refuse_rule *rule)
+{
+    c->emulated = EMU_REFUSE;
+    return rule->rv;
+}
+
+/* Token flags with the user-PIN bits of the emulated counter instead of the
+ * real token's. */
+static CK_FLAGS pin_flags(CK_FLAGS real_flags)
+{
+    pthread_mutex_lock(&pin_lock);
+    CK_ULONG left = pin_tries_left;
+    pthread_mutex_unlock(&pin_lock);
+    CK_FLAGS f = real_flags
+                 & ~(CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED);
+    if (left < emu.pin_max_tries)
+        f |= CKF_USER_PIN_COUNT_LOW; /* a wrong PIN since the last success */
+    if (left == 1)
+        f |= CKF_USER_PIN_FINAL_TRY;
+    if (left == 0)
+        f |= CKF_USER_PIN_LOCKED;
+    return f;
+}
+
+/* Back to max_tries; 1 when that changed the counter. */
+static int pin_reset(void)
+{
+    pthread_mutex_lock(&pin_lock);
+    int changed = pin_tries_left != emu.pin_max_tries;
+    pin_tries_left = emu.pin_max_tries;
+    pthread_mutex_unlock(&pin_lock);
+    return changed;
+}
+
+/* C_Login of the user with the emulated counter.  The lock is held across the
+ * real call so that concurrent wrong PINs are each counted. */
+static CK_RV pin_login(CK_FUNCTION_LIST_PTR r, struct call *c, CK_SESSION_HANDLE s,
+                       CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len, CK_ULONG *left)
+{
+    CK_RV rv;
+    pthread_mutex_lock(&pin_lock);
+    if (pin_tries_left == 0) {
+        c->emulated = EMU_PIN_LOCKED; /* the real module never sees this PIN */
+        rv = CKR_PIN_LOCKED;
+    } else {
+        rv = REAL(Login, s, user, pin, pin_len);
+        if (rv == CKR_PIN_INCORRECT) {
+            pin_tries_left--;
+            c->emulated = EMU_PIN_COUNTER;
+        } else if (rv == CKR_OK && pin_tries_left != emu.pin_max_tries) {
+            pin_tries_left = emu.pin_max_tries;
+            c->emulated = EMU_PIN_COUNTER;
+        }
+    }
+    *left = pin_tries_left;
+    pthread_mutex_unlock(&pin_lock);
+    return rv;
+}
+
 /* ------------------------------------------------------- general purpose */
 
 static CK_RV ip_Initialize(CK_VOID_PTR args)
@@ -807,8 +1649,10 @@ static CK_RV ip_Finalize(CK_VOID_PTR reserved)
 {
     START(Finalize);
     FORWARD(Finalize, reserved);
-    if (rv == CKR_OK)
+    if (rv == CKR_OK) {
         key_cache_clear();
+        op_forget_where(0, OP_SIGN, 1, 1);
+    }
     END;
 }
 
@@ -825,6 +1669,7 @@ static CK_RV ip_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR 
 {
     CK_ULONG cap = count ? *count : 0;
     START(GetSlotList);
+    c.query = !list;
     FORWARD(GetSlotList, present, list, count);
     jb_key(J, "token_present");
     jb_puts(J, present ? "true" : "false");
@@ -845,8 +1690,13 @@ static CK_RV ip_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
     START(GetTokenInfo);
     FORWARD(GetTokenInfo, slot, info);
     j_ulong(J, "slot", slot);
+    if (rv == CKR_OK && info && emu.pin_max_tries) {
+        j_hexflags(J, "real_token_flags", info->flags);
+        info->flags = pin_flags(info->flags);
+        c.emulated = EMU_PIN_FLAGS;
+    }
     if (rv == CKR_OK && info)
-        j_hexflags(J, "token_flags", info->flags);
+        j_hexflags(J, "token_flags", info->flags); /* as the client sees them */
     END;
 }
 
@@ -862,10 +1712,15 @@ static CK_RV ip_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PT
 static CK_RV ip_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
 {
     CK_ULONG cap = count ? *count : 0;
+    CK_ULONG real_count = CK_UNAVAILABLE_INFORMATION;
     START(GetMechanismList);
-    FORWARD(GetMechanismList, slot, list, count);
+    c.query = !list;
+    TIMED(emu.mech_list_changed ? mech_list(r, &c, slot, list, count, &real_count)
+                                : REAL(GetMechanismList, slot, list, count));
     j_ulong(J, "slot", slot);
     j_out(J, list, cap, count);
+    if (real_count != CK_UNAVAILABLE_INFORMATION)
+        j_ulong(J, "real_count", real_count);
     if (rv == CKR_OK && list && count) { /* what the client was offered */
         jb_key(J, "mechanisms");
         jb_puts(J, "[");
@@ -883,7 +1738,9 @@ static CK_RV ip_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
                                  CK_MECHANISM_INFO_PTR info)
 {
     START(GetMechanismInfo);
-    FORWARD(GetMechanismInfo, slot, type, info);
+    TIMED(is_hidden(type) ? refuse_hidden(&c)
+          : combined_md(type) ? combined_info(r, &c, slot, info)
+          : REAL(GetMechanismInfo, slot, type, info));
     j_ulong(J, "slot", slot);
     jb_key(J, "mechanism");
     jb_puts(J, "{\"name\":");
@@ -913,6 +1770,8 @@ static CK_RV ip_InitPIN(CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR pin, CK_ULONG pin_l
 {
     START(InitPIN);
     FORWARD(InitPIN, s, pin, pin_len);
+    if (rv == CKR_OK && emu.pin_max_tries && pin_reset())
+        c.emulated = EMU_PIN_COUNTER; /* the SO unlocked the user PIN */
     SESSION(s);
     jb_key(J, "pin_len");
     pin ? jb_fmt(J, "%lu", pin_len) : jb_puts(J, "null");
@@ -950,6 +1809,8 @@ static CK_RV ip_CloseSession(CK_SESSION_HANDLE s)
     START(CloseSession);
     FORWARD(CloseSession, s);
     key_cache_clear(); /* its session objects are gone; handles may be reused */
+    if (rv == CKR_OK)
+        op_forget_where(s, OP_SIGN, 1, 0);
     SESSION(s);
     END;
 }
@@ -959,6 +1820,8 @@ static CK_RV ip_CloseAllSessions(CK_SLOT_ID slot)
     START(CloseAllSessions);
     FORWARD(CloseAllSessions, slot);
     key_cache_clear();
+    if (rv == CKR_OK) /* sessions are not tracked per slot: all are forgotten */
+        op_forget_where(0, OP_SIGN, 1, 1);
     j_ulong(J, "slot", slot);
     END;
 }
@@ -977,6 +1840,7 @@ static CK_RV ip_GetOperationState(CK_SESSION_HANDLE s, CK_BYTE_PTR state, CK_ULO
 {
     CK_ULONG cap = len ? *len : 0;
     START(GetOperationState);
+    c.query = !state;
     FORWARD(GetOperationState, s, state, len);
     SESSION(s);
     j_out(J, state, cap, len);
@@ -996,13 +1860,19 @@ static CK_RV ip_SetOperationState(CK_SESSION_HANDLE s, CK_BYTE_PTR state, CK_ULO
 static CK_RV ip_Login(CK_SESSION_HANDLE s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
                       CK_ULONG pin_len)
 {
-    START(Login);
-    FORWARD(Login, s, user, pin, pin_len);
+    CK_ULONG left = 0;
+    START(Login); /* emu is read only after START: load() publishes it with `real` */
+    /* The user PIN is counted; the SO PIN is the real token's business. */
+    int counted = emu.pin_max_tries && (user == CKU_USER || user == CKU_CONTEXT_SPECIFIC);
+    TIMED(counted ? pin_login(r, &c, s, user, pin, pin_len, &left)
+                  : REAL(Login, s, user, pin, pin_len));
     SESSION(s);
     jb_key(J, "user_type");
     jb_name(J, TABLE(user_names), user);
     jb_key(J, "pin_len"); /* the length only, never the PIN */
     pin ? jb_fmt(J, "%lu", pin_len) : jb_puts(J, "null");
+    if (counted)
+        j_ulong(J, "pin_tries_left", left);
     END;
 }
 
@@ -1020,7 +1890,8 @@ static CK_RV ip_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n
                              CK_OBJECT_HANDLE_PTR obj)
 {
     START(CreateObject);
-    FORWARD(CreateObject, s, t, n, obj);
+    const struct refuse_rule *rule = refusing_rule(t, n);
+    TIMED(rule ? refuse_create(&c, rule) : REAL(CreateObject, s, t, n, obj));
     SESSION(s);
     j_template(J, "template", t, n, 1, NULL);
     j_handle_out(J, "object", rv, obj);
@@ -1121,7 +1992,7 @@ static CK_RV ip_FindObjectsFinal(CK_SESSION_HANDLE s)
     {                                                                        \
         START(name);                                                         \
         char *key = key_describe(r, s, k);                                   \
-        FORWARD(name, s, m, k);                                              \
+        TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(name, s, m, k));          \
         SESSION(s);                                                          \
         j_mech(J, m);                                                        \
         j_key(J, k, key);                                                    \
@@ -1135,6 +2006,7 @@ static CK_RV ip_FindObjectsFinal(CK_SESSION_HANDLE s)
     {                                                                        \
         CK_ULONG cap = out_len ? *out_len : 0;                               \
         START(name);                                                         \
+        c.query = !out;                                                      \
         FORWARD(name, s, in, in_len, out, out_len);                          \
         SESSION(s);                                                          \
         j_ulong(J, "in_len", in_len);                                        \
@@ -1148,6 +2020,7 @@ static CK_RV ip_FindObjectsFinal(CK_SESSION_HANDLE s)
     {                                                                        \
         CK_ULONG cap = out_len ? *out_len : 0;                               \
         START(name);                                                         \
+        c.query = !out;                                                      \
         FORWARD(name, s, out, out_len);                                      \
         SESSION(s);                                                          \
         j_out(J, out, cap, out_len);                                         \
@@ -1179,16 +2052,9 @@ WRAP_IN_OUT(Digest)
 WRAP_IN(DigestUpdate, "in_len")
 WRAP_OUT(DigestFinal)
 
-WRAP_INIT(SignInit)
-WRAP_IN_OUT(Sign)
-WRAP_IN(SignUpdate, "in_len")
-WRAP_OUT(SignFinal)
 WRAP_INIT(SignRecoverInit)
 WRAP_IN_OUT(SignRecover)
 
-WRAP_INIT(VerifyInit)
-WRAP_IN(VerifyUpdate, "in_len")
-WRAP_IN(VerifyFinal, "sig_len")
 WRAP_INIT(VerifyRecoverInit)
 WRAP_IN_OUT(VerifyRecover) /* in: the signature, out: the recovered data */
 
@@ -1202,7 +2068,7 @@ WRAP_IN(SeedRandom, "in_len")
 static CK_RV ip_DigestInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m)
 {
     START(DigestInit);
-    FORWARD(DigestInit, s, m);
+    TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(DigestInit, s, m));
     SESSION(s);
     j_mech(J, m);
     END;
@@ -1218,14 +2084,120 @@ static CK_RV ip_DigestKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k)
     END;
 }
 
+/*
+ * Signing and verifying: forwarded unless the operation is emulated (an added
+ * combined mechanism, an input limit, multipart = no); see "operations being
+ * emulated".  The record keeps the client's mechanism and lengths.
+ */
+static CK_RV ip_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+    START(SignInit);
+    char *key = key_describe(r, s, k);
+    TIMED(op_init(r, &c, OP_SIGN, s, m, k));
+    SESSION(s);
+    j_mech(J, m);
+    j_key(J, k, key);
+    if (c.emulated == EMU_COMBINED)
+        jb_puts(J, ",\"real_mechanism\":\"CKM_ECDSA\"");
+    END;
+}
+
+static CK_RV ip_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out,
+                     CK_ULONG_PTR out_len)
+{
+    CK_ULONG cap = out_len ? *out_len : 0;
+    struct sign_note note = NOTE;
+    START(Sign);
+    c.query = !out;
+    struct op *o = op_find(s, OP_SIGN);
+    TIMED(o ? op_sign(r, &c, o, s, in, in_len, out, out_len, &note)
+            : REAL(Sign, s, in, in_len, out, out_len));
+    sign_fault_end(r, &c, s, o);
+    SESSION(s);
+    j_ulong(J, "in_len", in_len);
+    j_out(J, out, cap, out_len);
+    j_sign_note(&c, &note);
+    END;
+}
+
+static CK_RV ip_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len)
+{
+    struct sign_note note = NOTE;
+    START(SignUpdate);
+    struct op *o = emu.no_multipart ? NULL : op_find(s, OP_SIGN);
+    TIMED(emu.no_multipart ? refuse_update(r, &c, s)
+          : o ? op_sign_update(r, &c, o, s, in, in_len, &note)
+          : REAL(SignUpdate, s, in, in_len));
+    sign_fault_end(r, &c, s, o);
+    SESSION(s);
+    j_ulong(J, "in_len", in_len);
+    j_sign_note(&c, &note);
+    END;
+}
+
+static CK_RV ip_SignFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+{
+    CK_ULONG cap = out_len ? *out_len : 0;
+    struct sign_note note = NOTE;
+    START(SignFinal);
+    c.query = !out;
+    struct op *o = op_find(s, OP_SIGN);
+    TIMED(o ? op_sign_final(r, &c, o, s, out, out_len, &note) : REAL(SignFinal, s, out, out_len));
+    sign_fault_end(r, &c, s, o);
+    SESSION(s);
+    j_out(J, out, cap, out_len);
+    j_sign_note(&c, &note);
+    END;
+}
+
+static CK_RV ip_VerifyInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+    START(VerifyInit);
+    char *key = key_describe(r, s, k);
+    TIMED(op_init(r, &c, OP_VERIFY, s, m, k));
+    SESSION(s);
+    j_mech(J, m);
+    j_key(J, k, key);
+    if (c.emulated == EMU_COMBINED)
+        jb_puts(J, ",\"real_mechanism\":\"CKM_ECDSA\"");
+    END;
+}
+
 static CK_RV ip_Verify(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
                        CK_ULONG sig_len)
 {
+    struct sign_note note = NOTE;
     START(Verify);
-    FORWARD(Verify, s, data, len, sig, sig_len);
+    struct op *o = op_find(s, OP_VERIFY);
+    TIMED(o ? op_verify(r, &c, o, s, data, len, 0, sig, sig_len, &note)
+            : REAL(Verify, s, data, len, sig, sig_len));
     SESSION(s);
     j_ulong(J, "in_len", len);
     j_ulong(J, "sig_len", sig_len);
+    j_sign_note(&c, &note);
+    END;
+}
+
+static CK_RV ip_VerifyUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len)
+{
+    START(VerifyUpdate);
+    struct op *o = op_find(s, OP_VERIFY);
+    TIMED(o ? op_verify_update(r, &c, o, s, in, in_len) : REAL(VerifyUpdate, s, in, in_len));
+    SESSION(s);
+    j_ulong(J, "in_len", in_len);
+    END;
+}
+
+static CK_RV ip_VerifyFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR sig, CK_ULONG sig_len)
+{
+    struct sign_note note = NOTE;
+    START(VerifyFinal);
+    struct op *o = op_find(s, OP_VERIFY);
+    TIMED(o ? op_verify(r, &c, o, s, NULL, 0, 1, sig, sig_len, &note)
+            : REAL(VerifyFinal, s, sig, sig_len));
+    SESSION(s);
+    j_ulong(J, "sig_len", sig_len);
+    j_sign_note(&c, &note);
     END;
 }
 
@@ -1244,7 +2216,7 @@ static CK_RV ip_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUT
                             CK_ULONG n, CK_OBJECT_HANDLE_PTR key)
 {
     START(GenerateKey);
-    FORWARD(GenerateKey, s, m, t, n, key);
+    TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(GenerateKey, s, m, t, n, key));
     SESSION(s);
     j_mech(J, m);
     j_template(J, "template", t, n, 1, NULL);
@@ -1257,7 +2229,8 @@ static CK_RV ip_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTR
                                 CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv)
 {
     START(GenerateKeyPair);
-    FORWARD(GenerateKeyPair, s, m, pub_t, pub_n, priv_t, priv_n, pub, priv);
+    TIMED(HIDDEN(m) ? refuse_hidden(&c)
+                    : REAL(GenerateKeyPair, s, m, pub_t, pub_n, priv_t, priv_n, pub, priv));
     SESSION(s);
     j_mech(J, m);
     j_template(J, "public_template", pub_t, pub_n, 1, NULL);
@@ -1272,8 +2245,9 @@ static CK_RV ip_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDL
 {
     CK_ULONG cap = out_len ? *out_len : 0;
     START(WrapKey);
+    c.query = !out;
     char *key = key_describe(r, s, wrapping);
-    FORWARD(WrapKey, s, m, wrapping, k, out, out_len);
+    TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(WrapKey, s, m, wrapping, k, out, out_len));
     SESSION(s);
     j_mech(J, m);
     j_key(J, wrapping, key);
@@ -1288,7 +2262,7 @@ static CK_RV ip_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HAN
 {
     START(UnwrapKey);
     char *key = key_describe(r, s, unwrapping);
-    FORWARD(UnwrapKey, s, m, unwrapping, in, in_len, t, n, obj);
+    TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(UnwrapKey, s, m, unwrapping, in, in_len, t, n, obj));
     SESSION(s);
     j_mech(J, m);
     j_key(J, unwrapping, key);
@@ -1303,7 +2277,7 @@ static CK_RV ip_DeriveKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HAN
 {
     START(DeriveKey);
     char *key = key_describe(r, s, base);
-    FORWARD(DeriveKey, s, m, base, t, n, obj);
+    TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(DeriveKey, s, m, base, t, n, obj));
     SESSION(s);
     j_mech(J, m);
     j_key(J, base, key);
