@@ -66,6 +66,7 @@ class Settings:
     timeout_s: float
     keys: tuple[KeySpec, ...]
     clients: tuple[str, ...]
+    clients_named: bool = False  # the user listed the clients: a missing one is an error
     java_home: str | None = None
     java_p11_config: tuple[str, ...] = ()
     record: bool = True  # clients load the recording interposer
@@ -129,6 +130,7 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         spy=_flag(raw, "p11_spy"),
         keys=parse_keys(raw["p11_keys"] or ""),
         clients=parse_clients(raw["p11_clients"] or ""),
+        clients_named=(raw["p11_clients"] or "all").strip() != "all",
         module=module,
         token_label=raw["p11_token_label"],
         pin=raw["p11_pin"],

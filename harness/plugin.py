@@ -77,6 +77,16 @@ def _profile_name(settings: Settings) -> str | None:
     return load_profile(settings.profile).name if settings.profile else None
 
 
+def _java_version(settings: Settings) -> str:
+    from harness.clients.java import find_jdk
+
+    try:
+        jdk = find_jdk(settings.java_home)
+    except HarnessError as exc:
+        return f"Java: {exc}"
+    return f"Java {jdk.version} ({jdk.home})"
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[settings_key]
     if settings.module is None:
@@ -90,9 +100,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         pkcs11_version = version("python-pkcs11")
     except Exception:  # noqa: BLE001 - a header must never break the run
         pkcs11_version = "unknown"
-    clients = "; ".join([tool_version(["openssl", "version"]),
-                         tool_version(["gnutls-cli", "--version"]),
-                         f"python-pkcs11 {pkcs11_version}"])
+    versions = [tool_version(["openssl", "version"]), tool_version(["gnutls-cli", "--version"])]
+    if any(name.startswith("java") for name in settings.clients):
+        versions.append(_java_version(settings))
+    clients = "; ".join([*versions, f"python-pkcs11 {pkcs11_version}"])
     lines = [f"p11tls module: {module}", f"p11tls clients: {clients}"]
     if settings.profile:
         from harness.profile import load_profile

@@ -166,8 +166,10 @@ class MatrixRunner:
         )
         client = self.client(case.client)
         reason = client.unavailable_reason()
-        if reason:
-            record.outcome, record.error = Outcome.SKIP.value, reason
+        if reason:  # a skip, unless the user asked for this client by name
+            named = self.settings.clients_named
+            record.outcome = Outcome.ERROR.value if named else Outcome.SKIP.value
+            record.error = reason
             return record
         record.client_version = self._client_version(client)
         try:

@@ -68,7 +68,7 @@ def test_run_writes_results_json_and_prints_the_matrix(matrix):
 def test_report_header_names_module_and_clients(matrix):
     result = run(matrix, "--collect-only", "-q", "-m", "tls12", "-v")
     result.stdout.fnmatch_lines(["p11tls module: embedded default: throw-away SoftHSM2*",
-                                 "p11tls clients: OpenSSL*"])
+                                 "p11tls clients: OpenSSL*gnutls-cli*Java 1*python-pkcs11*"])
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,11 @@ def test_unavailable_client_is_a_skip_with_reason(p11_runner, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     record = p11_runner.run(dataclasses.replace(CASE, client="gnutls"))
     assert record.outcome == "skip" and "install gnutls-bin" in record.error
+    # asked for by name (--p11-clients gnutls), a missing client is an error
+    monkeypatch.setattr(p11_runner, "settings",
+                        dataclasses.replace(p11_runner.settings, clients_named=True))
+    named = p11_runner.run(dataclasses.replace(CASE, client="gnutls"))
+    assert named.outcome == "error" and "install gnutls-bin" in named.error
     monkeypatch.undo()
     assert client.unavailable_reason() is None  # negative control
 
