@@ -19,6 +19,7 @@ from harness.interposer import build_interposer, write_interposer_config
 SPY_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
     "/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so",
+    "/usr/lib64/pkcs11/pkcs11-spy.so",
     "/usr/lib/pkcs11/pkcs11-spy.so",
 )
 

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import ToolMissing
+from harness.recording import find_pkcs11_spy
 from harness.softhsm import SoftHSMToken, TemporarySoftHSM
 
 pytest_plugins = ["pytester"]
 
-SPY_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
-    "/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so",
-)
 
 
 @pytest.fixture
@@ -29,7 +27,7 @@ def softhsm_store(tmp_path: Path) -> tuple[TemporarySoftHSM, SoftHSMToken]:
 
 @pytest.fixture
 def pkcs11_spy() -> Path:
-    for candidate in SPY_CANDIDATES:
-        if Path(candidate).is_file():
-            return Path(candidate)
-    pytest.skip("Requires OpenSC's pkcs11-spy.so (package opensc)")
+    try:
+        return find_pkcs11_spy()
+    except ToolMissing:
+        pytest.skip("Requires OpenSC's pkcs11-spy.so (package opensc)")

@@ -28,6 +28,7 @@ from harness.calls import Call, load_calls, sign_summary
 from harness.errors import ToolMissing
 from harness.interposer import CONF_ENV, build_interposer, write_interposer_config
 from harness.profile import Profile, load_profile
+from harness.recording import SPY_CANDIDATES
 from harness.softhsm import TemporarySoftHSM
 
 TESTS = Path(__file__).parent
@@ -36,8 +37,6 @@ INTERPOSER_DRIVER = TESTS / "interposer_driver.py"
 PIN = "emu-" + secrets.token_hex(4)
 TOKEN = "emulation"
 P256_PARAMS = "06082a8648ce3d030107"
-SPY_CANDIDATES = (Path("/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so"),
-                  Path("/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so"))
 
 OK, GENERAL_ERROR, DEVICE_REMOVED, DATA_LEN_RANGE = 0x0, 0x5, 0x32, 0x21
 FUNCTION_NOT_SUPPORTED, MECHANISM_INVALID, SIGNATURE_INVALID = 0x54, 0x70, 0xC0
@@ -442,7 +441,7 @@ def test_pin_counter_flags_and_lock(bench: Bench, tmp_path: Path) -> None:
     # into other tests.
     label = "pin-" + secrets.token_hex(3)
     bench.hsm.init_token(label, PIN)
-    spy = next((p for p in SPY_CANDIDATES if p.is_file()), None)
+    spy = next((Path(p) for p in SPY_CANDIDATES if Path(p).is_file()), None)
     spy_log = tmp_path / "spy.log"
     real, env = (spy, {"PKCS11SPY": str(bench.hsm.module), "PKCS11SPY_OUTPUT": str(spy_log)}) \
         if spy else (None, {})

@@ -33,16 +33,12 @@ from harness.explain import (
     parse_file,
     read_log,
 )
+from harness.recording import SPY_CANDIDATES
 
 DATA = Path(__file__).parent / "data" / "explain"
 PIN = "8642"
 WRONG_PIN = "975312"
 LABEL = "explain"
-SPY_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
-    "/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so",
-    "/usr/lib64/pkcs11/pkcs11-spy.so",
-)
 PROXY_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so",
     "/usr/lib/aarch64-linux-gnu/p11-kit-proxy.so",

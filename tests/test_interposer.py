@@ -34,6 +34,7 @@ from harness.interposer import (
     build_interposer,
     write_interposer_config,
 )
+from harness.recording import SPY_CANDIDATES
 from harness.softhsm import TemporarySoftHSM
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,7 +48,7 @@ OAEP_MESSAGE = b"a message for OAEP (SHA-1: all SoftHSM 2.6 offers)"
 CKR = {"CKR_OK": 0x0, "CKR_BUFFER_TOO_SMALL": 0x150, "CKR_ATTRIBUTE_SENSITIVE": 0x11,
        "CKR_CRYPTOKI_NOT_INITIALIZED": 0x190, "CKR_OPERATION_NOT_INITIALIZED": 0x91,
        "CKR_SESSION_HANDLE_INVALID": 0xB3, "CKR_GENERAL_ERROR": 0x5}
-SPY = Path("/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so")
+SPY = next((Path(p) for p in SPY_CANDIDATES if Path(p).is_file()), Path(SPY_CANDIDATES[0]))
 
 
 def _int_bytes(value: int, length: int | None = None) -> bytes:

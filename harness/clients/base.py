@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.clients.logs import client_error
+from harness.process import ProcessResult
 from harness.tls import TLSVersion
 
 if TYPE_CHECKING:
@@ -60,6 +62,15 @@ class ClientResult:
     duration_s: float
     log_path: Path
     error: str | None = None  # the client's own error line, CKR code if it printed one
+
+    @classmethod
+    def from_process(cls, client: str, proc: ProcessResult) -> ClientResult:
+        """The result of a client that is one process per handshake."""
+        return cls(
+            client=client, returncode=proc.returncode, timed_out=proc.timed_out,
+            duration_s=proc.duration_s, log_path=proc.log_path,
+            error=None if proc.returncode == 0 else client_error(proc.log_path),
+        )
 
 
 class Client(abc.ABC):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
-from harness.clients.logs import client_error
 from harness.process import base_env, run_logged, tool_version
 
 
@@ -34,8 +33,4 @@ class GnuTLSClient(Client):
         # GNUTLS_PIN answers the PIN prompt without putting the PIN in argv.
         env = base_env({**job.env, "GNUTLS_PIN": job.pin})
         proc = run_logged(argv, env=env, log_path=job.log_path, timeout=job.timeout_s)
-        return ClientResult(
-            client=self.name, returncode=proc.returncode, timed_out=proc.timed_out,
-            duration_s=proc.duration_s, log_path=job.log_path,
-            error=None if proc.returncode == 0 else client_error(job.log_path),
-        )
+        return ClientResult.from_process(self.name, proc)

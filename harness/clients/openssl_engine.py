@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
-from harness.clients.logs import client_error
 from harness.process import base_env, run_logged, tool_version
 
 ENGINE_CANDIDATES = (
@@ -46,8 +45,4 @@ class OpenSSLEngineClient(Client):
         proc = run_logged(argv, env=env, log_path=job.log_path, timeout=job.timeout_s)
         # libp11 segfaults at exit after any engine failure, so the exit code
         # alone says little; the server's view decides the outcome.
-        return ClientResult(
-            client=self.name, returncode=proc.returncode, timed_out=proc.timed_out,
-            duration_s=proc.duration_s, log_path=job.log_path,
-            error=None if proc.returncode == 0 else client_error(job.log_path),
-        )
+        return ClientResult.from_process(self.name, proc)

@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
-from harness.clients.logs import client_error
 from harness.process import base_env, run_logged, tool_version
 
 PROVIDER_CANDIDATES = (
@@ -69,8 +68,4 @@ class OpenSSLProviderClient(Client):
             ]
             env = base_env({**job.env, "OPENSSL_CONF": str(conf)})
             proc = run_logged(argv, env=env, log_path=job.log_path, timeout=job.timeout_s)
-        return ClientResult(
-            client=self.name, returncode=proc.returncode, timed_out=proc.timed_out,
-            duration_s=proc.duration_s, log_path=job.log_path,
-            error=None if proc.returncode == 0 else client_error(job.log_path),
-        )
+        return ClientResult.from_process(self.name, proc)
