@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Sequence
 from html import escape
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,27 @@ STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 h2 { margin-top: 2em; font-size: 1.2em; }
 ul.env { margin: .3em 0 .8em; padding-left: 1.2em; }
-table.matrix { border-collapse: collapse; }
-table.matrix th, table.matrix td { border: 1px solid #bbb; padding: 3px 6px;
-  vertical-align: top; text-align: left; white-space: nowrap; }
-table.matrix thead th { background: #eee; }
+ul.toc { padding-left: 1.2em; }
+/* a matrix wider than the window scrolls in its own box, not the page: an opened
+   case's panel is placed against the page and stays in view */
+div.scroll { overflow-x: auto; padding-bottom: 2px; }
+/* separate borders: collapsed ones would stay behind when the row labels stick */
+table.matrix { border-collapse: separate; border-spacing: 0; font-size: 13px;
+  border-top: 1px solid #bbb; }
+table.matrix > * > tr > th, table.matrix > * > tr > td { border: solid #bbb;
+  border-width: 0 1px 1px 0; padding: 3px 5px; vertical-align: top; text-align: left; }
+table.matrix > thead th { background: #eee; white-space: nowrap; }
+table.matrix > thead th.client { text-align: center; }
+/* the row labels stay in view while the matrix scrolls sideways */
+table.matrix th.key, table.matrix th.label { position: sticky; z-index: 1; background: #fff; }
+table.matrix > thead th.key, table.matrix > thead th.label { background: #eee; }
+table.matrix th.key { left: 0; box-sizing: border-box; width: 5.5em; min-width: 5.5em;
+  max-width: 5.5em; overflow-wrap: anywhere; border-left-width: 1px; }
+table.matrix th.label { left: 5.5em; min-width: 8em; max-width: 13em; }
+/* a cell: the outcome, below it the signing call (mechanism, bytes signed) */
+.matrix summary { white-space: nowrap; }
+.matrix summary .gap { white-space: normal; }
+.matrix .sign { display: block; }
 td.ok { background: #dff0d8; }
 td.fail { background: #f2a7a7; font-weight: bold; }
 td.known { background: #ffd98a; }
@@ -57,11 +75,15 @@ details.case > .panel { position: absolute; left: 1.5em; right: 1.5em; z-index: 
   font-weight: normal; color: #222; }
 .panel dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1em; }
 .panel dt { font-weight: bold; }
-.panel dd { margin: 0; }
+.panel dd { margin: 0; overflow-wrap: anywhere; }
 .panel pre { background: #f6f6f6; padding: .5em; overflow-x: auto; white-space: pre-wrap;
   word-break: break-all; max-height: 30em; }
 table.calls { border-collapse: collapse; font: 12px monospace; }
-table.calls th, table.calls td { border: 1px solid #ccc; padding: 1px 4px; }
+table.calls th, table.calls td { border: 1px solid #ccc; padding: 1px 4px;
+  text-align: left; vertical-align: top; }
+table.calls thead th { background: #eee; }
+table.calls td:nth-child(-n+7) { white-space: nowrap; }
+table.calls td:last-child { overflow-wrap: anywhere; }
 table.calls tr.bad td { background: #f2a7a7; }
 .legend span { padding: 1px 6px; margin-right: .5em; border: 1px solid #bbb; }
 """
@@ -85,8 +107,16 @@ def render_html(records: Sequence[HandshakeRecord], *, log_base: Path | None = N
             '<span style="background:#ffd98a">known failure</span>'
             '<span style="background:#c7d7f5">passed although a known failure</span>'
             '<span style="background:#f4f4f4">skipped</span>'
+            '<span style="color:#aaa">-</span>no such case.'
             " Click a cell for the case's calls and logs.</p>")
-        for number, table in enumerate(matrix_tables(records), 1):
+        tables = matrix_tables(records)
+        if len(tables) > 1:  # say up front which table holds the failures
+            body.append('<ul class="toc">')
+            body += [f'<li><a href="#group-{number}">{escape(table.title)}</a>: '
+                     f"{escape(table.counts())}</li>"
+                     for number, table in enumerate(tables, 1)]
+            body.append("</ul>")
+        for number, table in enumerate(tables, 1):
             body.append(_table(table, number, log_base))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<title>PKCS#11 TLS client-authentication matrix</title>\n"
@@ -99,11 +129,27 @@ def _table(table: MatrixTable, number: int, log_base: Path | None) -> str:
            '<ul class="env">']
     out += [f"<li><b>{escape(label)}:</b> {escape(text)}</li>"
             for label, text in environment(table)]
-    out += ["</ul>", '<table class="matrix">', "<thead><tr><th>key</th><th>provisioning</th>"]
-    out += [f"<th>{escape(client)} TLS{escape(tls)}</th>" for client, tls in table.columns]
+    # two header rows: the client over its TLS versions, so a column is as wide as
+    # its cells and not as "openssl-provider TLS1.2"
+    clients = [(client, len(list(group)))
+               for client, group in groupby(table.columns, key=lambda c: c[0])]
+    out += ["</ul>", '<div class="scroll"><table class="matrix">',
+            '<thead><tr><th class="key" rowspan="2">key</th>',
+            '<th class="label" rowspan="2">provisioning</th>']
+    out += [f'<th class="client" colspan="{span}">{escape(client)}</th>'
+            for client, span in clients]
+    out.append("</tr><tr>")
+    out += [f"<th>TLS{escape(tls)}</th>" for _, tls in table.columns]
     out.append("</tr></thead><tbody>")
-    for row in table.rows:
-        out.append(f"<tr><th>{escape(row[0])}</th><th>{escape(row[1])}</th>")
+    # the key once for its consecutive rows (rsa2048: generate, import, ...)
+    for i, row in enumerate(table.rows):
+        out.append("<tr>")
+        if i == 0 or table.rows[i - 1][0] != row[0]:
+            span = next((n for n, r in enumerate(table.rows[i:]) if r[0] != row[0]),
+                        len(table.rows) - i)
+            rowspan = f' rowspan="{span}"' if span > 1 else ""
+            out.append(f'<th class="key"{rowspan}>{escape(row[0])}</th>')
+        out.append(f'<th class="label">{escape(row[1])}</th>')
         for column in table.columns:
             cases = table.cases(row, column)
             if not cases:
@@ -114,21 +160,35 @@ def _table(table: MatrixTable, number: int, log_base: Path | None) -> str:
                 out.append(_case(r, f"g{number}-{_slug(r.case_id)}", len(cases) > 1, log_base))
             out.append("</td>")
         out.append("</tr>")
-    out += ["</tbody></table>", "</section>"]
+    out += ["</tbody></table></div>", "</section>"]
     return "\n".join(out)
 
 
 def _case(record: HandshakeRecord, anchor: str, prefix: bool, log_base: Path | None) -> str:
-    text = cell_text(record)
-    if prefix:
-        text = f"{record.case_id}: {text}"
-    if record.expected:
-        text += " (known)"
+    # `CKR_GENERAL_ERROR (known)` and, on a line of its own, `ECDSA_SHA256 3037B`:
+    # a column is as wide as the signing call, not as both
+    outcome, _, sign = cell_text(record).partition(" ")
     state = cell_state(record)
-    hover = f' title="known failure: {escape(record.expected)}"' if record.expected else ""
+    words = [escape(outcome)]
+    if prefix:
+        words.insert(0, f"{escape(record.case_id)}:")
+    if state == "known":
+        words.append("(known)")
+    elif state == "xpass":
+        words.append("(unexpected pass)")
+    # the summary does not wrap (the marker stays with the outcome), but may
+    # break at these spaces
+    text = '<span class="gap"> </span>'.join(words)
+    if sign:
+        text += f' <span class="sign">{escape(sign)}</span>'
+    hover = ""
+    if record.expected:
+        hover = f' title="known failure: {escape(record.expected)}"'
+    elif state == "skip" and record.error:
+        hover = f' title="skipped: {escape(_cap(record.error, 300))}"'
     return (f'<details class="case {state}" id="{escape(anchor)}" '
             f'data-case="{escape(record.case_id)}" data-state="{state}">'
-            f"<summary{hover}>{escape(text)}</summary>"
+            f"<summary{hover}>{text}</summary>"
             f'<div class="panel">{_panel(record, log_base)}</div></details>')
 
 
@@ -138,7 +198,7 @@ def _panel(record: HandshakeRecord, log_base: Path | None) -> str:
         ("case", record.case_id),
         ("outcome", record.outcome),
         ("known failure", record.expected),
-        ("error", record.error),
+        ("skipped because" if record.outcome == "skip" else "error", record.error),
         ("client", " ".join(str(v) for v in (record.client, record.client_version) if v)),
         ("TLS", f"{record.tls} requested"
          + (f", {record.negotiated_version} negotiated" if record.negotiated_version else "")),

@@ -172,8 +172,10 @@ class MatrixTable:
 
     def counts(self) -> str:
         states = [cell_state(r) for r in self.records]
+        known = states.count("known")
         text = (f"{states.count('ok')} ok, {states.count('fail')} failed, "
-                f"{states.count('known')} known failures, {states.count('skip')} skipped")
+                f"{known} known failure{'' if known == 1 else 's'}, "
+                f"{states.count('skip')} skipped")
         if states.count("xpass"):
             text += f", {states.count('xpass')} passed although expected to fail"
         return text
@@ -294,7 +296,8 @@ def _text(value: Any) -> str:
 
 _MARK = {"fail": "❌ ", "known": "⚠️ ", "xpass": "❗ ", "ok": "", "skip": ""}
 LEGEND = ("❌ unexpected failure · ⚠️ known failure (reason below the table) · "
-          "❗ passed although listed as a known failure · skip: not run here")
+          "❗ passed although listed as a known failure · skip: not run here · "
+          "-: no such case")
 
 
 def render_markdown(records: Sequence[HandshakeRecord]) -> str:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import re
 import shutil
+import subprocess
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
@@ -219,6 +220,97 @@ def test_emulation_profile_gets_its_own_labelled_table():
     assert "emulation of picohsm (profile picohsm-emu)" in text
     # negative control: without a profile nothing says emulation
     assert "emulation" not in render_html(records, log_base=DATA)
+
+
+def test_matrix_header_puts_the_client_over_its_tls_versions():
+    text = render_html(load_results(REAL), log_base=DATA)
+    clients = re.findall(r'<th class="client" colspan="(\d)">([^<]+)</th>', text)
+    assert ("2", "openssl-engine") in clients and ("2", "java") in clients
+    # a column header is only the TLS version: no "openssl-provider TLS1.2" sets its width
+    assert text.count("<th>TLS1.2</th>") == len(clients)
+    assert "TLS1.2</th>" in text and "openssl-engine TLS1.2" not in text
+    # the key is written once for its rows
+    assert text.count('<th class="key" rowspan="2">rsa2048</th>') == 1
+
+
+def test_matrix_scrolls_in_its_own_box():
+    # a matrix wider than the window must not widen the page: an opened case's
+    # panel is placed against the page and would open outside the view
+    text = render_html(load_results(REAL), log_base=DATA)
+    assert text.count('<div class="scroll"><table class="matrix">') == 1
+    assert "div.scroll { overflow-x: auto;" in html_report.STYLE
+
+
+def test_cell_summary_puts_the_signing_call_on_its_own_line():
+    records = lab1()
+    failed = render_html([by_id(records, "java-p256-generate-tls12")])
+    assert ('<summary>CKR_GENERAL_ERROR <span class="sign">ECDSA_SHA256 3037B</span>'
+            "</summary>") in failed
+    known = render_html([by_id(records, "openssl-engine-rsa2048-import-tls13")])
+    assert '>CKR_TEMPLATE_INCONSISTENT<span class="gap"> </span>(known)</summary>' in known
+    passed = dataclasses.replace(by_id(records, "openssl-engine-p256-generate-tls12"),
+                                 expected="seed 002: the card refused this before")
+    assert ('ok<span class="gap"> </span>(unexpected pass) <span class="sign">ECDSA 32B'
+            in render_html([passed]))
+    assert "(known)" not in render_html([passed])  # an ok cell never says known failure
+    assert ".matrix .sign { display: block; }" in html_report.STYLE
+
+
+def test_skipped_case_says_why():
+    text = render_html([by_id(lab1(), "java-rsa2048-generate-tls13")])
+    reason = by_id(lab1(), "java-rsa2048-generate-tls13").error
+    assert reason and f'<summary title="skipped: {reason}">skip</summary>' in text
+    assert f"<dt>skipped because</dt><dd>{reason}</dd>" in text
+    # negative control: a failed case's reason is its error
+    assert "<dt>error</dt>" in render_html([by_id(lab1(), "java-p256-generate-tls12")])
+
+
+def test_table_index_only_for_several_tables():
+    merged = merge([lab1(), lab1()], ["night/lab1.json", "night/lab2.json"])
+    text = render_html(merged)
+    assert '<li><a href="#group-1">lab1 · PKCS#15 emulated' in text
+    assert '<a href="#group-2">lab2 · ' in text and 'id="group-2"' in text
+    assert remote_urls(MatrixPage(text), text) == []
+    assert '<ul class="toc">' not in render_html(lab1())  # negative control: one table
+
+
+def test_result_counts_singular_and_plural():
+    text = render_markdown(lab1())
+    assert "2 failed, 1 known failure, 1 skipped" in text
+    two = lab1() + [dataclasses.replace(by_id(lab1(), "openssl-engine-rsa2048-import-tls13"),
+                                        case_id="openssl-engine-rsa2048-import-tls12", tls="1.2")]
+    assert "2 known failures," in render_markdown(two)
+
+
+def page_width(html: str, tmp_path: Path, window: int) -> tuple[int, int]:
+    """(scroll width, window width) of the page in headless Chromium."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed")
+    page = tmp_path / "measure.html"
+    page.write_text(html.replace("</body>", "<script>document.title = 'W ' + "
+                                 "document.documentElement.scrollWidth + ' ' + "
+                                 "document.documentElement.clientWidth;</script></body>"))
+    profile = tmp_path / "profile"
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", f"--window-size={window},900", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=60, check=False).stdout
+    found = re.search(r"<title>W (\d+) (\d+)</title>", out)
+    assert found, out[-2000:]
+    return int(found.group(1)), int(found.group(2))
+
+
+@pytest.mark.parametrize("window", [1000, 1600])
+def test_page_does_not_overflow_sideways_in_a_browser(tmp_path, window):
+    text = render_html(load_results(REAL), log_base=DATA)
+    scroll, client = page_width(text, tmp_path, window)
+    assert scroll <= client
+    # negative control: the measurement does see a page wider than the window
+    wide = text.replace("</body>", '<div style="width: 3000px">x</div></body>')
+    scroll, client = page_width(wide, tmp_path, window)
+    assert scroll > client
 
 
 @pytest.mark.parametrize(("case_id", "text"), [
