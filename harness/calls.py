@@ -84,13 +84,16 @@ def load_calls(path: Path) -> list[Call]:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"cannot read record file {path}: {exc.strerror}") from None
-    calls = []
-    for number, line in enumerate(text.splitlines(), 1):
+    calls: list[Call] = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
+            if calls and number == len(lines) and not text.endswith("\n"):
+                break  # the last line of a client killed mid-write: keep the others
             raise _not_a_record(path, number, f"not JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise _not_a_record(path, number, "not a JSON object")

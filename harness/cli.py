@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,18 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
-        module_name, function, _ = DELEGATED[argv[0]]
-        module = importlib.import_module(module_name)
-        return int(getattr(module, function)(argv[1:]))
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
-    except HarnessError as exc:
-        print(f"p11tls {args.command}: {exc}", file=sys.stderr)
-        return 2
+        if argv and argv[0] in DELEGATED:
+            module_name, function, _ = DELEGATED[argv[0]]
+            module = importlib.import_module(module_name)
+            return int(getattr(module, function)(argv[1:]))
+        args = parser.parse_args(argv)
+        try:
+            return int(args.func(args))
+        except HarnessError as exc:
+            print(f"p11tls {args.command}: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `p11tls explain LOG | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

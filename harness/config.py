@@ -40,7 +40,7 @@ OPTIONS: tuple[Option, ...] = (
            "key types of the matrix, comma-separated, or 'all'", "rsa2048,p256,p384"),
     Option("p11_clients", "P11TLS_CLIENTS",
            "TLS clients of the matrix, comma-separated, or 'all'", "all"),
-    Option("java", "JAVA_HOME", "JDK (home directory or bin/java) for the Java clients; "
+    Option("java", None, "JDK (home directory or bin/java) for the Java clients; "
            "default: JAVA_HOME, else the one on PATH"),
     Option("java_p11_config", None,
            "extra SunPKCS11 configuration line for the Java clients", repeatable=True),
@@ -114,8 +114,14 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
             raise ConfigError(
                 "--p11-module needs the user PIN: pass --p11-pin or set PKCS11_TOKEN_PIN"
             )
-    if raw["p11_profile"] and _flag(raw, "p11_no_record"):
-        raise ConfigError("--p11-profile works inside the interposer: drop --p11-no-record")
+    if _flag(raw, "p11_no_record"):
+        if raw["p11_profile"]:
+            raise ConfigError("--p11-profile works inside the interposer: drop --p11-no-record")
+        if _flag(raw, "p11_spy"):
+            raise ConfigError("--p11-spy is chained below the interposer: drop --p11-no-record")
+    if raw["p11_module"] and Path(raw["p11_module"]).expanduser().is_dir():
+        raise ConfigError(f"--p11-module {raw['p11_module']} is a directory: give the module's "
+                          ".so file")
     try:
         timeout = float(raw["p11_timeout"] or 0)
     except ValueError:

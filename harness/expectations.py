@@ -129,6 +129,11 @@ def load_expectations(path: Path) -> list[Expectation]:
     return result
 
 
+def has_outcomes(profile: str) -> bool:
+    """Whether a shipped outcome table exists for the profile of that name."""
+    return (OUTCOMES / f"{profile}.toml").is_file()
+
+
 def first_match(case: Case, table: list[Expectation]) -> Expectation | None:
     return next((e for e in table if e.matches(case)), None)
 

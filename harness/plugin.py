@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness.clients import CLIENTS
+from harness.clients import CLIENTS, check_clients
 from harness.compare import write_reports
 from harness.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
@@ -18,6 +18,7 @@ from harness.matrix import cases
 from harness.process import tool_version
 from harness.record import HandshakeRecord, write_results
 from harness.report import terminal_matrix
+from harness.token import check_login
 
 MARKERS = {
     "tls12": "TLS 1.2 handshake cases",
@@ -61,6 +62,11 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = resolve(cli, ini, os.environ)
         _profile_name(settings)  # a bad profile is a usage error before anything runs
+        check_clients(settings)
+        if _distributed(config) and settings.module is not None:
+            # Each xdist worker logs in on its own: try the PIN once here first,
+            # so a wrong one reaches the token once, not once per worker.
+            check_login(settings.module, settings.token_label or "", settings.pin or "")
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not settings.reports.is_absolute():
@@ -69,6 +75,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[settings_key] = settings
     if not hasattr(config, "workerinput"):  # only the controller writes reports
         config.pluginmanager.register(RecordCollector(settings), "p11tls-records")
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """This is the controller of a pytest-xdist run (workers run the tests)."""
+    return (not hasattr(config, "workerinput")
+            and bool(getattr(config.option, "numprocesses", None))
+            and getattr(config.option, "dist", "no") != "no")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Ed25519 cases last: libp11 cannot enumerate a token once an Ed25519 key is
+    # on it, and on a user's token (one token for all keys) that would break the
+    # openssl-engine cases that happen to run after it.
+    items.sort(key=lambda item: item.get_closest_marker("eddsa") is not None)
 
 
 def _profile_name(settings: Settings) -> str | None:

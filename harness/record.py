@@ -40,6 +40,7 @@ class HandshakeRecord:
     duration_s: float | None = None
     sign: dict[str, Any] | None = None  # summary of the CertificateVerify signing call
     calls: list[dict[str, Any]] | None = None  # PKCS#11 calls made for this handshake
+    explanation: dict[str, Any] | None = None  # `p11tls explain` findings for a failure
     logs: dict[str, str] = field(default_factory=dict)  # name -> path of the case's log
 
     @property

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ToolMissing
+from harness.explain.mask import mask_lines
+from harness.explain.model import LogFormat
 from harness.interposer import build_interposer, write_interposer_config
 
 SPY_CANDIDATES = (
@@ -53,32 +55,40 @@ class CallRecorder:
             self.env.update({"PKCS11SPY": str(real_module), "PKCS11SPY_OUTPUT": str(self.spy_log)})
 
     def mark(self) -> Mark:
-        return Mark(_size(self.record_file), _size(self.spy_log))
+        return Mark(size_of(self.record_file), size_of(self.spy_log))
 
     def collect(self, since: Mark, case_dir: Path) -> list[dict[str, Any]]:
-        """The calls made since `since`; also kept as case_dir/calls.jsonl (and spy.log)."""
+        """The calls made since `since`; also kept as case_dir/calls.jsonl (and
+        spy.log, with PINs and key values masked: it is meant for bug reports)."""
         case_dir.mkdir(parents=True, exist_ok=True)
-        chunk = _read_from(self.record_file, since.record_offset)
+        chunk = read_from(self.record_file, since.record_offset)
         (case_dir / "calls.jsonl").write_bytes(chunk)
         if self.spy_log is not None:
-            (case_dir / "spy.log").write_bytes(_read_from(self.spy_log, since.spy_offset))
-        calls = []
-        for line in chunk.decode(errors="replace").splitlines():
-            try:
-                calls.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a crashing client: keep the others
-        return calls
+            spy = read_from(self.spy_log, since.spy_offset).decode(errors="replace")
+            masked = mask_lines(spy.splitlines(), LogFormat.PKCS11_SPY)
+            (case_dir / "spy.log").write_text("\n".join(masked) + "\n" if masked else "")
+        return parse_calls(chunk)
 
 
-def _size(path: Path | None) -> int:
+def parse_calls(chunk: bytes) -> list[dict[str, Any]]:
+    """The JSON lines of a piece of a record file as dicts."""
+    calls = []
+    for line in chunk.decode(errors="replace").splitlines():
+        try:
+            calls.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crashing client: keep the others
+    return calls
+
+
+def size_of(path: Path | None) -> int:
     try:
         return path.stat().st_size if path is not None else 0
     except FileNotFoundError:
         return 0
 
 
-def _read_from(path: Path, offset: int) -> bytes:
+def read_from(path: Path, offset: int) -> bytes:
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)

@@ -9,6 +9,7 @@ case needs it, and removes what it created when closed.
 from __future__ import annotations
 
 import os
+import platform
 import secrets
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ from harness.clients import CLIENTS
 from harness.clients.base import Client, HandshakeJob
 from harness.config import Settings
 from harness.errors import HarnessError
-from harness.expectations import CaseExpectations, Verdict
+from harness.expectations import CaseExpectations, Verdict, has_outcomes
 from harness.interposer import build_interposer, write_interposer_config
 from harness.keys import Algorithm, KeySpec, Provisioning
 from harness.matrix import Case
@@ -29,7 +30,7 @@ from harness.padding import padding_file
 from harness.profile import load_profile
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.record import HandshakeRecord, Outcome
-from harness.recording import CallRecorder
+from harness.recording import CallRecorder, parse_calls, read_from, size_of
 from harness.server import HandshakeServer
 from harness.softhsm import TemporarySoftHSM
 from harness.token import Token, TokenInfo
@@ -54,6 +55,9 @@ class MatrixRunner:
         self.clients: dict[str, Client] = {}
         self._versions: dict[str, str] = {}
         self.recorders: dict[str, CallRecorder] = {}
+        # under a profile: the record of this process's own calls (provisioning)
+        self.provision_record: Path | None = None
+        self.provision_chunks: dict[tuple[str, Provisioning], bytes] = {}
         self.ca = TestCA(self.workdir / "ca")
         self.profile = load_profile(settings.profile) if settings.profile else None
         if settings.module is None:
@@ -86,8 +90,9 @@ class MatrixRunner:
         assert self.profile is not None
         directory = self.workdir / "interposer"
         directory.mkdir(parents=True, exist_ok=True)
+        self.provision_record = directory / "calls-provision.jsonl"
         os.environ.update(write_interposer_config(
-            self.module, directory / "calls-provision.jsonl",
+            self.module, self.provision_record,
             directory / "interposer-provision.conf", self.profile.interposer_lines()))
         return build_interposer()
 
@@ -111,11 +116,14 @@ class MatrixRunner:
         if slot not in self.keys:
             role = "eddsa" if spec.algorithm is Algorithm.EDDSA else "main"
             self._token(role)
+            start = size_of(self.provision_record)
             try:
                 self.keys[slot] = self.provisioners[self.token_labels[role]].provision(
                     spec, provisioning)
             except ProvisioningRefused as refused:
                 self.keys[slot] = refused
+            if self.provision_record is not None:
+                self.provision_chunks[slot] = read_from(self.provision_record, start)
         result = self.keys[slot]
         if isinstance(result, ProvisioningRefused):
             raise result
@@ -152,8 +160,10 @@ class MatrixRunner:
     @property
     def checks_mechanisms(self) -> bool:
         """expected_mechanisms.toml describes the embedded SoftHSM2 token with
-        calls recorded; a profile's outcome file overrides it case by case."""
-        return self.softhsm is not None and self.settings.record
+        calls recorded; a shipped profile's outcome file overrides it case by
+        case, and a profile of the user's own says nothing we could check."""
+        return (self.softhsm is not None and self.settings.record
+                and (self.profile is None or has_outcomes(self.profile.name)))
 
     def run(self, case: Case) -> HandshakeRecord:
         record = HandshakeRecord(
@@ -167,17 +177,24 @@ class MatrixRunner:
         client = self.client(case.client)
         reason = client.unavailable_reason()
         if reason:  # a skip, unless the user asked for this client by name
-            named = self.settings.clients_named
+            named = self.settings.clients_named or (
+                client.name.startswith("java") and bool(self.settings.java_home))
             record.outcome = Outcome.ERROR.value if named else Outcome.SKIP.value
             record.error = reason
             return record
         record.client_version = self._client_version(client)
+        logs = self.settings.reports / "logs" / case.case_id
         try:
             key = self.key(case.key, case.provisioning)
         except ProvisioningRefused as refused:
             record.outcome, record.error = Outcome.FAIL.value, f"provisioning: {refused.ckr}"
+            chunk = self.provision_chunks.get((case.key.name, case.provisioning))
+            if chunk is not None:  # what the (emulated) token was asked, for the report
+                logs.mkdir(parents=True, exist_ok=True)
+                (logs / "calls.jsonl").write_bytes(chunk)
+                record.calls, record.logs["calls"] = parse_calls(chunk), str(logs / "calls.jsonl")
+                record.explanation = explain_calls(logs / "calls.jsonl")
             return record
-        logs = self.settings.reports / "logs" / case.case_id
         server = HandshakeServer(
             cert_pem=self.ca.server_cert_pem, key_pem=self.ca.server_key_pem,
             client_ca_pem=self.ca.ca_pem, tls=case.tls, log_path=logs / "server.log",
@@ -199,7 +216,11 @@ class MatrixRunner:
                 ca_pem=self.ca.ca_pem, log_path=logs / "client.log",
                 timeout_s=self.settings.timeout_s, env=env,
             )
-            result = client.handshake(job)
+            try:
+                result = client.handshake(job)
+            except HarnessError as exc:  # e.g. SunPKCS11 refused --java-p11-config
+                record.error = str(exc)
+                return record  # outcome stays "error": the harness could not run it
         finally:
             seen = server.finish()
         record.logs = {"client": str(job.log_path), "server": str(server.log_path)}
@@ -229,12 +250,15 @@ class MatrixRunner:
                 record.error = token_error or both or result.error or seen.error or (
                     "client never reached the server" if not seen.connected
                     else "server rejected the handshake")
+            if recorder is not None:
+                record.explanation = explain_calls(logs / "calls.jsonl")
         return record
 
     def _module_summary(self) -> dict[str, Any]:
         if not hasattr(self, "_summary"):
             self._summary = self.module_info()
             self._summary["path"] = str(self.module)  # the real module, not the interposer
+            self._summary["host"] = platform.node()  # which lab host, for merged reports
             self._summary["embedded"] = self.softhsm is not None
             if self.profile is not None:
                 self._summary["emulates"] = self.profile.emulates
@@ -252,3 +276,14 @@ class MatrixRunner:
             self.softhsm.remove()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def explain_calls(record_file: Path) -> dict[str, Any] | None:
+    """`p11tls explain` findings for a case's calls, or None when no rule matches."""
+    from harness.explain import explain_file
+
+    try:
+        findings = explain_file(record_file).to_json()["findings"]
+    except HarnessError:  # an empty or unreadable record says nothing
+        return None
+    return {"findings": findings} if findings else None

@@ -7,6 +7,8 @@ ever destroys objects it created itself (see provision.py).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import pkcs11
 from pkcs11 import exceptions as p11exc
 
-from harness.errors import ConfigError, TokenError
+from harness.errors import ConfigError, HarnessError, TokenError
 
 # Set after the first refused login in this process; every later attempt
 # raises at once instead of sending the PIN to the token again.
@@ -73,7 +75,8 @@ class Token:
         try:
             self.token = self.lib.get_token(token_label=label)
         except p11exc.NoSuchToken:
-            labels = [_text(s.get_token().label) for s in self.lib.get_slots(token_present=True)]
+            present = [_text(s.get_token().label) for s in self.lib.get_slots(token_present=True)]
+            labels = [name for name in present if name]  # free slots have no label
             raise TokenError(
                 f"no token labelled {label!r} in {module}; tokens present: "
                 f"{', '.join(map(repr, labels)) or 'none'} (check --p11-token-label)"
@@ -123,3 +126,29 @@ class Token:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+def check_login(module: Path, label: str, pin: str) -> None:
+    """Log in once in a child process (this one must not load a module it will
+    load again later); raise the same one-line error as Token does."""
+    proc = subprocess.run([sys.executable, "-m", "harness.token", str(module), label],
+                          input=pin, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        raise TokenError(lines[-1])
+
+
+def _login_main() -> int:
+    """`python -m harness.token MODULE LABEL` with the PIN on stdin: log in once."""
+    try:
+        token = Token(Path(sys.argv[1]), sys.argv[2], sys.stdin.read())
+        _ = token.session
+        token.close()
+    except HarnessError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_login_main())

@@ -36,22 +36,29 @@ for pkg in "${required[@]}"; do
   esac
 done
 
+# Without root, sudo is needed only when there is something to install.
 sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-  sudo=sudo
-fi
+as_root() {
+  if [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  $sudo "$@"
+}
 
 updated=no
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
-  $sudo apt-get update -qq
+  as_root apt-get update -qq
   updated=yes
 fi
 for pkg in "${optional[@]}"; do
   if ! installed "$pkg"; then
     if [ "$updated" = no ] && ! compgen -G "/var/lib/apt/lists/*Packages*" >/dev/null; then
-      $sudo apt-get update -qq; updated=yes
+      if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
+        continue  # optional: not worth failing for without root
+      fi
+      as_root apt-get update -qq; updated=yes
     fi
     if apt-cache show "$pkg" >/dev/null 2>&1; then
       missing+=("$pkg")
@@ -59,5 +66,6 @@ for pkg in "${optional[@]}"; do
   fi
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi

@@ -48,9 +48,14 @@ def test_module_from_environment_with_label_and_pin(tmp_path):
         ({"p11_keys": "p999"}, "unknown key type 'p999'"),
         ({"p11_keys": ","}, "--p11-keys is empty"),
         ({"p11_clients": "curl"}, "unknown client curl"),
+        ({"p11_no_record": "yes", "p11_spy": "yes"}, "--p11-spy is chained below the interposer"),
+        ({"p11_no_record": "yes", "p11_profile": "slow-card"}, "--p11-profile works inside"),
+        ({"p11_spy": "maybe"}, "--p11-spy takes yes or no"),
+        ({"p11_module": "/usr/lib", "p11_token_label": "x", "p11_pin": "1"}, "is a directory"),
     ],
     ids=["missing-module", "no-label", "no-pin", "timeout-text", "timeout-negative",
-         "unknown-key", "no-keys", "unknown-client"],
+         "unknown-key", "no-keys", "unknown-client", "spy-without-interposer",
+         "profile-without-interposer", "flag-value", "module-is-a-directory"],
 )
 def test_bad_values_are_one_clear_error(cli, message):
     if "p11_module" in cli and cli["p11_module"] == str(MODULE) and not MODULE.exists():

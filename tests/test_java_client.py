@@ -459,8 +459,13 @@ def test_configs_of_both_variants(tmp_path):
         assert family in COMBINED_MECHANISMS
     assert JavaNoCombinedClient.name == "java-nocombined"
     assert JavaNoCombinedClient.marker == "java_nocombined"
-    with pytest.raises(ConfigError, match="sets disabledMechanisms itself"):
-        JavaNoCombinedClient(extra_config=["disabledMechanisms = { CKM_ECDSA }"])
+    # the user's disabledMechanisms (the README's workaround for java) joins the
+    # variant's own list: SunPKCS11 takes the keyword only once
+    merged = JavaNoCombinedClient(extra_config=["disabledMechanisms = { CKM_ECDSA }"]) \
+        .p11_config(Path("/m/p11.so"), SlotRef(2, 0))
+    assert merged.count("disabledMechanisms") == 1
+    block = merged[merged.index("disabledMechanisms = {"):]
+    assert set(re.findall(r"CKM_\w+", block)) == {*COMBINED_MECHANISMS, "CKM_ECDSA"}
 
 
 def test_classes_are_cached_and_rebuilt_when_the_source_changes(java, tmp_path):

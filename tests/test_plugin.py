@@ -148,3 +148,37 @@ def test_user_token_keeps_its_objects_and_loses_ours(matrix, softhsm_store):
     left = objects()
     assert "users-key" in left
     assert "p11tls-" not in left
+
+
+def test_wrong_pin_reaches_the_token_once_with_xdist_workers(matrix, softhsm_store, pkcs11_spy,
+                                                             tmp_path):
+    store, token = softhsm_store
+    spy_log = tmp_path / "spy.log"
+    env = {**store.env, "PKCS11SPY": str(store.module), "PKCS11SPY_OUTPUT": str(spy_log)}
+    result = run(matrix, "-n", "2", f"--p11-module={pkcs11_spy}",
+                 f"--p11-token-label={token.label}", "--p11-pin=0000", env=env)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*refused the PIN*will not be retried*"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert spy_log.read_text().count("C_Login") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--p11-clients=gnutls"], "*gnutls was asked for but cannot run: gnutls-cli not found*"),
+    (["--java=/nonexistent/jdk"], "*java was asked for but cannot run*/nonexistent/jdk*"),
+    (["--java-p11-config=library = /other.so"], "*the harness sets library itself*"),
+], ids=["named-client-missing", "named-jdk-missing", "java-config-owned-keyword"])
+def test_clients_that_cannot_run_as_asked_stop_the_run_at_once(matrix, tmp_path, args, message):
+    env = {"PATH": str(tmp_path)} if "gnutls" in args[0] else None  # no gnutls-cli on PATH
+    result = run(matrix, *args, env=env)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_eddsa_cases_run_last(matrix):
+    result = run(matrix, "--collect-only", "-q", "--p11-keys=all")
+    ids = [line for line in result.outlines if "::test_handshake[" in line]
+    first_eddsa = next(i for i, line in enumerate(ids) if "ed25519" in line)
+    assert all("ed25519" in line for line in ids[first_eddsa:])
+    assert first_eddsa > 0 and "ed25519" not in ids[0]

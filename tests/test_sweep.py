@@ -54,9 +54,10 @@ def test_sweep_on_plain_softhsm_finds_no_limit(p11_runner):
     assert "no limit found" in result.summary() and len(lines) == 3
 
 
-def test_sweep_finds_the_picohsm_limit_and_none_without_combined_mechanisms():
+def test_sweep_finds_the_picohsm_limit_and_none_without_combined_mechanisms(tmp_path):
     proc = p11tls("sweep", "--p11-profile", "picohsm-opensc", "--clients", "java,java-nocombined",
-                  "--keys", "p256", "--steps", "0,1,2", "--json")
+                  "--keys", "p256", "--steps", "0,1,2", "--json",
+                  f"--p11-reports={tmp_path / 'reports'}")
     assert proc.returncode == 0, proc.stderr
     java, nocombined = json.loads(proc.stdout)
     assert java["largest_ok_input"] <= 2048 < java["first_failure"]["input_bytes"]

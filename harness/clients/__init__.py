@@ -6,13 +6,33 @@ Each client module exposes one class implementing `harness.clients.base.Client`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from harness.clients.base import Client
 from harness.clients.gnutls import GnuTLSClient
 from harness.clients.java import JavaClient, JavaNoCombinedClient
 from harness.clients.openssl_engine import OpenSSLEngineClient
 from harness.clients.openssl_provider import OpenSSLProviderClient
 
+if TYPE_CHECKING:
+    from harness.config import Settings
+
 CLIENTS: dict[str, type[Client]] = {
     c.name: c for c in (OpenSSLEngineClient, OpenSSLProviderClient, GnuTLSClient,
                         JavaClient, JavaNoCombinedClient)
 }
+
+
+def check_clients(settings: Settings) -> None:
+    """Refuse, before anything runs, a client configuration that cannot work:
+    bad --java-p11-config lines, and a client the user named (--p11-clients,
+    --java) that is not installed. Unnamed missing clients are skipped later."""
+    from harness.errors import ToolMissing
+
+    for name in settings.clients:
+        client = CLIENTS[name].from_settings(settings)  # raises ConfigError on bad options
+        named = settings.clients_named or (name.startswith("java") and settings.java_home)
+        if named:
+            reason = client.unavailable_reason()
+            if reason:
+                raise ToolMissing(f"{name} was asked for but cannot run: {reason}")

@@ -669,15 +669,17 @@ class JavaNoCombinedClient(JavaClient):
 
     def __init__(self, java_home: Path | str | None = None, extra_config: Sequence[str] = (),
                  **kwargs: object) -> None:
-        if any(line.strip().startswith("disabledMechanisms") for line in extra_config):
-            raise ConfigError(
-                "java-nocombined sets disabledMechanisms itself and SunPKCS11 allows it once: "
-                "drop disabledMechanisms from --java-p11-config or use the java client"
-            )
-        super().__init__(java_home, extra_config, **kwargs)  # type: ignore[arg-type]
+        # SunPKCS11 allows disabledMechanisms once: the user's names join ours.
+        own = [line for line in extra_config
+               if not line.strip().startswith("disabledMechanisms")]
+        self.user_disabled = tuple(
+            name for line in extra_config if line.strip().startswith("disabledMechanisms")
+            for name in re.findall(r"\bCKM_\w+", line))
+        super().__init__(java_home, own, **kwargs)  # type: ignore[arg-type]
 
     def _variant_config(self) -> list[str]:
-        return ["disabledMechanisms = {", *(f"  {m}" for m in COMBINED_MECHANISMS), "}"]
+        names = dict.fromkeys((*COMBINED_MECHANISMS, *self.user_disabled))
+        return ["disabledMechanisms = {", *(f"  {m}" for m in names), "}"]
 
 
 def _check_extra_config(lines: tuple[str, ...], client: str) -> None:
