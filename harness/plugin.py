@@ -32,6 +32,7 @@ MARKERS = {
 }
 RECORD_PROPERTY = "p11tls_record"
 settings_key = pytest.StashKey[Settings]()
+token_key = pytest.StashKey[dict[str, Any]]()  # the user's token, as check_login saw it
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,10 +64,12 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cli, ini, os.environ)
         _profile_name(settings)  # a bad profile is a usage error before anything runs
         check_clients(settings)
-        if _distributed(config) and settings.module is not None:
-            # Each xdist worker logs in on its own: try the PIN once here first,
-            # so a wrong one reaches the token once, not once per worker.
-            check_login(settings.module, settings.token_label or "", settings.pin or "")
+        if settings.module is not None and not hasattr(config, "workerinput"):
+            # Module, token and PIN checked once, before any test and before
+            # xdist workers start (each logs in on its own): a wrong PIN
+            # reaches the token once and stops the run with one line.
+            config.stash[token_key] = check_login(
+                settings.module, settings.token_label or "", settings.pin or "")
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not settings.reports.is_absolute():
@@ -75,13 +78,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[settings_key] = settings
     if not hasattr(config, "workerinput"):  # only the controller writes reports
         config.pluginmanager.register(RecordCollector(settings), "p11tls-records")
-
-
-def _distributed(config: pytest.Config) -> bool:
-    """This is the controller of a pytest-xdist run (workers run the tests)."""
-    return (not hasattr(config, "workerinput")
-            and bool(getattr(config.option, "numprocesses", None))
-            and getattr(config.option, "dist", "no") != "no")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -113,7 +109,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         module = "embedded default: throw-away SoftHSM2 token"
         module += f" ({tool_version(['softhsm2-util', '--version'])})"
     else:
-        module = f"{settings.module}, token {settings.token_label!r}"
+        token = config.stash.get(token_key, {})
+        module = (f"{settings.module} ({token.get('library', '?')}), token "
+                  f"{settings.token_label!r} ({token.get('model', '?')} by "
+                  f"{token.get('manufacturer', '?')}, firmware {token.get('firmware', '?')})")
     try:
         from importlib.metadata import version
 

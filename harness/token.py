@@ -7,6 +7,7 @@ ever destroys objects it created itself (see provision.py).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -128,21 +129,26 @@ class Token:
             self._session = None
 
 
-def check_login(module: Path, label: str, pin: str) -> None:
+def check_login(module: Path, label: str, pin: str) -> dict[str, Any]:
     """Log in once in a child process (this one must not load a module it will
-    load again later); raise the same one-line error as Token does."""
+    load again later) and return the token's description; raise the same
+    one-line error as Token does."""
     proc = subprocess.run([sys.executable, "-m", "harness.token", str(module), label],
                           input=pin, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
         raise TokenError(lines[-1])
+    info: dict[str, Any] = json.loads(proc.stdout)
+    return info
 
 
 def _login_main() -> int:
-    """`python -m harness.token MODULE LABEL` with the PIN on stdin: log in once."""
+    """`python -m harness.token MODULE LABEL` with the PIN on stdin: log in
+    once and print the token's description as JSON."""
     try:
         token = Token(Path(sys.argv[1]), sys.argv[2], sys.stdin.read())
         _ = token.session
+        print(json.dumps(token.info().as_dict()))
         token.close()
     except HarnessError as exc:
         print(exc, file=sys.stderr)

@@ -65,10 +65,15 @@ def test_run_writes_results_json_and_prints_the_matrix(matrix):
     assert (matrix.path / "junit.xml").is_file()
 
 
-def test_report_header_names_module_and_clients(matrix):
+def test_report_header_names_module_and_clients(matrix, softhsm_store):
     result = run(matrix, "--collect-only", "-q", "-m", "tls12", "-v")
     result.stdout.fnmatch_lines(["p11tls module: embedded default: throw-away SoftHSM2*",
                                  "p11tls clients: OpenSSL*gnutls-cli*Java 1*python-pkcs11*"])
+    store, token = softhsm_store
+    own = run(matrix, "--collect-only", "-q", "-v", f"--p11-module={store.module}",
+              f"--p11-token-label={token.label}", f"--p11-pin={token.pin}", env=store.env)
+    own.stdout.fnmatch_lines([f"p11tls module: {store.module} (Implementation of PKCS11*), "
+                              "token 'spare' (SoftHSM v2 by SoftHSM project, firmware *)"])
 
 
 @pytest.mark.parametrize(
@@ -92,17 +97,17 @@ def test_file_that_is_not_a_module_stops_the_run_with_one_line(matrix, tmp_path)
     fake = tmp_path / "libfake.so"
     fake.write_text("not a library")
     result = run(matrix, f"--p11-module={fake}", "--p11-token-label=x", "--p11-pin=1")
-    assert result.ret == 3
-    result.stdout.fnmatch_lines([f"*p11tls: {fake} is not a loadable PKCS#11 module*"])
-    assert "Traceback" not in result.stdout.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {fake} is not a loadable PKCS#11 module*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
 def test_unknown_token_label_lists_the_tokens_present(matrix, softhsm_store):
     store, _ = softhsm_store
     result = run(matrix, f"--p11-module={store.module}", "--p11-token-label=absent",
                  "--p11-pin=4711", env=store.env)
-    assert result.ret == 3
-    result.stdout.fnmatch_lines(["*no token labelled 'absent'*tokens present: 'spare'*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: no token labelled 'absent'*tokens present: 'spare' (*"])
 
 
 def test_wrong_pin_is_sent_once_and_never_retried(matrix, softhsm_store, pkcs11_spy, tmp_path):
@@ -111,9 +116,9 @@ def test_wrong_pin_is_sent_once_and_never_retried(matrix, softhsm_store, pkcs11_
     env = {**store.env, "PKCS11SPY": str(store.module), "PKCS11SPY_OUTPUT": str(spy_log)}
     result = run(matrix, f"--p11-module={pkcs11_spy}", f"--p11-token-label={token.label}",
                  "--p11-pin=0000", "-m", "ecdsa", env=env)
-    assert result.ret == 3
-    result.stdout.fnmatch_lines(["*refused the PIN*will not be retried*"])
-    assert "Traceback" not in result.stdout.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: token 'spare' refused the PIN*will not be retried*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
     calls = spy_log.read_text()
     assert calls.count("C_Login") == 1
     assert "CKR_PIN_INCORRECT" in calls
