@@ -54,6 +54,7 @@ class MatrixRunner:
         self.keys: dict[tuple[str, Provisioning], ProvisionedKey | ProvisioningRefused] = {}
         self.clients: dict[str, Client] = {}
         self._versions: dict[str, str] = {}
+        self._mechanisms: dict[str, tuple[str, ...]] = {}  # token label -> mechanism names
         self.recorders: dict[str, CallRecorder] = {}
         # under a profile: the record of this process's own calls (provisioning)
         self.provision_record: Path | None = None
@@ -129,6 +130,16 @@ class MatrixRunner:
             raise result
         return result
 
+    def missing_mechanism(self, key: KeySpec) -> str | None:
+        """The signing mechanism a key type needs that its token lacks, if any."""
+        needed = {Algorithm.EDDSA: "EDDSA"}.get(key.algorithm)
+        if needed is None:
+            return None
+        token = self._token("eddsa" if key.algorithm is Algorithm.EDDSA else "main")
+        if token.label not in self._mechanisms:
+            self._mechanisms[token.label] = token.info().mechanisms
+        return None if needed in self._mechanisms[token.label] else f"CKM_{needed}"
+
     def client(self, name: str) -> Client:
         if name not in self.clients:
             if name not in CLIENTS:
@@ -183,6 +194,11 @@ class MatrixRunner:
             record.error = reason
             return record
         record.client_version = self._client_version(client)
+        missing = self.missing_mechanism(case.key)
+        if missing:  # e.g. Ed25519 "where the token supports it"
+            record.outcome = Outcome.SKIP.value
+            record.error = f"token {self.token_label_for(case.key)!r} does not offer {missing}"
+            return record
         logs = self.settings.reports / "logs" / case.case_id
         try:
             key = self.key(case.key, case.provisioning)

@@ -89,3 +89,18 @@ def test_bad_profile_is_a_one_line_usage_error(pytester, profile, message):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stderr.str()
+
+
+def test_key_type_the_token_cannot_sign_with_is_skipped_with_the_reason(pytester, tmp_path):
+    own = tmp_path / "no-eddsa.toml"
+    own.write_text('name = "no-eddsa"\nemulates = "a token without EdDSA"\nsource = "test"\n'
+                   '[mechanisms]\nhide = ["CKM_EDDSA"]\n')
+    result, cases = run_profile(pytester, str(own), "--p11-keys", "ed25519",
+                                "--p11-clients", "gnutls")
+    result.assert_outcomes(skipped=4)
+    assert {r["error"] for r in cases.values()} == {
+        "token 'p11tls-eddsa' does not offer CKM_EDDSA"}
+    # negative control: the same cases without the profile run (gnutls signs Ed25519)
+    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--p11-keys", "ed25519",
+                                          "--p11-clients", "gnutls", timeout=300)
+    plain.assert_outcomes(passed=4)
