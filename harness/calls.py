@@ -19,7 +19,15 @@ The interposer (harness/interposer/interposer.c) appends one line per call:
   C_Get/SetAttributeValue, ...): [{type, len, value}], the value only for
   CKA_CLASS, CKA_KEY_TYPE, booleans, CKA_ID, CKA_LABEL, CKA_EC_PARAMS and
   CKA_MODULUS_BITS;
-- C_GetMechanismList: ``mechanisms`` (what the client was offered).
+- C_GetMechanismList: ``mechanisms`` (what the client was offered);
+- PKCS#11 3.0 functions: C_LoginUser ``user_type``, ``pin_len``, ``username_len``;
+  the message-based functions ``param_len``, ``aad_len`` and their data lengths;
+  C_SessionCancel ``flags``;
+- under an emulation profile: ``emulated`` (what the interposer decided instead
+  of the token: hidden, mechanism_list, combined, limit, no_multipart,
+  refuse_create, pin_counter, pin_locked, pin_flags, fail_after), with
+  ``real_mechanism``, ``limit_bytes``, ``op_in_len``, ``latency_ms`` and the
+  like where they apply.
 
 `Call` gives the common fields typed and keeps the whole object in `Call.raw`.
 """

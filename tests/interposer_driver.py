@@ -59,12 +59,39 @@ SIGNATURES: dict[str, str] = {
     "C_SeedRandom": "hpz", "C_GenerateRandom": "hpz", "C_GetFunctionStatus": "h",
     "C_CancelFunction": "h", "C_WaitForSlotEvent": "fpn",
 }
+# The functions PKCS#11 3.0 adds after them, in CK_FUNCTION_LIST_3_0 order.
+SIGNATURES_3_0: dict[str, str] = {
+    "C_GetInterfaceList": "pp", "C_GetInterface": "pppf", "C_LoginUser": "hzpzpz",
+    "C_SessionCancel": "hf", "C_MessageEncryptInit": "hph", "C_EncryptMessage": "hpzpzpzpp",
+    "C_EncryptMessageBegin": "hpzpz", "C_EncryptMessageNext": "hpzpzppf",
+    "C_MessageEncryptFinal": "h", "C_MessageDecryptInit": "hph",
+    "C_DecryptMessage": "hpzpzpzpp", "C_DecryptMessageBegin": "hpzpz",
+    "C_DecryptMessageNext": "hpzpzppf", "C_MessageDecryptFinal": "h",
+    "C_MessageSignInit": "hph", "C_SignMessage": "hpzpzpp", "C_SignMessageBegin": "hpz",
+    "C_SignMessageNext": "hpzpzpp", "C_MessageSignFinal": "h", "C_MessageVerifyInit": "hph",
+    "C_VerifyMessage": "hpzpzpz", "C_VerifyMessageBegin": "hpz",
+    "C_VerifyMessageNext": "hpzpzpz", "C_MessageVerifyFinal": "h",
+}
+CKF_INTERFACE_FORK_SAFE = 0x1
 _CTYPE = {"h": CK_ULONG, "z": CK_ULONG, "f": CK_ULONG, "b": ctypes.c_ubyte,
           "p": ctypes.c_void_p, "n": ctypes.c_void_p}
 
 
 class FunctionList(ctypes.Structure):
     _fields_ = [("version", ctypes.c_ubyte * 2)] + [(n, ctypes.c_void_p) for n in SIGNATURES]
+
+
+class FunctionList30(ctypes.Structure):
+    _fields_ = FunctionList._fields_ + [(n, ctypes.c_void_p) for n in SIGNATURES_3_0]
+
+
+class Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
+
+
+class Interface(ctypes.Structure):
+    _fields_ = [("pInterfaceName", ctypes.c_char_p), ("pFunctionList", ctypes.c_void_p),
+                ("flags", CK_ULONG)]
 
 
 class Mechanism(ctypes.Structure):
@@ -349,10 +376,102 @@ def scenario_initialize(module: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"rv": rv}
 
 
+def _bind(table: ctypes.Structure, name: str) -> Callable[..., int]:
+    """One entry of a function list as a callable with its PKCS#11 signature."""
+    kinds = SIGNATURES.get(name) or SIGNATURES_3_0[name]
+    pointer = getattr(table, name)
+    if not pointer:
+        raise RuntimeError(f"{name} is NULL in the function list")
+    return ctypes.CFUNCTYPE(CK_ULONG, *(_CTYPE[k] for k in kinds))(pointer)
+
+
+def _describe(interface: Interface) -> dict[str, Any]:
+    version = Version.from_address(interface.pFunctionList)
+    return {"name": (interface.pInterfaceName or b"").decode(),
+            "version": [version.major, version.minor], "flags": interface.flags}
+
+
+def scenario_interfaces(module: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The PKCS#11 3.0 entry points, exactly (all before C_Initialize, as the
+    standard allows), then calls through the list of the highest "PKCS 11"
+    version offered: C_Initialize, C_GetInfo, C_GetSlotList and, for 3.x,
+    C_LoginUser and C_SessionCancel on a junk session."""
+    dll = ctypes.CDLL(module)
+    if not hasattr(dll, "C_GetInterfaceList") or not hasattr(dll, "C_GetInterface"):
+        return {"exported": False}
+    get_list, get_one = dll.C_GetInterfaceList, dll.C_GetInterface
+    get_list.restype = get_one.restype = CK_ULONG
+    get_list.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    get_one.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, CK_ULONG]
+    out: dict[str, Any] = {"exported": True}
+    count = CK_ULONG(0)
+    out["count_rv"] = get_list(None, ctypes.byref(count))
+    out["count"] = count.value
+    out["no_count_rv"] = get_list(None, None)
+    buffer = (Interface * (count.value + 1))()
+    small = CK_ULONG(count.value - 1)
+    out["small_rv"] = get_list(buffer, ctypes.byref(small))
+    out["small_count"] = small.value
+    full = CK_ULONG(count.value + 1)  # larger than needed: fine, set to the count
+    out["list_rv"] = get_list(buffer, ctypes.byref(full))
+    out["interfaces"] = [_describe(i) for i in buffer[: full.value]]
+
+    found = ctypes.POINTER(Interface)()
+
+    def lookup(name: bytes | None, version: tuple[int, int] | None, flags: int = 0) -> Any:
+        found.contents = Interface()  # reset: a failure must not show the last answer
+        ver = Version(*version) if version else None
+        rv = get_one(name, ctypes.byref(ver) if ver else None, ctypes.byref(found), flags)
+        return {"rv": rv, **(_describe(found.contents) if rv == 0 else {})}
+
+    out["get"] = {
+        "default": lookup(None, None),
+        "pkcs11": lookup(b"PKCS 11", None),
+        "unknown_name": lookup(b"No Such Interface", None),
+        "unknown_version": lookup(b"PKCS 11", (9, 9)),
+        "fork_safe": lookup(b"PKCS 11", None, CKF_INTERFACE_FORK_SAFE),
+        **{f"{major}.{minor}": lookup(b"PKCS 11", (major, minor))
+           for major, minor in {tuple(i["version"]) for i in out["interfaces"]}},
+    }
+    out["get_no_out_rv"] = get_one(None, None, None, 0)
+
+    # Calls through the highest "PKCS 11" version on offer.
+    best = max((i for i in out["interfaces"] if i["name"] == "PKCS 11"),
+               key=lambda i: i["version"])
+    rv = get_one(b"PKCS 11", ctypes.byref(Version(*best["version"])), ctypes.byref(found), 0)
+    assert rv == 0, rv
+    v3 = best["version"][0] == 3
+    table = (FunctionList30 if v3 else FunctionList).from_address(found.contents.pFunctionList)
+    legacy = ctypes.POINTER(FunctionList)()
+    get_fl = dll.C_GetFunctionList
+    get_fl.restype = CK_ULONG
+    assert get_fl(ctypes.byref(legacy)) == 0
+    out["entries_unlike_c_getfunctionlist"] = [
+        n for n in SIGNATURES if getattr(table, n) != getattr(legacy.contents, n)]
+    info = ctypes.create_string_buffer(128)  # CK_INFO: cryptokiVersion first
+    calls: dict[str, Any] = {"C_GetInfo (before C_Initialize)": _bind(table, "C_GetInfo")(info)}
+    calls["C_Initialize"] = _bind(table, "C_Initialize")(None)
+    calls["C_GetInfo"] = _bind(table, "C_GetInfo")(info)
+    out["cryptoki_version"] = list(info.raw[:2])
+    out["library_manufacturer"] = info.raw[2:34].decode(errors="replace").rstrip()
+    slots = CK_ULONG(0)
+    calls["C_GetSlotList"] = _bind(table, "C_GetSlotList")(0, None, ctypes.byref(slots))
+    out["slot_count"] = slots.value
+    if v3:
+        pin, user = args.get("pin", "1234").encode(), b"someone"
+        calls["C_LoginUser"] = _bind(table, "C_LoginUser")(JUNK, CKU_USER, pin, len(pin),
+                                                           user, len(user))
+        calls["C_SessionCancel"] = _bind(table, "C_SessionCancel")(JUNK, 0)
+        calls["C_MessageSignFinal"] = _bind(table, "C_MessageSignFinal")(JUNK)
+    calls["C_Finalize"] = _bind(table, "C_Finalize")(None)
+    out["rv"] = calls
+    return out
+
+
 SCENARIOS = {
     "import": scenario_import, "compare": scenario_compare,
     "all-functions": scenario_all_functions, "threads": scenario_threads,
-    "initialize": scenario_initialize,
+    "initialize": scenario_initialize, "interfaces": scenario_interfaces,
 }
 
 if __name__ == "__main__":

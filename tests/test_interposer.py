@@ -38,6 +38,7 @@ from harness.recording import SPY_CANDIDATES
 from harness.softhsm import TemporarySoftHSM
 
 sys.path.insert(0, str(Path(__file__).parent))
+from interposer_driver import JUNK as JUNK_SESSION
 from interposer_driver import SIGNATURES
 
 DRIVER = Path(__file__).with_name("interposer_driver.py")
@@ -47,8 +48,11 @@ P256_PARAMS = "06082a8648ce3d030107"
 OAEP_MESSAGE = b"a message for OAEP (SHA-1: all SoftHSM 2.6 offers)"
 CKR = {"CKR_OK": 0x0, "CKR_BUFFER_TOO_SMALL": 0x150, "CKR_ATTRIBUTE_SENSITIVE": 0x11,
        "CKR_CRYPTOKI_NOT_INITIALIZED": 0x190, "CKR_OPERATION_NOT_INITIALIZED": 0x91,
-       "CKR_SESSION_HANDLE_INVALID": 0xB3, "CKR_GENERAL_ERROR": 0x5}
+       "CKR_SESSION_HANDLE_INVALID": 0xB3, "CKR_GENERAL_ERROR": 0x5,
+       "CKR_FUNCTION_NOT_SUPPORTED": 0x54, "CKR_ARGUMENTS_BAD": 0x7}
 SPY = next((Path(p) for p in SPY_CANDIDATES if Path(p).is_file()), Path(SPY_CANDIDATES[0]))
+OPENSC = Path("/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so")  # PKCS#11 3.0 (0.23)
+CKR_ARGUMENTS_BAD = CKR["CKR_ARGUMENTS_BAD"]
 
 
 def _int_bytes(value: int, length: int | None = None) -> bytes:
@@ -225,6 +229,138 @@ def test_every_function_forwarded_with_the_real_return_code(
     assert direct["C_GetInfo (before C_Initialize)"] == CKR["CKR_CRYPTOKI_NOT_INITIALIZED"]
     names = [c.fn for c in load_calls(record)]
     assert sorted(names) == sorted(set(SIGNATURES) - {"C_GetFunctionList"})
+
+
+# ------------------------------------------------------ PKCS#11 3.0 interface
+
+
+def _interfaces_through(store: Store, interposer: Path, real: Path, name: str,
+                        ) -> tuple[dict[str, Any], list[Call]]:
+    """The interfaces scenario through the interposer over `real`: (result, record)."""
+    record = store.directory / f"{name}.jsonl"
+    env = write_interposer_config(real, record, store.directory / f"{name}.conf")
+    out = run_driver(store, "interfaces", interposer, {"pin": PIN}, env).out
+    return out, load_calls(record)
+
+
+def _size_protocol_holds(out: dict[str, Any]) -> None:
+    """C_GetInterfaceList's size query, too-small buffer and missing count."""
+    assert (out["count_rv"], out["list_rv"]) == (CKR["CKR_OK"], CKR["CKR_OK"])
+    assert out["count"] == len(out["interfaces"])
+    assert (out["small_rv"], out["small_count"]) == (CKR["CKR_BUFFER_TOO_SMALL"], out["count"])
+    assert out["no_count_rv"] == CKR_ARGUMENTS_BAD
+
+
+def test_interface_of_a_2_40_module_wraps_the_2_40_list(store: Store, interposer: Path) -> None:
+    """SoftHSM 2.6.1 has no C_GetInterface: the interposer offers its 2.40 list
+    as the one "PKCS 11" interface, usable before and after C_Initialize."""
+    assert run_driver(store, "interfaces", store.hsm.module).out == {"exported": False}
+    out, calls = _interfaces_through(store, interposer, store.hsm.module, "if-softhsm")
+    assert out["interfaces"] == [{"name": "PKCS 11", "version": [2, 40], "flags": 0}]
+    _size_protocol_holds(out)
+    pkcs11 = {"rv": CKR["CKR_OK"], "name": "PKCS 11", "version": [2, 40], "flags": 0}
+    assert out["get"] == {
+        "default": pkcs11, "pkcs11": pkcs11, "2.40": pkcs11,
+        "unknown_name": {"rv": CKR_ARGUMENTS_BAD}, "unknown_version": {"rv": CKR_ARGUMENTS_BAD},
+        "fork_safe": {"rv": CKR_ARGUMENTS_BAD}}
+    assert out["get_no_out_rv"] == CKR_ARGUMENTS_BAD
+    assert out["entries_unlike_c_getfunctionlist"] == []  # it is the C_GetFunctionList list
+    # The list works, and is recorded: the real module was loaded by
+    # C_GetInterfaceList, so even the call before C_Initialize reached it.
+    assert out["rv"] == {"C_GetInfo (before C_Initialize)": CKR["CKR_CRYPTOKI_NOT_INITIALIZED"],
+                         "C_Initialize": 0, "C_GetInfo": 0, "C_GetSlotList": 0, "C_Finalize": 0}
+    assert out["slot_count"] >= 2  # the test token and SoftHSM's free slot
+    assert out["library_manufacturer"] == "SoftHSM"
+    assert [(c.fn, c.rv) for c in calls] == [
+        ("C_GetInfo", "CKR_CRYPTOKI_NOT_INITIALIZED"), ("C_Initialize", "CKR_OK"),
+        ("C_GetInfo", "CKR_OK"), ("C_GetSlotList", "CKR_OK"), ("C_Finalize", "CKR_OK")]
+    assert _last(calls, "C_GetSlotList").out_len == out["slot_count"]
+
+
+@pytest.mark.skipif(not OPENSC.is_file(), reason=f"Requires OpenSC's PKCS#11 module ({OPENSC})")
+def test_interface_of_a_3_0_module_is_offered_and_recorded(
+    store: Store, interposer: Path
+) -> None:
+    """OpenSC 0.23 offers "PKCS 11" 3.0 and 2.20: the interposer offers 3.0 (its
+    own 3.0 list) and its 2.40 list, fails C_GetInterface requests as OpenSC
+    does, and forwards and records the 3.0 functions with OpenSC's return codes."""
+    direct = run_driver(store, "interfaces", OPENSC, {"pin": PIN}).out
+    out, calls = _interfaces_through(store, interposer, OPENSC, "if-opensc")
+    assert direct["exported"] and direct["count"] >= 1
+    assert {"name": "PKCS 11", "version": [3, 0], "flags": 0} in direct["interfaces"]
+    # The offer: "PKCS 11" 3.0 (OpenSC's flags), then the 2.40 list.
+    opensc_3_0 = {k: v for k, v in direct["get"]["3.0"].items() if k != "rv"}
+    assert out["interfaces"] == [opensc_3_0, {"name": "PKCS 11", "version": [2, 40], "flags": 0}]
+    _size_protocol_holds(out)
+    _size_protocol_holds(direct)
+    assert out["get_no_out_rv"] == direct["get_no_out_rv"]
+    for case in ("default", "pkcs11", "3.0", "unknown_name", "unknown_version", "fork_safe"):
+        assert out["get"][case] == direct["get"][case], case
+    assert out["get"]["unknown_name"]["rv"] != CKR["CKR_OK"]
+    assert out["get"]["3.0"]["version"] == [3, 0]
+    # What C_GetInterfaceList lists can be asked for by version (OpenSC's 2.x is 2.20).
+    assert out["get"]["2.40"] == {"rv": CKR["CKR_OK"], "name": "PKCS 11", "version": [2, 40],
+                                  "flags": 0}
+    # Through the 3.0 list: the same answers as OpenSC's own 3.0 list.
+    assert out["cryptoki_version"] == direct["cryptoki_version"] == [3, 0]
+    assert out["rv"] == direct["rv"]
+    assert out["rv"]["C_Initialize"] == out["rv"]["C_GetInfo"] == CKR["CKR_OK"]
+    assert out["rv"]["C_SessionCancel"] == CKR["CKR_SESSION_HANDLE_INVALID"]
+    assert out["rv"]["C_LoginUser"] != CKR["CKR_OK"]
+    # Its 2.40 entries are the interposer's 2.40 wrappers; C_GetInfo is
+    # answered per interface (as OpenSC's own lists differ there).
+    assert out["entries_unlike_c_getfunctionlist"] == ["C_GetInfo"]
+    assert direct["entries_unlike_c_getfunctionlist"] in ([], ["C_GetInfo"])
+    # Recorded like the 2.40 functions: fn, rv, us, session; lengths, no PIN.
+    login = _last(calls, "C_LoginUser")
+    assert login.session == JUNK_SESSION and login.raw["user_type"] == "CKU_USER"
+    assert (login.raw["pin_len"], login.raw["username_len"]) == (len(PIN), len("someone"))
+    cancel = _last(calls, "C_SessionCancel")
+    assert cancel.session == JUNK_SESSION and cancel.raw["flags"] == "0x0"
+    for call in (login, cancel, _last(calls, "C_MessageSignFinal")):
+        assert call.rv == _rv_name(out["rv"][call.fn]) and call.us >= 0, call.raw
+    assert [c.fn for c in calls] == ["C_GetInfo", "C_Initialize", "C_GetInfo", "C_GetSlotList",
+                                     "C_LoginUser", "C_SessionCancel", "C_MessageSignFinal",
+                                     "C_Finalize"]
+    assert _leaks((store.directory / "if-opensc.jsonl").read_bytes(), {"PIN": PIN.encode()}) == []
+
+
+@pytest.mark.skipif(not SPY.is_file(), reason=f"Requires OpenSC's pkcs11-spy ({SPY})")
+def test_interfaces_over_pkcs11_spy_of_a_2_40_module(store: Store, interposer: Path) -> None:
+    """pkcs11-spy 0.23 over SoftHSM crashes in its own C_GetInterfaceList; the
+    interposer asks the real module through C_GetInterface only, so it offers
+    its 2.40 list here, as over SoftHSM alone."""
+    record = store.directory / "if-spy.jsonl"
+    env = {**write_interposer_config(SPY, record, store.directory / "if-spy.conf"),
+           "PKCS11SPY": str(store.hsm.module),
+           "PKCS11SPY_OUTPUT": str(store.directory / "if-spy.log")}
+    out = run_driver(store, "interfaces", interposer, {"pin": PIN}, env).out
+    assert out["interfaces"] == [{"name": "PKCS 11", "version": [2, 40], "flags": 0}]
+    _size_protocol_holds(out)
+    assert out["rv"]["C_Initialize"] == out["rv"]["C_GetSlotList"] == CKR["CKR_OK"]
+    assert [c.fn for c in load_calls(record)][1:] == [
+        "C_Initialize", "C_GetInfo", "C_GetSlotList", "C_Finalize"]
+
+
+def test_interfaces_before_a_configuration_that_cannot_load(
+    store: Store, interposer: Path, tmp_path: Path
+) -> None:
+    """C_GetInterfaceList with a bad configuration still answers (the 2.40 list),
+    quietly; C_Initialize then fails and says why, as it does without it."""
+    (tmp_path / "conf").write_text(f"module /nonexistent/libreal.so\nrecord {tmp_path / 'r'}\n")
+    run = run_driver(store, "interfaces", interposer, {"pin": PIN},
+                     {CONF_ENV: str(tmp_path / "conf")})
+    assert run.out["interfaces"] == [{"name": "PKCS 11", "version": [2, 40], "flags": 0}]
+    assert run.out["rv"]["C_GetInfo (before C_Initialize)"] == (
+        CKR["CKR_CRYPTOKI_NOT_INITIALIZED"])
+    assert run.out["rv"]["C_Initialize"] == CKR["CKR_GENERAL_ERROR"]
+    # Reported once, by C_Initialize, not by the C_GetInterface(List) calls before.
+    assert run.stderr.count("cannot load real module /nonexistent/libreal.so") == 1
+    assert run.stderr.startswith("p11tls interposer: ")
+
+
+def _rv_name(rv: int) -> str:
+    return next((name for name, value in CKR.items() if value == rv), f"0x{rv:x}")
 
 
 # ------------------------------------------------------------- the record

@@ -60,9 +60,21 @@
  *    forwarded, and only read afterwards; its mutable state (operations in
  *    progress, PIN counter, call counters) has its own locks or atomics.
  *
- * PKCS#11 2.40 only: the p11-kit 0.24 pkcs11.h this builds against has no 3.0
- * types (CK_INTERFACE, CK_FUNCTION_LIST_3_0), so C_GetInterfaceList and
- * C_GetInterface are not exported and clients fall back to C_GetFunctionList.
+ * PKCS#11 3.0: C_GetFunctionList gives the 2.40 list as always.
+ * C_GetInterfaceList and C_GetInterface work before C_Initialize too: they
+ * read the configuration and load the real module (once, under load_lock;
+ * quietly: a configuration that does not load is reported by C_Initialize,
+ * and meanwhile the 2.40 interface is offered).  When the real module's
+ * C_GetInterface gives a "PKCS 11" 3.x list, the offer is "PKCS 11" 3.0 (this
+ * file's 3.0 list: the 2.40 wrappers, then recording wrappers of the 3.0
+ * functions, forwarded to the real 3.x list) and "PKCS 11" 2.40 (the 2.40
+ * list; vendor interfaces are not offered), and a C_GetInterface request
+ * the offer cannot meet is put to the real module for its error code.
+ * Otherwise the offer is "PKCS 11" 2.40 alone.  The emulation settings act
+ * on the 2.40 functions only; the 3.0 functions are forwarded and recorded.
+ * These two functions are not recorded (nor is C_GetFunctionList).  The
+ * p11-kit 0.24 pkcs11.h has no 3.0 types: the block after the includes
+ * defines the few needed when the header lacks them.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -71,6 +83,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +98,199 @@
 #ifndef CKR_UNWRAPPING_KEY_HANDLE_INVALID
 #define CKR_UNWRAPPING_KEY_HANDLE_INVALID 0xF0UL /* missing from p11-kit 0.24 */
 #endif
+
+/* ---------------------------------------------- PKCS#11 3.0 types (minimal)
+ * Only when pkcs11.h lacks them (p11-kit before 0.25): the interface struct,
+ * the 3.0 function list and the prototypes of the two exported functions, as
+ * in the OASIS PKCS#11 3.0 headers (pkcs11t.h, pkcs11f.h, pkcs11.h).  A header
+ * that has CKF_INTERFACE_FORK_SAFE is taken to have all of them. */
+#ifndef CKF_INTERFACE_FORK_SAFE
+#define CKF_INTERFACE_FORK_SAFE 0x00000001UL
+#define CKF_END_OF_MESSAGE 0x00000001UL
+
+typedef struct CK_INTERFACE {
+    CK_CHAR *pInterfaceName;
+    CK_VOID_PTR pFunctionList;
+    CK_FLAGS flags;
+} CK_INTERFACE;
+typedef CK_INTERFACE *CK_INTERFACE_PTR;
+typedef CK_INTERFACE_PTR *CK_INTERFACE_PTR_PTR;
+
+typedef CK_RV (*CK_C_GetInterfaceList)(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
+typedef CK_RV (*CK_C_GetInterface)(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                                   CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
+typedef CK_RV (*CK_C_LoginUser)(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
+                                CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
+                                CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen);
+typedef CK_RV (*CK_C_SessionCancel)(CK_SESSION_HANDLE hSession, CK_FLAGS flags);
+typedef CK_RV (*CK_C_MessageEncryptInit)(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                         CK_OBJECT_HANDLE hKey);
+typedef CK_RV (*CK_C_EncryptMessage)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                     CK_ULONG ulParameterLen, CK_BYTE_PTR pAssociatedData,
+                                     CK_ULONG ulAssociatedDataLen, CK_BYTE_PTR pPlaintext,
+                                     CK_ULONG ulPlaintextLen, CK_BYTE_PTR pCiphertext,
+                                     CK_ULONG_PTR pulCiphertextLen);
+typedef CK_RV (*CK_C_EncryptMessageBegin)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                          CK_ULONG ulParameterLen, CK_BYTE_PTR pAssociatedData,
+                                          CK_ULONG ulAssociatedDataLen);
+typedef CK_RV (*CK_C_EncryptMessageNext)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                         CK_ULONG ulParameterLen, CK_BYTE_PTR pPlaintextPart,
+                                         CK_ULONG ulPlaintextPartLen,
+                                         CK_BYTE_PTR pCiphertextPart,
+                                         CK_ULONG_PTR pulCiphertextPartLen, CK_FLAGS flags);
+typedef CK_RV (*CK_C_MessageEncryptFinal)(CK_SESSION_HANDLE hSession);
+typedef CK_RV (*CK_C_MessageDecryptInit)(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                         CK_OBJECT_HANDLE hKey);
+typedef CK_RV (*CK_C_DecryptMessage)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                     CK_ULONG ulParameterLen, CK_BYTE_PTR pAssociatedData,
+                                     CK_ULONG ulAssociatedDataLen, CK_BYTE_PTR pCiphertext,
+                                     CK_ULONG ulCiphertextLen, CK_BYTE_PTR pPlaintext,
+                                     CK_ULONG_PTR pulPlaintextLen);
+typedef CK_RV (*CK_C_DecryptMessageBegin)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                          CK_ULONG ulParameterLen, CK_BYTE_PTR pAssociatedData,
+                                          CK_ULONG ulAssociatedDataLen);
+typedef CK_RV (*CK_C_DecryptMessageNext)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                         CK_ULONG ulParameterLen, CK_BYTE_PTR pCiphertextPart,
+                                         CK_ULONG ulCiphertextPartLen, CK_BYTE_PTR pPlaintextPart,
+                                         CK_ULONG_PTR pulPlaintextPartLen, CK_FLAGS flags);
+typedef CK_RV (*CK_C_MessageDecryptFinal)(CK_SESSION_HANDLE hSession);
+typedef CK_RV (*CK_C_MessageSignInit)(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                      CK_OBJECT_HANDLE hKey);
+typedef CK_RV (*CK_C_SignMessage)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                  CK_ULONG ulParameterLen, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+                                  CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen);
+typedef CK_RV (*CK_C_SignMessageBegin)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                       CK_ULONG ulParameterLen);
+typedef CK_RV (*CK_C_SignMessageNext)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                      CK_ULONG ulParameterLen, CK_BYTE_PTR pData,
+                                      CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+                                      CK_ULONG_PTR pulSignatureLen);
+typedef CK_RV (*CK_C_MessageSignFinal)(CK_SESSION_HANDLE hSession);
+typedef CK_RV (*CK_C_MessageVerifyInit)(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                        CK_OBJECT_HANDLE hKey);
+typedef CK_RV (*CK_C_VerifyMessage)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                    CK_ULONG ulParameterLen, CK_BYTE_PTR pData,
+                                    CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+                                    CK_ULONG ulSignatureLen);
+typedef CK_RV (*CK_C_VerifyMessageBegin)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                         CK_ULONG ulParameterLen);
+typedef CK_RV (*CK_C_VerifyMessageNext)(CK_SESSION_HANDLE hSession, CK_VOID_PTR pParameter,
+                                        CK_ULONG ulParameterLen, CK_BYTE_PTR pData,
+                                        CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+                                        CK_ULONG ulSignatureLen);
+typedef CK_RV (*CK_C_MessageVerifyFinal)(CK_SESSION_HANDLE hSession);
+
+/* The 2.40 list, then the 24 functions added in 3.0, in the standard's order. */
+typedef struct CK_FUNCTION_LIST_3_0 {
+    CK_VERSION version;
+    CK_C_Initialize C_Initialize;
+    CK_C_Finalize C_Finalize;
+    CK_C_GetInfo C_GetInfo;
+    CK_C_GetFunctionList C_GetFunctionList;
+    CK_C_GetSlotList C_GetSlotList;
+    CK_C_GetSlotInfo C_GetSlotInfo;
+    CK_C_GetTokenInfo C_GetTokenInfo;
+    CK_C_GetMechanismList C_GetMechanismList;
+    CK_C_GetMechanismInfo C_GetMechanismInfo;
+    CK_C_InitToken C_InitToken;
+    CK_C_InitPIN C_InitPIN;
+    CK_C_SetPIN C_SetPIN;
+    CK_C_OpenSession C_OpenSession;
+    CK_C_CloseSession C_CloseSession;
+    CK_C_CloseAllSessions C_CloseAllSessions;
+    CK_C_GetSessionInfo C_GetSessionInfo;
+    CK_C_GetOperationState C_GetOperationState;
+    CK_C_SetOperationState C_SetOperationState;
+    CK_C_Login C_Login;
+    CK_C_Logout C_Logout;
+    CK_C_CreateObject C_CreateObject;
+    CK_C_CopyObject C_CopyObject;
+    CK_C_DestroyObject C_DestroyObject;
+    CK_C_GetObjectSize C_GetObjectSize;
+    CK_C_GetAttributeValue C_GetAttributeValue;
+    CK_C_SetAttributeValue C_SetAttributeValue;
+    CK_C_FindObjectsInit C_FindObjectsInit;
+    CK_C_FindObjects C_FindObjects;
+    CK_C_FindObjectsFinal C_FindObjectsFinal;
+    CK_C_EncryptInit C_EncryptInit;
+    CK_C_Encrypt C_Encrypt;
+    CK_C_EncryptUpdate C_EncryptUpdate;
+    CK_C_EncryptFinal C_EncryptFinal;
+    CK_C_DecryptInit C_DecryptInit;
+    CK_C_Decrypt C_Decrypt;
+    CK_C_DecryptUpdate C_DecryptUpdate;
+    CK_C_DecryptFinal C_DecryptFinal;
+    CK_C_DigestInit C_DigestInit;
+    CK_C_Digest C_Digest;
+    CK_C_DigestUpdate C_DigestUpdate;
+    CK_C_DigestKey C_DigestKey;
+    CK_C_DigestFinal C_DigestFinal;
+    CK_C_SignInit C_SignInit;
+    CK_C_Sign C_Sign;
+    CK_C_SignUpdate C_SignUpdate;
+    CK_C_SignFinal C_SignFinal;
+    CK_C_SignRecoverInit C_SignRecoverInit;
+    CK_C_SignRecover C_SignRecover;
+    CK_C_VerifyInit C_VerifyInit;
+    CK_C_Verify C_Verify;
+    CK_C_VerifyUpdate C_VerifyUpdate;
+    CK_C_VerifyFinal C_VerifyFinal;
+    CK_C_VerifyRecoverInit C_VerifyRecoverInit;
+    CK_C_VerifyRecover C_VerifyRecover;
+    CK_C_DigestEncryptUpdate C_DigestEncryptUpdate;
+    CK_C_DecryptDigestUpdate C_DecryptDigestUpdate;
+    CK_C_SignEncryptUpdate C_SignEncryptUpdate;
+    CK_C_DecryptVerifyUpdate C_DecryptVerifyUpdate;
+    CK_C_GenerateKey C_GenerateKey;
+    CK_C_GenerateKeyPair C_GenerateKeyPair;
+    CK_C_WrapKey C_WrapKey;
+    CK_C_UnwrapKey C_UnwrapKey;
+    CK_C_DeriveKey C_DeriveKey;
+    CK_C_SeedRandom C_SeedRandom;
+    CK_C_GenerateRandom C_GenerateRandom;
+    CK_C_GetFunctionStatus C_GetFunctionStatus;
+    CK_C_CancelFunction C_CancelFunction;
+    CK_C_WaitForSlotEvent C_WaitForSlotEvent;
+    CK_C_GetInterfaceList C_GetInterfaceList;
+    CK_C_GetInterface C_GetInterface;
+    CK_C_LoginUser C_LoginUser;
+    CK_C_SessionCancel C_SessionCancel;
+    CK_C_MessageEncryptInit C_MessageEncryptInit;
+    CK_C_EncryptMessage C_EncryptMessage;
+    CK_C_EncryptMessageBegin C_EncryptMessageBegin;
+    CK_C_EncryptMessageNext C_EncryptMessageNext;
+    CK_C_MessageEncryptFinal C_MessageEncryptFinal;
+    CK_C_MessageDecryptInit C_MessageDecryptInit;
+    CK_C_DecryptMessage C_DecryptMessage;
+    CK_C_DecryptMessageBegin C_DecryptMessageBegin;
+    CK_C_DecryptMessageNext C_DecryptMessageNext;
+    CK_C_MessageDecryptFinal C_MessageDecryptFinal;
+    CK_C_MessageSignInit C_MessageSignInit;
+    CK_C_SignMessage C_SignMessage;
+    CK_C_SignMessageBegin C_SignMessageBegin;
+    CK_C_SignMessageNext C_SignMessageNext;
+    CK_C_MessageSignFinal C_MessageSignFinal;
+    CK_C_MessageVerifyInit C_MessageVerifyInit;
+    CK_C_VerifyMessage C_VerifyMessage;
+    CK_C_VerifyMessageBegin C_VerifyMessageBegin;
+    CK_C_VerifyMessageNext C_VerifyMessageNext;
+    CK_C_MessageVerifyFinal C_MessageVerifyFinal;
+} CK_FUNCTION_LIST_3_0;
+
+CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
+CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                     CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
+#endif /* !CKF_INTERFACE_FORK_SAFE: end of the PKCS#11 3.0 types */
+
+/* The layout the 3.0 list relies on: 68 2.40 entries, then the 24 new ones. */
+_Static_assert(offsetof(CK_FUNCTION_LIST_3_0, C_GetInterfaceList)
+                   == sizeof(CK_FUNCTION_LIST) && sizeof(CK_FUNCTION_LIST)
+                   == offsetof(CK_FUNCTION_LIST, C_Initialize) + 68 * sizeof(void (*)(void)),
+               "CK_FUNCTION_LIST_3_0 must extend CK_FUNCTION_LIST");
+_Static_assert(sizeof(CK_FUNCTION_LIST_3_0)
+                   == offsetof(CK_FUNCTION_LIST_3_0, C_GetInterfaceList)
+                   + 24 * sizeof(void (*)(void)),
+               "CK_FUNCTION_LIST_3_0 must add 24 functions");
 
 #define CONF_ENV "P11TLS_INTERPOSER_CONF"
 #define EXPORT __attribute__((visibility("default")))
@@ -489,7 +695,7 @@ static void j_template(jbuf *b, const char *key, const CK_ATTRIBUTE *t, CK_ULONG
 
 /* ------------------------------------------------------------ module state */
 
-static _Atomic(CK_FUNCTION_LIST_PTR) real; /* set once, by the first C_Initialize */
+static _Atomic(CK_FUNCTION_LIST_PTR) real; /* set once, by the first successful load */
 static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
 static int record_fd = -1;
@@ -698,10 +904,22 @@ static void j_key(jbuf *b, CK_OBJECT_HANDLE h, char *json)
     X(UnwrapKey) X(DeriveKey) X(SeedRandom) X(GenerateRandom)                  \
     X(GetFunctionStatus) X(CancelFunction) X(WaitForSlotEvent)
 
+/* The PKCS#11 3.0 functions this file records (C_GetInterfaceList and
+ * C_GetInterface are not recorded); numbered after FN_COUNT, so the
+ * per-function settings, indexed below FN_COUNT, never apply to them. */
+#define FUNCTIONS_3_0(X)                                                       \
+    X(LoginUser) X(SessionCancel) X(MessageEncryptInit) X(EncryptMessage)      \
+    X(EncryptMessageBegin) X(EncryptMessageNext) X(MessageEncryptFinal)        \
+    X(MessageDecryptInit) X(DecryptMessage) X(DecryptMessageBegin)             \
+    X(DecryptMessageNext) X(MessageDecryptFinal) X(MessageSignInit)            \
+    X(SignMessage) X(SignMessageBegin) X(SignMessageNext) X(MessageSignFinal)  \
+    X(MessageVerifyInit) X(VerifyMessage) X(VerifyMessageBegin)                \
+    X(VerifyMessageNext) X(MessageVerifyFinal)
+
 #define FN_ENUM(name) FN_##name,
 #define FN_NAME(name) "C_" #name,
-enum fn_id { FUNCTIONS(FN_ENUM) FN_COUNT };
-static const char *const fn_names[FN_COUNT] = { FUNCTIONS(FN_NAME) };
+enum fn_id { FUNCTIONS(FN_ENUM) FN_COUNT, FUNCTIONS_3_0(FN_ENUM) FN_ALL };
+static const char *const fn_names[FN_ALL] = { FUNCTIONS(FN_NAME) "", FUNCTIONS_3_0(FN_NAME) };
 
 /* ------------------------------------------------------ emulation settings */
 
@@ -815,6 +1033,8 @@ static void call_header(struct call *c)
  */
 static int fault_before(struct call *c, CK_RV *rv)
 {
+    if (c->id >= FN_COUNT) /* a 3.0 function: no per-function settings */
+        return 0;
     const struct fail_rule *f = &emu.fail[c->id];
     if (f->on && atomic_load(&ok_calls[c->id]) >= f->calls) {
         c->emulated = EMU_FAIL_AFTER;
@@ -835,7 +1055,7 @@ static CK_RV call_end(struct call *c, CK_RV rv)
 {
     long long us = (c->t1.tv_sec - c->t0.tv_sec) * 1000000LL
                    + (c->t1.tv_nsec - c->t0.tv_nsec) / 1000;
-    if (rv == CKR_OK && !c->query && emu.fail[c->id].on)
+    if (rv == CKR_OK && !c->query && c->id < FN_COUNT && emu.fail[c->id].on)
         atomic_fetch_add(&ok_calls[c->id], 1);
     if (c->emulated)
         jb_fmt(&c->j, ",\"emulated\":\"%s\"", c->emulated);
@@ -889,12 +1109,27 @@ static CK_RV refuse_hidden(struct call *c)
 
 /* ---------------------------------------------------------- configuration */
 
+/* Set (under load_lock) while C_GetInterface/List try an early load: its
+ * errors are left for C_Initialize to report. */
+static int load_quiet;
+
+__attribute__((format(printf, 1, 2)))
+static void say(const char *fmt, ...)
+{
+    if (load_quiet)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
 static int config_error(const char *path, int line, const char *what, const char *arg)
 {
     if (line)
-        fprintf(stderr, "p11tls interposer: %s line %d: %s%s\n", path, line, what, arg);
+        say("p11tls interposer: %s line %d: %s%s\n", path, line, what, arg);
     else
-        fprintf(stderr, "p11tls interposer: %s: %s%s\n", path, what, arg);
+        say("p11tls interposer: %s: %s%s\n", path, what, arg);
     return -1;
 }
 
@@ -1089,13 +1324,90 @@ static const char *fetch_digests(void)
 static CK_ULONG pin_tries_left;
 static pthread_mutex_t pin_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* ------------------------------------------------ PKCS#11 3.0 interfaces */
+
+static CK_FUNCTION_LIST function_list;          /* defined at the end */
+static CK_FUNCTION_LIST_3_0 function_list_3_0;  /* defined at the end */
+static CK_CHAR pkcs11_name[] = "PKCS 11";
+
+/*
+ * The real module's 3.0 side is looked at only when a client first calls
+ * C_GetInterface or C_GetInterfaceList here (a client of C_GetFunctionList
+ * never makes the real module see a 3.0 call), and only through its
+ * C_GetInterface: OpenSC 0.23's pkcs11-spy crashes in C_GetInterfaceList
+ * over a 2.x module.  Everything below is written once, by discover(), under
+ * load_lock, and read-only afterwards (real3 is atomic: the 3.0 wrappers read
+ * it without the lock).
+ */
+static void *real_lib;                         /* set by load() */
+static CK_C_GetFunctionList real_get_function_list;
+static int discovered;
+static _Atomic(CK_FUNCTION_LIST_3_0 *) real3;  /* the real module's 3.x list, or NULL */
+static CK_C_GetInterface real_get_interface;   /* set when real3 is */
+static CK_INTERFACE interfaces[2] = { { pkcs11_name, &function_list, 0 } }; /* the offer */
+static CK_ULONG n_interfaces = 1;
+
+static int is_pkcs11_interface(const CK_INTERFACE *i)
+{
+    return i && i->pInterfaceName && i->pFunctionList
+        && !strcmp((const char *)i->pInterfaceName, (const char *)pkcs11_name);
+}
+
+static CK_BYTE interface_major(const CK_INTERFACE *i)
+{
+    return ((const CK_VERSION *)i->pFunctionList)->major;
+}
+
+/* Whether two functions come from the same loaded object (dlsym on a module
+ * handle also searches the module's dependencies). */
+static int same_object(const void *a, const void *b)
+{
+    Dl_info ia, ib;
+    return dladdr(a, &ia) && dladdr(b, &ib) && ia.dli_fbase == ib.dli_fbase;
+}
+
+/*
+ * Once, after a successful load, under load_lock: the real "PKCS 11" 3.x
+ * list (3.0 if offered, else the default interface when it is 3.x: later
+ * versions extend the 3.0 list).  With one, the offer is the 3.0 interface
+ * (the real one's flags), then the 2.40 one; without, the 2.40 one alone.
+ */
+static void discover(void)
+{
+    if (discovered)
+        return;
+    discovered = 1;
+    CK_C_GetInterface get_one;
+    *(void **)&get_one = dlsym(real_lib, "C_GetInterface");
+    if (!get_one || get_one == C_GetInterface
+        || !same_object((const void *)get_one, (const void *)real_get_function_list))
+        return;
+    CK_VERSION v30 = { 3, 0 };
+    CK_INTERFACE_PTR found = NULL;
+    if (get_one(pkcs11_name, &v30, &found, 0) != CKR_OK || !is_pkcs11_interface(found)
+        || interface_major(found) != 3) {
+        found = NULL;
+        if (get_one(pkcs11_name, NULL, &found, 0) != CKR_OK || !is_pkcs11_interface(found)
+            || interface_major(found) != 3)
+            return;
+    }
+    interfaces[0] = (CK_INTERFACE){ pkcs11_name, &function_list_3_0, found->flags };
+    interfaces[1] = (CK_INTERFACE){ pkcs11_name, &function_list, 0 };
+    n_interfaces = 2;
+    real_get_interface = get_one;
+    atomic_store(&real3, (CK_FUNCTION_LIST_3_0 *)found->pFunctionList);
+}
+
 /* Reads the configuration, opens the record file, loads the real module. */
 static CK_RV load(void)
 {
+    /* A failed attempt may have parsed part of the settings: start afresh. */
+    memset(&emu, 0, sizeof emu);
+    emu.over_limit_rv = CKR_GENERAL_ERROR;
     const char *path = getenv(CONF_ENV);
     if (!path || !*path) {
-        fprintf(stderr, "p11tls interposer: " CONF_ENV " is not set: it must name the "
-                        "configuration file written by the harness\n");
+        say("p11tls interposer: " CONF_ENV " is not set: it must name the "
+            "configuration file written by the harness\n");
         return CKR_GENERAL_ERROR;
     }
     FILE *f = fopen(path, "re");
@@ -1148,14 +1460,12 @@ static CK_RV load(void)
 
     int fd = open(record, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (fd < 0) {
-        fprintf(stderr, "p11tls interposer: cannot open record file %s: %s\n", record,
-                strerror(errno));
+        say("p11tls interposer: cannot open record file %s: %s\n", record, strerror(errno));
         return CKR_GENERAL_ERROR;
     }
     void *lib = dlopen(module, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
-        fprintf(stderr, "p11tls interposer: cannot load real module %s: %s\n", module,
-                dlerror());
+        say("p11tls interposer: cannot load real module %s: %s\n", module, dlerror());
         close(fd);
         return CKR_GENERAL_ERROR;
     }
@@ -1170,14 +1480,30 @@ static CK_RV load(void)
     else if (get(&list) != CKR_OK || !list)
         why = "its C_GetFunctionList failed";
     if (why) {
-        fprintf(stderr, "p11tls interposer: real module %s: %s\n", module, why);
+        say("p11tls interposer: real module %s: %s\n", module, why);
         dlclose(lib);
         close(fd);
         return CKR_GENERAL_ERROR;
     }
+    real_lib = lib;
+    real_get_function_list = get;
     record_fd = fd;
     atomic_store(&real, list); /* never unloaded: modules often dislike dlclose */
     return CKR_OK;
+}
+
+/* Loads once; later calls return CKR_OK at once.  A failure is not kept: the
+ * next call tries again (and C_Initialize reports it). */
+static CK_RV ensure_loaded(int quiet)
+{
+    if (atomic_load(&real))
+        return CKR_OK;
+    pthread_mutex_lock(&load_lock);
+    load_quiet = quiet;
+    CK_RV rv = atomic_load(&real) ? CKR_OK : load();
+    load_quiet = 0;
+    pthread_mutex_unlock(&load_lock);
+    return rv;
 }
 
 /* -------------------------------------------- operations being emulated */
@@ -1630,9 +1956,7 @@ static CK_RV pin_login(CK_FUNCTION_LIST_PTR r, struct call *c, CK_SESSION_HANDLE
 
 static CK_RV ip_Initialize(CK_VOID_PTR args)
 {
-    pthread_mutex_lock(&load_lock);
-    CK_RV loaded = atomic_load(&real) ? CKR_OK : load();
-    pthread_mutex_unlock(&load_lock);
+    CK_RV loaded = ensure_loaded(0);
     if (loaded != CKR_OK)
         return loaded;
     START(Initialize);
@@ -2304,78 +2628,277 @@ static CK_RV ip_CancelFunction(CK_SESSION_HANDLE s)
     END;
 }
 
-/* ------------------------------------------------------------ entry point */
+/* ------------------------------------------------ PKCS#11 3.0 functions */
+
+/*
+ * Forwarded to the real module's 3.x list and recorded like the others; no
+ * emulation setting applies.  They are reachable only through the 3.0 list,
+ * which is handed out only when the real module has a 3.x list.
+ */
+#define START3(name)                                                     \
+    START(name);                                                         \
+    CK_FUNCTION_LIST_3_0 *r3 = atomic_load(&real3)
+#define REAL3(name, ...)                                                 \
+    (r3 && r3->C_##name ? r3->C_##name(__VA_ARGS__) : CKR_FUNCTION_NOT_SUPPORTED)
+#define FORWARD3(name, ...) TIMED(REAL3(name, __VA_ARGS__))
+
+/* A length whose pointer may be NULL: the length, or null. */
+static void j_len_if(jbuf *b, const char *key, const void *p, CK_ULONG len)
+{
+    jb_key(b, key);
+    p ? jb_fmt(b, "%lu", len) : jb_puts(b, "null");
+}
+
+/* C_GetInfo of the 3.0 list (see LIST_2_40_ENTRIES): recorded as C_GetInfo. */
+static CK_RV ip_GetInfo_3_0(CK_INFO_PTR info)
+{
+    START3(GetInfo);
+    FORWARD3(GetInfo, info);
+    END;
+}
+
+static CK_RV ip_LoginUser(CK_SESSION_HANDLE s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
+                          CK_ULONG pin_len, CK_UTF8CHAR_PTR username, CK_ULONG username_len)
+{
+    START3(LoginUser);
+    FORWARD3(LoginUser, s, user, pin, pin_len, username, username_len);
+    SESSION(s);
+    jb_key(J, "user_type");
+    jb_name(J, TABLE(user_names), user);
+    j_len_if(J, "pin_len", pin, pin_len); /* lengths only, never the PIN */
+    j_len_if(J, "username_len", username, username_len);
+    END;
+}
+
+static CK_RV ip_SessionCancel(CK_SESSION_HANDLE s, CK_FLAGS flags)
+{
+    START3(SessionCancel);
+    FORWARD3(SessionCancel, s, flags);
+    if (rv == CKR_OK && (flags & CKF_SIGN)) /* the real operations are gone */
+        op_forget(s, OP_SIGN);
+    if (rv == CKR_OK && (flags & CKF_VERIFY))
+        op_forget(s, OP_VERIFY);
+    SESSION(s);
+    j_hexflags(J, "flags", flags);
+    END;
+}
+
+/* C_Message{Encrypt,Decrypt,Sign,Verify}Init: mechanism, params and key. */
+#define WRAP3_INIT(name)                                                     \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) \
+    {                                                                        \
+        START3(name);                                                        \
+        char *key = key_describe(r, s, k);                                   \
+        FORWARD3(name, s, m, k);                                             \
+        SESSION(s);                                                          \
+        j_mech(J, m);                                                        \
+        j_key(J, k, key);                                                    \
+        END;                                                                 \
+    }
+
+/* C_Message{Encrypt,Decrypt,Sign,Verify}Final(session). */
+#define WRAP3_FINAL(name)                                                    \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s)                              \
+    {                                                                        \
+        START3(name);                                                        \
+        FORWARD3(name, s);                                                   \
+        SESSION(s);                                                          \
+        END;                                                                 \
+    }
+
+/* C_{Encrypt,Decrypt}Message(session, param, aad, in, out): one message. */
+#define WRAP3_CRYPT(name)                                                    \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG param_len, \
+                           CK_BYTE_PTR aad, CK_ULONG aad_len, CK_BYTE_PTR in,       \
+                           CK_ULONG in_len, CK_BYTE_PTR out, CK_ULONG_PTR out_len)   \
+    {                                                                        \
+        CK_ULONG cap = out_len ? *out_len : 0;                               \
+        START3(name);                                                        \
+        c.query = !out;                                                      \
+        FORWARD3(name, s, param, param_len, aad, aad_len, in, in_len, out, out_len); \
+        SESSION(s);                                                          \
+        j_ulong(J, "param_len", param_len);                                  \
+        j_ulong(J, "aad_len", aad_len);                                      \
+        j_ulong(J, "in_len", in_len);                                        \
+        j_out(J, out, cap, out_len);                                         \
+        END;                                                                 \
+    }
+
+/* C_{Encrypt,Decrypt}MessageBegin(session, param, aad). */
+#define WRAP3_CRYPT_BEGIN(name)                                              \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG param_len, \
+                           CK_BYTE_PTR aad, CK_ULONG aad_len)               \
+    {                                                                        \
+        START3(name);                                                        \
+        FORWARD3(name, s, param, param_len, aad, aad_len);                   \
+        SESSION(s);                                                          \
+        j_ulong(J, "param_len", param_len);                                  \
+        j_ulong(J, "aad_len", aad_len);                                      \
+        END;                                                                 \
+    }
+
+/* C_{Encrypt,Decrypt}MessageNext(session, param, in, out, flags). */
+#define WRAP3_CRYPT_NEXT(name)                                               \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG param_len, \
+                           CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out,        \
+                           CK_ULONG_PTR out_len, CK_FLAGS flags)             \
+    {                                                                        \
+        CK_ULONG cap = out_len ? *out_len : 0;                               \
+        START3(name);                                                        \
+        c.query = !out;                                                      \
+        FORWARD3(name, s, param, param_len, in, in_len, out, out_len, flags); \
+        SESSION(s);                                                          \
+        j_ulong(J, "param_len", param_len);                                  \
+        j_ulong(J, "in_len", in_len);                                        \
+        j_out(J, out, cap, out_len);                                         \
+        j_hexflags(J, "flags", flags);                                       \
+        END;                                                                 \
+    }
+
+/* C_SignMessage, and C_SignMessageNext (whose signature pointers are NULL
+ * for every part but the last: then no out_buf/out_len is written). */
+#define WRAP3_SIGN(name)                                                     \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG param_len, \
+                           CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR sig,        \
+                           CK_ULONG_PTR sig_len)                             \
+    {                                                                        \
+        CK_ULONG cap = sig_len ? *sig_len : 0;                               \
+        START3(name);                                                        \
+        c.query = sig_len && !sig;                                           \
+        FORWARD3(name, s, param, param_len, in, in_len, sig, sig_len);       \
+        SESSION(s);                                                          \
+        j_ulong(J, "param_len", param_len);                                  \
+        j_ulong(J, "in_len", in_len);                                        \
+        if (sig || sig_len)                                                  \
+            j_out(J, sig, cap, sig_len);                                     \
+        END;                                                                 \
+    }
+
+/* C_VerifyMessage, and C_VerifyMessageNext (signature NULL but for the last part). */
+#define WRAP3_VERIFY(name)                                                   \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG param_len, \
+                           CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR sig,        \
+                           CK_ULONG sig_len)                                 \
+    {                                                                        \
+        START3(name);                                                        \
+        FORWARD3(name, s, param, param_len, in, in_len, sig, sig_len);       \
+        SESSION(s);                                                          \
+        j_ulong(J, "param_len", param_len);                                  \
+        j_ulong(J, "in_len", in_len);                                        \
+        j_len_if(J, "sig_len", sig, sig_len);                                \
+        END;                                                                 \
+    }
+
+/* C_{Sign,Verify}MessageBegin(session, param). */
+#define WRAP3_BEGIN(name)                                                    \
+    static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_VOID_PTR param, CK_ULONG param_len) \
+    {                                                                        \
+        START3(name);                                                        \
+        FORWARD3(name, s, param, param_len);                                 \
+        SESSION(s);                                                          \
+        j_ulong(J, "param_len", param_len);                                  \
+        END;                                                                 \
+    }
+
+WRAP3_INIT(MessageEncryptInit)
+WRAP3_CRYPT(EncryptMessage)
+WRAP3_CRYPT_BEGIN(EncryptMessageBegin)
+WRAP3_CRYPT_NEXT(EncryptMessageNext)
+WRAP3_FINAL(MessageEncryptFinal)
+
+WRAP3_INIT(MessageDecryptInit)
+WRAP3_CRYPT(DecryptMessage)
+WRAP3_CRYPT_BEGIN(DecryptMessageBegin)
+WRAP3_CRYPT_NEXT(DecryptMessageNext)
+WRAP3_FINAL(MessageDecryptFinal)
+
+WRAP3_INIT(MessageSignInit)
+WRAP3_SIGN(SignMessage)
+WRAP3_BEGIN(SignMessageBegin)
+WRAP3_SIGN(SignMessageNext)
+WRAP3_FINAL(MessageSignFinal)
+
+WRAP3_INIT(MessageVerifyInit)
+WRAP3_VERIFY(VerifyMessage)
+WRAP3_BEGIN(VerifyMessageBegin)
+WRAP3_VERIFY(VerifyMessageNext)
+WRAP3_FINAL(MessageVerifyFinal)
+
+/* ------------------------------------------------------------ entry points */
+
+/*
+ * The 2.40 wrappers: the whole 2.40 list and the start of the 3.0 list.  But
+ * C_GetInfo: modules answer it per interface (OpenSC 0.23: cryptokiVersion
+ * 2.20 in its 2.x list, 3.0 in its 3.0 list), so the 3.0 list has its own,
+ * recorded the same way, forwarded to the real 3.x list.  The other 67
+ * entries forward to the real C_GetFunctionList list in both lists.
+ */
+#define LIST_2_40_ENTRIES(get_info) \
+    .C_Initialize = ip_Initialize, .C_Finalize = ip_Finalize, .C_GetInfo = get_info, \
+    .C_GetFunctionList = C_GetFunctionList, .C_GetSlotList = ip_GetSlotList, \
+    .C_GetSlotInfo = ip_GetSlotInfo, .C_GetTokenInfo = ip_GetTokenInfo, \
+    .C_GetMechanismList = ip_GetMechanismList, .C_GetMechanismInfo = ip_GetMechanismInfo, \
+    .C_InitToken = ip_InitToken, .C_InitPIN = ip_InitPIN, .C_SetPIN = ip_SetPIN, \
+    .C_OpenSession = ip_OpenSession, .C_CloseSession = ip_CloseSession, \
+    .C_CloseAllSessions = ip_CloseAllSessions, .C_GetSessionInfo = ip_GetSessionInfo, \
+    .C_GetOperationState = ip_GetOperationState, \
+    .C_SetOperationState = ip_SetOperationState, .C_Login = ip_Login, .C_Logout = ip_Logout, \
+    .C_CreateObject = ip_CreateObject, .C_CopyObject = ip_CopyObject, \
+    .C_DestroyObject = ip_DestroyObject, .C_GetObjectSize = ip_GetObjectSize, \
+    .C_GetAttributeValue = ip_GetAttributeValue, \
+    .C_SetAttributeValue = ip_SetAttributeValue, .C_FindObjectsInit = ip_FindObjectsInit, \
+    .C_FindObjects = ip_FindObjects, .C_FindObjectsFinal = ip_FindObjectsFinal, \
+    .C_EncryptInit = ip_EncryptInit, .C_Encrypt = ip_Encrypt, \
+    .C_EncryptUpdate = ip_EncryptUpdate, .C_EncryptFinal = ip_EncryptFinal, \
+    .C_DecryptInit = ip_DecryptInit, .C_Decrypt = ip_Decrypt, \
+    .C_DecryptUpdate = ip_DecryptUpdate, .C_DecryptFinal = ip_DecryptFinal, \
+    .C_DigestInit = ip_DigestInit, .C_Digest = ip_Digest, .C_DigestUpdate = ip_DigestUpdate, \
+    .C_DigestKey = ip_DigestKey, .C_DigestFinal = ip_DigestFinal, .C_SignInit = ip_SignInit, \
+    .C_Sign = ip_Sign, .C_SignUpdate = ip_SignUpdate, .C_SignFinal = ip_SignFinal, \
+    .C_SignRecoverInit = ip_SignRecoverInit, .C_SignRecover = ip_SignRecover, \
+    .C_VerifyInit = ip_VerifyInit, .C_Verify = ip_Verify, .C_VerifyUpdate = ip_VerifyUpdate, \
+    .C_VerifyFinal = ip_VerifyFinal, .C_VerifyRecoverInit = ip_VerifyRecoverInit, \
+    .C_VerifyRecover = ip_VerifyRecover, .C_DigestEncryptUpdate = ip_DigestEncryptUpdate, \
+    .C_DecryptDigestUpdate = ip_DecryptDigestUpdate, \
+    .C_SignEncryptUpdate = ip_SignEncryptUpdate, \
+    .C_DecryptVerifyUpdate = ip_DecryptVerifyUpdate, .C_GenerateKey = ip_GenerateKey, \
+    .C_GenerateKeyPair = ip_GenerateKeyPair, .C_WrapKey = ip_WrapKey, \
+    .C_UnwrapKey = ip_UnwrapKey, .C_DeriveKey = ip_DeriveKey, .C_SeedRandom = ip_SeedRandom, \
+    .C_GenerateRandom = ip_GenerateRandom, .C_GetFunctionStatus = ip_GetFunctionStatus, \
+    .C_CancelFunction = ip_CancelFunction, .C_WaitForSlotEvent = ip_WaitForSlotEvent,
 
 static CK_FUNCTION_LIST function_list = {
-    .version = { CRYPTOKI_VERSION_MAJOR, CRYPTOKI_VERSION_MINOR },
-    .C_Initialize = ip_Initialize,
-    .C_Finalize = ip_Finalize,
-    .C_GetInfo = ip_GetInfo,
-    .C_GetFunctionList = C_GetFunctionList,
-    .C_GetSlotList = ip_GetSlotList,
-    .C_GetSlotInfo = ip_GetSlotInfo,
-    .C_GetTokenInfo = ip_GetTokenInfo,
-    .C_GetMechanismList = ip_GetMechanismList,
-    .C_GetMechanismInfo = ip_GetMechanismInfo,
-    .C_InitToken = ip_InitToken,
-    .C_InitPIN = ip_InitPIN,
-    .C_SetPIN = ip_SetPIN,
-    .C_OpenSession = ip_OpenSession,
-    .C_CloseSession = ip_CloseSession,
-    .C_CloseAllSessions = ip_CloseAllSessions,
-    .C_GetSessionInfo = ip_GetSessionInfo,
-    .C_GetOperationState = ip_GetOperationState,
-    .C_SetOperationState = ip_SetOperationState,
-    .C_Login = ip_Login,
-    .C_Logout = ip_Logout,
-    .C_CreateObject = ip_CreateObject,
-    .C_CopyObject = ip_CopyObject,
-    .C_DestroyObject = ip_DestroyObject,
-    .C_GetObjectSize = ip_GetObjectSize,
-    .C_GetAttributeValue = ip_GetAttributeValue,
-    .C_SetAttributeValue = ip_SetAttributeValue,
-    .C_FindObjectsInit = ip_FindObjectsInit,
-    .C_FindObjects = ip_FindObjects,
-    .C_FindObjectsFinal = ip_FindObjectsFinal,
-    .C_EncryptInit = ip_EncryptInit,
-    .C_Encrypt = ip_Encrypt,
-    .C_EncryptUpdate = ip_EncryptUpdate,
-    .C_EncryptFinal = ip_EncryptFinal,
-    .C_DecryptInit = ip_DecryptInit,
-    .C_Decrypt = ip_Decrypt,
-    .C_DecryptUpdate = ip_DecryptUpdate,
-    .C_DecryptFinal = ip_DecryptFinal,
-    .C_DigestInit = ip_DigestInit,
-    .C_Digest = ip_Digest,
-    .C_DigestUpdate = ip_DigestUpdate,
-    .C_DigestKey = ip_DigestKey,
-    .C_DigestFinal = ip_DigestFinal,
-    .C_SignInit = ip_SignInit,
-    .C_Sign = ip_Sign,
-    .C_SignUpdate = ip_SignUpdate,
-    .C_SignFinal = ip_SignFinal,
-    .C_SignRecoverInit = ip_SignRecoverInit,
-    .C_SignRecover = ip_SignRecover,
-    .C_VerifyInit = ip_VerifyInit,
-    .C_Verify = ip_Verify,
-    .C_VerifyUpdate = ip_VerifyUpdate,
-    .C_VerifyFinal = ip_VerifyFinal,
-    .C_VerifyRecoverInit = ip_VerifyRecoverInit,
-    .C_VerifyRecover = ip_VerifyRecover,
-    .C_DigestEncryptUpdate = ip_DigestEncryptUpdate,
-    .C_DecryptDigestUpdate = ip_DecryptDigestUpdate,
-    .C_SignEncryptUpdate = ip_SignEncryptUpdate,
-    .C_DecryptVerifyUpdate = ip_DecryptVerifyUpdate,
-    .C_GenerateKey = ip_GenerateKey,
-    .C_GenerateKeyPair = ip_GenerateKeyPair,
-    .C_WrapKey = ip_WrapKey,
-    .C_UnwrapKey = ip_UnwrapKey,
-    .C_DeriveKey = ip_DeriveKey,
-    .C_SeedRandom = ip_SeedRandom,
-    .C_GenerateRandom = ip_GenerateRandom,
-    .C_GetFunctionStatus = ip_GetFunctionStatus,
-    .C_CancelFunction = ip_CancelFunction,
-    .C_WaitForSlotEvent = ip_WaitForSlotEvent,
+    .version = { 2, 40 }, /* not CRYPTOKI_VERSION_*: a 3.x header would say 3.x */
+    LIST_2_40_ENTRIES(ip_GetInfo)
+};
+
+static CK_FUNCTION_LIST_3_0 function_list_3_0 = {
+    .version = { 3, 0 },
+    LIST_2_40_ENTRIES(ip_GetInfo_3_0)
+    .C_GetInterfaceList = C_GetInterfaceList,
+    .C_GetInterface = C_GetInterface,
+    .C_LoginUser = ip_LoginUser,
+    .C_SessionCancel = ip_SessionCancel,
+    .C_MessageEncryptInit = ip_MessageEncryptInit,
+    .C_EncryptMessage = ip_EncryptMessage,
+    .C_EncryptMessageBegin = ip_EncryptMessageBegin,
+    .C_EncryptMessageNext = ip_EncryptMessageNext,
+    .C_MessageEncryptFinal = ip_MessageEncryptFinal,
+    .C_MessageDecryptInit = ip_MessageDecryptInit,
+    .C_DecryptMessage = ip_DecryptMessage,
+    .C_DecryptMessageBegin = ip_DecryptMessageBegin,
+    .C_DecryptMessageNext = ip_DecryptMessageNext,
+    .C_MessageDecryptFinal = ip_MessageDecryptFinal,
+    .C_MessageSignInit = ip_MessageSignInit,
+    .C_SignMessage = ip_SignMessage,
+    .C_SignMessageBegin = ip_SignMessageBegin,
+    .C_SignMessageNext = ip_SignMessageNext,
+    .C_MessageSignFinal = ip_MessageSignFinal,
+    .C_MessageVerifyInit = ip_MessageVerifyInit,
+    .C_VerifyMessage = ip_VerifyMessage,
+    .C_VerifyMessageBegin = ip_VerifyMessageBegin,
+    .C_VerifyMessageNext = ip_VerifyMessageNext,
+    .C_MessageVerifyFinal = ip_MessageVerifyFinal,
 };
 
 /* Not recorded: it runs before the configuration has been read. */
@@ -2385,4 +2908,73 @@ EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
         return CKR_ARGUMENTS_BAD;
     *list = &function_list;
     return CKR_OK;
+}
+
+/*
+ * The interfaces on offer (under load_lock), loading and discovering first if
+ * need be; loading is quiet here: C_Initialize reports a configuration that
+ * does not load, and meanwhile the 2.40 interface is offered.  *fwd is the
+ * real C_GetInterface when the real module has a 3.x list, else NULL.
+ */
+static CK_ULONG offered(CK_INTERFACE **offer, CK_C_GetInterface *fwd)
+{
+    static CK_INTERFACE only_2_40 = { pkcs11_name, &function_list, 0 };
+    int saved = errno;
+    CK_RV rv = ensure_loaded(1);
+    pthread_mutex_lock(&load_lock);
+    if (rv == CKR_OK)
+        discover();
+    CK_ULONG n = rv == CKR_OK ? n_interfaces : 1;
+    *offer = rv == CKR_OK ? interfaces : &only_2_40;
+    *fwd = rv == CKR_OK ? real_get_interface : NULL;
+    pthread_mutex_unlock(&load_lock);
+    errno = saved;
+    return n;
+}
+
+/* Not recorded, like C_GetFunctionList. */
+EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR list, CK_ULONG_PTR count)
+{
+    if (!count)
+        return CKR_ARGUMENTS_BAD;
+    CK_INTERFACE *offer;
+    CK_C_GetInterface fwd;
+    CK_ULONG n = offered(&offer, &fwd);
+    if (list && *count < n) {
+        *count = n;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    if (list)
+        memcpy(list, offer, n * sizeof *list);
+    *count = n;
+    return CKR_OK;
+}
+
+/*
+ * Not recorded.  The first interface on offer that has the name (NULL: any),
+ * the version (NULL: any) and every flag asked for.  None: with a real 3.x
+ * module, its own answer to the same request gives the error code (a request
+ * it grants, e.g. its 2.20 list or a vendor interface, is not on offer here:
+ * CKR_ARGUMENTS_BAD); else CKR_ARGUMENTS_BAD.
+ */
+EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR name, CK_VERSION_PTR version,
+                            CK_INTERFACE_PTR_PTR found, CK_FLAGS flags)
+{
+    CK_INTERFACE *offer;
+    CK_C_GetInterface fwd;
+    CK_ULONG n = offered(&offer, &fwd);
+    for (CK_ULONG i = 0; found && i < n; i++) {
+        const CK_VERSION *v = offer[i].pFunctionList;
+        if (name && strcmp((const char *)name, (const char *)offer[i].pInterfaceName))
+            continue;
+        if (version && (version->major != v->major || version->minor != v->minor))
+            continue;
+        if ((offer[i].flags & flags) != flags)
+            continue;
+        *found = &offer[i];
+        return CKR_OK;
+    }
+    CK_INTERFACE_PTR ignored = NULL;
+    CK_RV rv = fwd ? fwd(name, version, found ? &ignored : NULL, flags) : CKR_ARGUMENTS_BAD;
+    return rv != CKR_OK ? rv : CKR_ARGUMENTS_BAD;
 }
