@@ -72,8 +72,9 @@ def test_report_header_names_module_and_clients(matrix, softhsm_store):
     store, token = softhsm_store
     own = run(matrix, "--collect-only", "-q", "-v", f"--p11-module={store.module}",
               f"--p11-token-label={token.label}", f"--p11-pin={token.pin}", env=store.env)
-    own.stdout.fnmatch_lines([f"p11tls module: {store.module} (Implementation of PKCS11*), "
-                              "token 'spare' (SoftHSM v2 by SoftHSM project, firmware *)"])
+    header = (f"p11tls module: {store.module} (Implementation of PKCS11*), "
+              "token 'spare' (SoftHSM v2 by SoftHSM project, firmware *)")
+    own.stdout.fnmatch_lines([header])
 
 
 @pytest.mark.parametrize(
