@@ -800,3 +800,14 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_explain_reads_a_pasted_log_from_standard_input():
+    log = (DATA / "seed001-opensc.log").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "explain", "-", "--json"],
+                          input=log, capture_output=True, check=False)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["format"] == "opensc-debug"
+    empty = subprocess.run([sys.executable, "-m", "harness.cli", "explain", "-"],
+                           input=b"", capture_output=True, check=False)
+    assert empty.returncode == 2 and b"is empty" in empty.stderr

@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "calls that matter, the first failing call and the likely cause with workarounds. "
         "PINs and key values in the log are masked.",
     )
-    parser.add_argument("log", type=Path, help="the log file")
+    parser.add_argument("log", type=Path, help="the log file, or - for standard input")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 

@@ -8,6 +8,7 @@ first line happens to match.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -26,9 +27,11 @@ LOGGER_LINE = re.compile(r"^(Calling C_\w+|Returning \d+ \(\w+\))\s*$")
 
 
 def read_log(path: Path) -> list[str]:
-    """The lines of a log file, or a ConfigError that says in one line why not."""
+    """The lines of a log file (`-`: standard input), or a ConfigError that says
+    in one line why not."""
     try:
-        data = path.read_bytes()
+        # "-": a log pasted on standard input
+        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file: pass the path of a PKCS#11 call log") from None
     except IsADirectoryError:
