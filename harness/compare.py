@@ -50,9 +50,9 @@ def case_key(record: HandshakeRecord) -> CaseKey:
 def load_results(path: Path) -> list[HandshakeRecord]:
     """Read a results.json; anything that is not one raises ConfigError (one line).
 
-    Stricter than record.read_results: each entry must be an object with the
-    identifying fields as strings, so a hand-edited or foreign file fails here
-    and not as a traceback somewhere in a renderer.
+    Each entry must be an object with the identifying fields as strings, so a
+    hand-edited or foreign file fails here and not as a traceback somewhere in
+    a renderer.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")

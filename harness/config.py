@@ -72,10 +72,6 @@ class Settings:
     record: bool = True  # clients load the recording interposer
     spy: bool = False  # pkcs11-spy chained below the interposer
 
-    @property
-    def embedded(self) -> bool:
-        return self.module is None
-
 
 def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
           env: Mapping[str, str]) -> str | None:

@@ -160,7 +160,6 @@ class CaseExpectations:
         outcome_file = OUTCOMES / f"{profile}.toml" if profile else None
         self.outcomes = (load_expectations(outcome_file)
                          if outcome_file is not None and outcome_file.is_file() else [])
-        self.checks_profile = bool(self.outcomes)
 
     def entry(self, case: Case) -> Expectation | None:
         """The entry that decides the case's outcome (profile first), if any."""

@@ -40,8 +40,6 @@ KEYS: dict[str, KeySpec] = {
     )
 }
 
-DEFAULT_MATRIX_KEYS = ("rsa2048", "p256", "p384")
-
 
 def key_spec(name: str) -> KeySpec:
     """Look a key type up by name; a clear error lists the known ones."""

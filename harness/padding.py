@@ -31,7 +31,7 @@ def _name(index: int, budget: int) -> x509.Name:
     def size() -> int:
         return len(x509.Name(attrs).public_bytes()) + 2
 
-    for unit in range(_UNITS):
+    for _ in range(_UNITS):
         if size() >= budget:
             break
         length = _UNIT

@@ -61,19 +61,3 @@ def write_results(records: list[HandshakeRecord], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = [r.to_json() for r in sorted(records, key=lambda r: r.case_id)]
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def read_results(path: Path) -> list[HandshakeRecord]:
-    from harness.errors import ConfigError
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read results file {path}: {exc}") from None
-    if not isinstance(data, list):
-        raise ConfigError(f"{path} is not a results file: expected a JSON list")
-    known = set(HandshakeRecord.__dataclass_fields__)
-    try:
-        return [HandshakeRecord(**{k: v for k, v in d.items() if k in known}) for d in data]
-    except TypeError as exc:
-        raise ConfigError(f"{path} is not a results file: {exc}") from None

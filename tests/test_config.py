@@ -12,7 +12,7 @@ MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 
 def test_defaults_give_the_embedded_softhsm():
     settings = resolve({}, {}, {})
-    assert settings.module is None and settings.embedded
+    assert settings.module is None
     assert [k.name for k in settings.keys] == ["rsa2048", "p256", "p384"]
     assert settings.timeout_s == 20
 
@@ -34,7 +34,7 @@ def test_module_from_environment_with_label_and_pin(tmp_path):
     env = {"PKCS11_MODULE": str(module), "PKCS11_TOKEN_LABEL": "lab", "PKCS11_TOKEN_PIN": "1"}
     settings = resolve({}, {}, env)
     assert settings.module == module and settings.token_label == "lab" and settings.pin == "1"
-    assert not settings.embedded
+
 
 
 @pytest.mark.parametrize(

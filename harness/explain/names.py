@@ -349,14 +349,6 @@ def mechanism_name(raw: str | int | None) -> str | None:
     return MECHANISM_ALIASES.get(text, text)
 
 
-def mechanism_value(name: str | None) -> int | None:
-    if name is None:
-        return None
-    if name in MECHANISM_VALUES:
-        return MECHANISM_VALUES[name]
-    match = re.fullmatch(r"(?:CKM_VENDOR_)?0x([0-9a-fA-F]+)", name)
-    return int(match.group(1), 16) if match else None
-
 
 def return_code_name(raw: str | int | None) -> str | None:
     """`CKR_OK`, `0`, `0xa0`, 160 -> a CKR_ name (unknown codes keep their hex)."""
