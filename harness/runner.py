@@ -19,7 +19,7 @@ from typing import Any
 from harness.ca import TestCA
 from harness.calls import sign_summary
 from harness.clients import CLIENTS
-from harness.clients.base import Client, HandshakeJob
+from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.config import Settings
 from harness.errors import HarnessError
 from harness.expectations import CaseExpectations, Verdict, has_outcomes
@@ -31,7 +31,7 @@ from harness.profile import load_profile
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.record import HandshakeRecord, Outcome
 from harness.recording import CallRecorder, parse_calls, read_from, size_of
-from harness.server import HandshakeServer
+from harness.server import HandshakeServer, ServerObservation
 from harness.softhsm import TemporarySoftHSM
 from harness.token import Token, TokenInfo
 
@@ -177,6 +177,7 @@ class MatrixRunner:
                 and (self.profile is None or has_outcomes(self.profile.name)))
 
     def run(self, case: Case) -> HandshakeRecord:
+        """One handshake case, start to finish; a failure is a record, not an exception."""
         record = HandshakeRecord(
             case_id=case.case_id, client=case.client, key=case.key.name,
             provisioning=case.provisioning.value, tls=case.tls.value,
@@ -186,31 +187,47 @@ class MatrixRunner:
             expected=self.expectations.failure_reason(case),
         )
         client = self.client(case.client)
-        reason = client.unavailable_reason()
-        if reason:  # a skip, unless the user asked for this client by name
-            named = self.settings.clients_named or (
-                client.name.startswith("java") and bool(self.settings.java_home))
-            record.outcome = Outcome.ERROR.value if named else Outcome.SKIP.value
-            record.error = reason
+        not_here = self._not_runnable(case, client)
+        if not_here is not None:
+            record.outcome, record.error = not_here
             return record
         record.client_version = self._client_version(client)
-        missing = self.missing_mechanism(case.key)
-        if missing:  # e.g. Ed25519 "where the token supports it"
-            record.outcome = Outcome.SKIP.value
-            record.error = f"token {self.token_label_for(case.key)!r} does not offer {missing}"
-            return record
         logs = self.settings.reports / "logs" / case.case_id
         try:
             key = self.key(case.key, case.provisioning)
         except ProvisioningRefused as refused:
-            record.outcome, record.error = Outcome.FAIL.value, f"provisioning: {refused.ckr}"
-            chunk = self.provision_chunks.get((case.key.name, case.provisioning))
-            if chunk is not None:  # what the (emulated) token was asked, for the report
-                logs.mkdir(parents=True, exist_ok=True)
-                (logs / "calls.jsonl").write_bytes(chunk)
-                record.calls, record.logs["calls"] = parse_calls(chunk), str(logs / "calls.jsonl")
-                record.explanation = explain_calls(logs / "calls.jsonl")
+            self._record_refusal(record, case, refused, logs)
             return record
+        self._handshake(record, case, client, key, logs)
+        return record
+
+    def _not_runnable(self, case: Case, client: Client) -> tuple[str, str] | None:
+        """(outcome, reason) when the case cannot run here, else None."""
+        reason = client.unavailable_reason()
+        if reason:  # a skip, unless the user asked for this client by name
+            named = self.settings.clients_named or (
+                client.name.startswith("java") and bool(self.settings.java_home))
+            return (Outcome.ERROR.value if named else Outcome.SKIP.value), reason
+        missing = self.missing_mechanism(case.key)
+        if missing:  # e.g. Ed25519 "where the token supports it"
+            return (Outcome.SKIP.value,
+                    f"token {self.token_label_for(case.key)!r} does not offer {missing}")
+        return None
+
+    def _record_refusal(self, record: HandshakeRecord, case: Case,
+                        refused: ProvisioningRefused, logs: Path) -> None:
+        """The token would not take the key: the case fails before any handshake."""
+        record.outcome, record.error = Outcome.FAIL.value, f"provisioning: {refused.ckr}"
+        chunk = self.provision_chunks.get((case.key.name, case.provisioning))
+        if chunk is not None:  # what the (emulated) token was asked, for the report
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / "calls.jsonl").write_bytes(chunk)
+            record.calls, record.logs["calls"] = parse_calls(chunk), str(logs / "calls.jsonl")
+            record.explanation = explain_calls(logs / "calls.jsonl")
+
+    def _handshake(self, record: HandshakeRecord, case: Case, client: Client,
+                   key: ProvisionedKey, logs: Path) -> None:
+        """Server + client (through the interposer), then what both saw, into record."""
         server = HandshakeServer(
             cert_pem=self.ca.server_cert_pem, key_pem=self.ca.server_key_pem,
             client_ca_pem=self.ca.ca_pem, tls=case.tls, log_path=logs / "server.log",
@@ -223,20 +240,18 @@ class MatrixRunner:
         if recorder is not None:
             module, env = recorder.module, {**self.env, **recorder.env}
             mark = recorder.mark()
-        port = server.start()
+        job = HandshakeJob(
+            host="127.0.0.1", port=server.start(), tls=case.tls, module=module,
+            token_label=self.token_label_for(case.key), pin=self.pin,
+            key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
+            ca_pem=self.ca.ca_pem, log_path=logs / "client.log",
+            timeout_s=self.settings.timeout_s, env=env,
+        )
         try:
-            job = HandshakeJob(
-                host="127.0.0.1", port=port, tls=case.tls, module=module,
-                token_label=self.token_label_for(case.key), pin=self.pin,
-                key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
-                ca_pem=self.ca.ca_pem, log_path=logs / "client.log",
-                timeout_s=self.settings.timeout_s, env=env,
-            )
-            try:
-                result = client.handshake(job)
-            except HarnessError as exc:  # e.g. SunPKCS11 refused --java-p11-config
-                record.error = str(exc)
-                return record  # outcome stays "error": the harness could not run it
+            result = client.handshake(job)
+        except HarnessError as exc:  # e.g. SunPKCS11 refused --java-p11-config
+            record.error = str(exc)  # outcome stays "error": the harness could not run it
+            return
         finally:
             seen = server.finish()
         record.logs = {"client": str(job.log_path), "server": str(server.log_path)}
@@ -254,21 +269,11 @@ class MatrixRunner:
         right_cert = seen.client_subject is not None and key.label in seen.client_subject
         if seen.accepted and right_cert:
             record.outcome = Outcome.OK.value
-        else:
-            record.outcome = Outcome.FAIL.value
-            if result.timed_out:
-                record.error = f"client timed out after {self.settings.timeout_s:g} s"
-            else:
-                sign_rv = (record.sign or {}).get("rv")
-                token_error = sign_rv if sign_rv not in (None, "CKR_OK") else None
-                both = (f"{result.error} (server: {seen.error})"
-                        if result.error and seen.error else None)
-                record.error = token_error or both or result.error or seen.error or (
-                    "client never reached the server" if not seen.connected
-                    else "server rejected the handshake")
-            if recorder is not None:
-                record.explanation = explain_calls(logs / "calls.jsonl")
-        return record
+            return
+        record.outcome = Outcome.FAIL.value
+        record.error = failure_reason(result, seen, record.sign, self.settings.timeout_s)
+        if recorder is not None:
+            record.explanation = explain_calls(logs / "calls.jsonl")
 
     def _module_summary(self) -> dict[str, Any]:
         if not hasattr(self, "_summary"):
@@ -303,3 +308,19 @@ def explain_calls(record_file: Path) -> dict[str, Any] | None:
     except HarnessError:  # an empty or unreadable record says nothing
         return None
     return {"findings": findings} if findings else None
+
+
+def failure_reason(result: ClientResult, seen: ServerObservation,
+                   sign: dict[str, Any] | None, timeout_s: float) -> str:
+    """The most telling line for a failed handshake: the token's CKR code when
+    the signing call failed, else what the client and the server said."""
+    if result.timed_out:
+        return f"client timed out after {timeout_s:g} s"
+    sign_rv = (sign or {}).get("rv")
+    if sign_rv not in (None, "CKR_OK"):
+        return str(sign_rv)
+    if result.error and seen.error:
+        return f"{result.error} (server: {seen.error})"
+    return result.error or seen.error or (
+        "client never reached the server" if not seen.connected
+        else "server rejected the handshake")
