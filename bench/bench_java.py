@@ -31,13 +31,9 @@ from harness.keys import KEYS, Provisioning
 from harness.provision import Provisioner
 from harness.server import HandshakeServer
 from harness.softhsm import TemporarySoftHSM
+from harness.system import LIBP11_ENGINE, find_library
 from harness.tls import TLSVersion
 from harness.token import Token
-
-ENGINE_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so",
-    "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so",
-)
 
 
 def run_server(ca: TestCA, tls: TLSVersion, log: Path,
@@ -118,7 +114,7 @@ def main() -> int:
                     java_inner.append(inner)
             java.close()
 
-        engine = next((p for p in ENGINE_CANDIDATES if Path(p).is_file()), None)
+        engine = find_library(*LIBP11_ENGINE)
         openssl_ms: list[float] = []
         if engine is None or shutil.which("openssl") is None:
             print("openssl-engine: skipped (install libengine-pkcs11-openssl)")

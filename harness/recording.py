@@ -17,20 +17,14 @@ from harness.errors import ToolMissing
 from harness.explain.mask import mask_lines
 from harness.explain.model import LogFormat
 from harness.interposer import build_interposer, write_interposer_config
-
-SPY_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
-    "/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so",
-    "/usr/lib64/pkcs11/pkcs11-spy.so",
-    "/usr/lib/pkcs11/pkcs11-spy.so",
-)
+from harness.system import PKCS11_SPY, find_library
 
 
 def find_pkcs11_spy() -> Path:
-    for candidate in SPY_CANDIDATES:
-        if Path(candidate).is_file():
-            return Path(candidate)
-    raise ToolMissing("pkcs11-spy.so not found: install opensc, or run without --p11-spy")
+    spy = find_library(*PKCS11_SPY)
+    if spy is None:
+        raise ToolMissing("pkcs11-spy.so not found: install opensc, or run without --p11-spy")
+    return spy
 
 
 @dataclass(frozen=True)

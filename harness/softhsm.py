@@ -16,20 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import TokenError, ToolMissing
-
-SOFTHSM_MODULE_CANDIDATES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-)
+from harness.system import SOFTHSM, find_library
 
 
 def find_softhsm_module() -> Path:
     """Path of libsofthsm2.so, or a ToolMissing that says how to install it."""
-    for candidate in SOFTHSM_MODULE_CANDIDATES:
-        if Path(candidate).is_file():
-            return Path(candidate)
+    module = find_library(*SOFTHSM)
+    if module is not None:
+        return module
     raise ToolMissing(
         "SoftHSM2 module libsofthsm2.so not found: install softhsm2 "
         "(scripts/setup-system.sh) or pass --p11-module=PATH"

@@ -28,8 +28,8 @@ from harness.calls import Call, load_calls, sign_summary
 from harness.errors import ToolMissing
 from harness.interposer import CONF_ENV, build_interposer, write_interposer_config
 from harness.profile import Profile, load_profile
-from harness.recording import SPY_CANDIDATES
 from harness.softhsm import TemporarySoftHSM
+from harness.system import PKCS11_SPY, find_library
 
 TESTS = Path(__file__).parent
 EMULATION_DRIVER = TESTS / "emulation_driver.py"
@@ -441,7 +441,7 @@ def test_pin_counter_flags_and_lock(bench: Bench, tmp_path: Path) -> None:
     # into other tests.
     label = "pin-" + secrets.token_hex(3)
     bench.hsm.init_token(label, PIN)
-    spy = next((Path(p) for p in SPY_CANDIDATES if Path(p).is_file()), None)
+    spy = find_library(*PKCS11_SPY)
     spy_log = tmp_path / "spy.log"
     real, env = (spy, {"PKCS11SPY": str(bench.hsm.module), "PKCS11SPY_OUTPUT": str(spy_log)}) \
         if spy else (None, {})

@@ -33,31 +33,17 @@ from harness.explain import (
     parse_file,
     read_log,
 )
-from harness.recording import SPY_CANDIDATES
+from harness.system import OPENSC, P11_KIT_PROXY, PKCS11_SPY, find_library
 
 DATA = Path(__file__).parent / "data" / "explain"
 PIN = "8642"
 WRONG_PIN = "975312"
 LABEL = "explain"
-PROXY_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so",
-    "/usr/lib/aarch64-linux-gnu/p11-kit-proxy.so",
-    "/usr/lib64/p11-kit-proxy.so",
-    "/usr/lib/p11-kit-proxy.so",
-)
-OPENSC_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
-    "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so",
-    "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
-    "/usr/lib64/opensc-pkcs11.so",
-)
-
-
 def _first(candidates: tuple[str, ...], what: str) -> Path:
-    for candidate in candidates:
-        if Path(candidate).is_file():
-            return Path(candidate)
-    pytest.skip(f"Requires {what}")
+    found = find_library(*candidates)
+    if found is None:
+        pytest.skip(f"Requires {what}")
+    return found
 
 
 def rules_found(path: Path) -> list[str]:
@@ -161,7 +147,7 @@ def import_key(runner: ToolRunner) -> tuple[Path, bytes]:
 @pytest.fixture(scope="module")
 def spy_logs(runner: ToolRunner, import_key: tuple[Path, bytes]) -> dict[str, Path]:
     """One pkcs11-spy log per scenario: pkcs11-tool -> pkcs11-spy -> SoftHSM2."""
-    spy = _first(SPY_CANDIDATES, "OpenSC's pkcs11-spy.so (package opensc)")
+    spy = _first(PKCS11_SPY, "OpenSC's pkcs11-spy.so (package opensc)")
     logs = {}
     for name, runs in _scenarios(runner.data, import_key[0]).items():
         log = runner.directory / f"spy-{name}.log"
@@ -183,7 +169,7 @@ def p11kit_logs(runner: ToolRunner, import_key: tuple[Path, bytes]) -> dict[str,
     through `unshare -U`: in a fresh user namespace the uid is unmapped
     (getuid() != 0) while file access still uses the real owner.
     """
-    proxy = _first(PROXY_CANDIDATES, "p11-kit-proxy.so (package p11-kit-modules)")
+    proxy = _first(P11_KIT_PROXY, "p11-kit-proxy.so (package p11-kit-modules)")
     home = runner.directory / "p11kit-home"
     modules = home / ".config" / "pkcs11" / "modules"
     modules.mkdir(parents=True)
@@ -216,7 +202,7 @@ def p11kit_logs(runner: ToolRunner, import_key: tuple[Path, bytes]) -> dict[str,
 @pytest.fixture(scope="module")
 def opensc_debug_log(runner: ToolRunner) -> Path:
     """A real OpenSC debug log (no card here: it shows the calls and the PC/SC errors)."""
-    module = _first(OPENSC_CANDIDATES, "opensc-pkcs11.so (package opensc-pkcs11)")
+    module = _first(OPENSC, "opensc-pkcs11.so (package opensc-pkcs11)")
     log = runner.directory / "opensc-debug.log"
     conf = runner.directory / "opensc.conf"
     conf.write_text(f"app default {{\n  debug = 9;\n  debug_file = {log};\n}}\n")

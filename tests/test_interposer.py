@@ -34,8 +34,8 @@ from harness.interposer import (
     build_interposer,
     write_interposer_config,
 )
-from harness.recording import SPY_CANDIDATES
 from harness.softhsm import TemporarySoftHSM
+from harness.system import OPENSC, PKCS11_SPY, find_library
 
 sys.path.insert(0, str(Path(__file__).parent))
 from interposer_driver import JUNK as JUNK_SESSION
@@ -50,8 +50,8 @@ CKR = {"CKR_OK": 0x0, "CKR_BUFFER_TOO_SMALL": 0x150, "CKR_ATTRIBUTE_SENSITIVE": 
        "CKR_CRYPTOKI_NOT_INITIALIZED": 0x190, "CKR_OPERATION_NOT_INITIALIZED": 0x91,
        "CKR_SESSION_HANDLE_INVALID": 0xB3, "CKR_GENERAL_ERROR": 0x5,
        "CKR_FUNCTION_NOT_SUPPORTED": 0x54, "CKR_ARGUMENTS_BAD": 0x7}
-SPY = next((Path(p) for p in SPY_CANDIDATES if Path(p).is_file()), Path(SPY_CANDIDATES[0]))
-OPENSC = Path("/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so")  # PKCS#11 3.0 (0.23)
+SPY = find_library(*PKCS11_SPY) or Path("pkcs11-spy.so (not installed)")
+OPENSC = find_library(*OPENSC) or Path("opensc-pkcs11.so (not installed)")  # PKCS#11 3.0 (0.23)
 CKR_ARGUMENTS_BAD = CKR["CKR_ARGUMENTS_BAD"]
 
 

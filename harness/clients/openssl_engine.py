@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.process import base_env, run_logged, tool_version
-
-ENGINE_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so",
-    "/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so",
-    "/usr/lib/x86_64-linux-gnu/engines-1.1/pkcs11.so",
-    "/usr/lib/aarch64-linux-gnu/engines-1.1/pkcs11.so",
-)
+from harness.system import LIBP11_ENGINE, find_library
 
 
 class OpenSSLEngineClient(Client):
@@ -23,7 +16,7 @@ class OpenSSLEngineClient(Client):
     def unavailable_reason(self) -> str | None:
         if shutil.which("openssl") is None:
             return "openssl not found: install openssl"
-        if not any(Path(p).is_file() for p in ENGINE_CANDIDATES):
+        if find_library(*LIBP11_ENGINE) is None:
             return "libp11 engine (engines-3/pkcs11.so) not found: install libengine-pkcs11-openssl"
         return None
 

@@ -8,12 +8,7 @@ from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.process import base_env, run_logged, tool_version
-
-PROVIDER_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so",
-    "/usr/lib/aarch64-linux-gnu/ossl-modules/pkcs11.so",
-    "/usr/lib64/ossl-modules/pkcs11.so",
-)
+from harness.system import PKCS11_PROVIDER, find_library
 
 CONFIG = """\
 openssl_conf = openssl_init
@@ -33,7 +28,7 @@ activate = 1
 
 
 def find_provider() -> Path | None:
-    return next((Path(p) for p in PROVIDER_CANDIDATES if Path(p).is_file()), None)
+    return find_library(*PKCS11_PROVIDER)
 
 
 class OpenSSLProviderClient(Client):
