@@ -72,6 +72,11 @@ class Settings:
     record: bool = True  # clients load the recording interposer
     spy: bool = False  # pkcs11-spy chained below the interposer
 
+    def named_client(self, client: str) -> bool:
+        """The user asked for this client (--p11-clients, or --java for the Java
+        ones): a missing one is then an error, not a skip."""
+        return self.clients_named or (client.startswith("java") and bool(self.java_home))
+
 
 def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
           env: Mapping[str, str]) -> str | None:

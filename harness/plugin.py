@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -16,6 +16,7 @@ from harness.errors import HarnessError
 from harness.expectations import CaseExpectations, ExpectedFailure
 from harness.matrix import cases
 from harness.process import tool_version
+from harness.profile import Profile, load_profile
 from harness.record import HandshakeRecord, write_results
 from harness.report import terminal_matrix
 from harness.token import check_login
@@ -33,6 +34,7 @@ MARKERS = {
 RECORD_PROPERTY = "p11tls_record"
 settings_key = pytest.StashKey[Settings]()
 token_key = pytest.StashKey[dict[str, Any]]()  # the user's token, as check_login saw it
+profile_key = pytest.StashKey[Optional[Profile]]()  # the emulation profile, parsed once
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,7 +64,8 @@ def pytest_configure(config: pytest.Config) -> None:
     ini = {o.name: config.getini(o.name) for o in OPTIONS}
     try:
         settings = resolve(cli, ini, os.environ)
-        _profile_name(settings)  # a bad profile is a usage error before anything runs
+        # a bad profile is a usage error before anything runs
+        config.stash[profile_key] = load_profile(settings.profile) if settings.profile else None
         check_clients(settings)
         if settings.module is not None and not hasattr(config, "workerinput"):
             # Module, token and PIN checked once, before any test and before
@@ -85,12 +88,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # on it, and on a user's token (one token for all keys) that would break the
     # openssl-engine cases that happen to run after it.
     items.sort(key=lambda item: item.get_closest_marker("eddsa") is not None)
-
-
-def _profile_name(settings: Settings) -> str | None:
-    from harness.profile import load_profile
-
-    return load_profile(settings.profile).name if settings.profile else None
 
 
 def _java_version(settings: Settings) -> str:
@@ -124,10 +121,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         versions.append(_java_version(settings))
     clients = "; ".join([*versions, f"python-pkcs11 {pkcs11_version}"])
     lines = [f"p11tls module: {module}", f"p11tls clients: {clients}"]
-    if settings.profile:
-        from harness.profile import load_profile
-
-        lines.append(f"p11tls profile: {load_profile(settings.profile).label} -- an emulation, "
+    profile = config.stash[profile_key]
+    if profile is not None:
+        lines.append(f"p11tls profile: {profile.label} -- an emulation, "
                      "not the device")
     return lines
 
@@ -136,7 +132,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "p11_case" not in metafunc.fixturenames:
         return
     settings = metafunc.config.stash[settings_key]
-    expectations = CaseExpectations(profile=_profile_name(settings))
+    profile = metafunc.config.stash[profile_key]
+    expectations = CaseExpectations(profile=profile.name if profile else None)
     params = []
     for case in cases(list(settings.clients), settings.keys):
         marks = [getattr(pytest.mark, m) for m in case.markers]

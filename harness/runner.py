@@ -83,6 +83,13 @@ class MatrixRunner:
         self.expectations = CaseExpectations(
             profile=self.profile.name if self.profile else None,
             check_mechanisms=self.checks_mechanisms)
+        # what every record says about the module: the real one, not the interposer
+        self.module_summary: dict[str, Any] = {
+            **self.token_info().as_dict(), "path": str(self.module),
+            "host": platform.node(),  # which lab host, for merged reports
+            "embedded": self.softhsm is not None,
+            **({"emulates": self.profile.emulates} if self.profile else {}),
+        }
 
     # -- tokens and keys ---------------------------------------------------------
     def _emulate_here(self) -> Path:
@@ -161,9 +168,6 @@ class MatrixRunner:
         return self._versions[client.name]
 
     # -- one case -----------------------------------------------------------------
-    def module_info(self) -> dict[str, Any]:
-        return self.token_info().as_dict()
-
     def verdict(self, case: Case, record: HandshakeRecord) -> Verdict:
         """Whether the record is what the data files expect of the case."""
         return self.expectations.verdict(case, record)
@@ -183,7 +187,7 @@ class MatrixRunner:
             provisioning=case.provisioning.value, tls=case.tls.value,
             client_sigalgs=case.client_sigalgs, padding_bytes=case.padding_bytes,
             profile=self.profile.name if self.profile else None,
-            outcome=Outcome.ERROR.value, module=self._module_summary(),
+            outcome=Outcome.ERROR.value, module=dict(self.module_summary),
             expected=self.expectations.failure_reason(case),
         )
         client = self.client(case.client)
@@ -205,8 +209,7 @@ class MatrixRunner:
         """(outcome, reason) when the case cannot run here, else None."""
         reason = client.unavailable_reason()
         if reason:  # a skip, unless the user asked for this client by name
-            named = self.settings.clients_named or (
-                client.name.startswith("java") and bool(self.settings.java_home))
+            named = self.settings.named_client(client.name)
             return (Outcome.ERROR.value if named else Outcome.SKIP.value), reason
         missing = self.missing_mechanism(case.key)
         if missing:  # e.g. Ed25519 "where the token supports it"
@@ -274,16 +277,6 @@ class MatrixRunner:
         record.error = failure_reason(result, seen, record.sign, self.settings.timeout_s)
         if recorder is not None:
             record.explanation = explain_calls(logs / "calls.jsonl")
-
-    def _module_summary(self) -> dict[str, Any]:
-        if not hasattr(self, "_summary"):
-            self._summary = self.module_info()
-            self._summary["path"] = str(self.module)  # the real module, not the interposer
-            self._summary["host"] = platform.node()  # which lab host, for merged reports
-            self._summary["embedded"] = self.softhsm is not None
-            if self.profile is not None:
-                self._summary["emulates"] = self.profile.emulates
-        return dict(self._summary)
 
     def close(self) -> None:
         for client in self.clients.values():

@@ -307,16 +307,7 @@ def scenario_threads(module: str, args: dict[str, Any]) -> dict[str, Any]:
     """Several threads, each in its own session, signing multi-part with an
     emulated combined mechanism at once (the interposer keeps per-session state)."""
     raw = RawModule(module)
-    assert raw.initialize(os_locking=True) == 0
-    slot = raw.slot_of(args["token"])
-    sessions = []
-    for _ in range(args["threads"]):
-        handle = CK_ULONG(0)
-        assert raw.C_OpenSession(slot, CKF_SERIAL_SESSION, None, None, ctypes.byref(handle)) == 0
-        sessions.append(handle.value)
-    pin = args["pin"].encode()
-    assert raw.C_Login(sessions[0], CKU_USER, pin, len(pin)) == 0
-    key = raw.find_private_key(sessions[0], "ec")
+    sessions, key = raw.threaded_sessions(args["token"], args["pin"], args["threads"], "ec")
     barrier = threading.Barrier(len(sessions))
     signatures: dict[int, list[str]] = {}
     errors: list[int] = []

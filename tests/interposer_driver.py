@@ -150,6 +150,22 @@ class RawModule:
                 return slot
         raise RuntimeError(f"no token {label!r}")
 
+    def threaded_sessions(self, token: str, pin: str, count: int,
+                          key_label: str) -> tuple[list[int], int]:
+        """Initialise for threads (CKF_OS_LOCKING_OK), open `count` sessions on
+        the token, log the user in and find the private key by label."""
+        assert self.initialize(os_locking=True) == 0
+        slot = self.slot_of(token)
+        sessions = []
+        for _ in range(count):
+            handle = CK_ULONG(0)
+            assert self.C_OpenSession(slot, CKF_SERIAL_SESSION, None, None,
+                                      ctypes.byref(handle)) == 0
+            sessions.append(handle.value)
+        secret = pin.encode()
+        assert self.C_Login(sessions[0], CKU_USER, secret, len(secret)) == 0
+        return sessions, self.find_private_key(sessions[0], key_label)
+
     def find_private_key(self, session: int, label: str) -> int:
         cls = CK_ULONG(CKO_PRIVATE_KEY)
         text = label.encode()
@@ -330,16 +346,7 @@ def scenario_all_functions(module: str, args: dict[str, Any]) -> dict[str, Any]:
 def scenario_threads(module: str, args: dict[str, Any]) -> dict[str, Any]:
     """Several threads signing at once, each in its own session (as Java does)."""
     raw = RawModule(module)
-    assert raw.initialize(os_locking=True) == 0
-    slot = raw.slot_of(args["token"])
-    sessions = []
-    for _ in range(args["threads"]):
-        handle = CK_ULONG(0)
-        assert raw.C_OpenSession(slot, CKF_SERIAL_SESSION, None, None, ctypes.byref(handle)) == 0
-        sessions.append(handle.value)
-    pin = args["pin"].encode()
-    assert raw.C_Login(sessions[0], CKU_USER, pin, len(pin)) == 0
-    key = raw.find_private_key(sessions[0], "ec")
+    sessions, key = raw.threaded_sessions(args["token"], args["pin"], args["threads"], "ec")
     barrier = threading.Barrier(len(sessions))
     results: dict[int, list[int]] = {}
 

@@ -31,8 +31,7 @@ def check_clients(settings: Settings) -> None:
 
     for name in settings.clients:
         client = CLIENTS[name].from_settings(settings)  # raises ConfigError on bad options
-        named = settings.clients_named or (name.startswith("java") and settings.java_home)
-        if named:
+        if settings.named_client(name):
             reason = client.unavailable_reason()
             if reason:
                 raise ToolMissing(f"{name} was asked for but cannot run: {reason}")
