@@ -20,7 +20,7 @@ from typing import IO
 
 from harness.clients.logs import short_openssl_error
 from harness.errors import HarnessError, ToolMissing
-from harness.process import kill_group
+from harness.process import kill_group, wait_for
 from harness.tls import TLSVersion
 
 
@@ -123,9 +123,7 @@ class HandshakeServer:
         """After the client is done: wait for the server to end, then parse what it saw."""
         assert self._proc is not None and self._reader is not None
         connected = any(line.startswith("Received Record") for line in self._lines)
-        try:
-            self._proc.wait(timeout=grace_s if connected else 0.05)
-        except subprocess.TimeoutExpired:
+        if not wait_for(self._proc, grace_s if connected else 0.05):
             kill_group(self._proc)
         self._reader.join(5)
         return parse_trace(self._lines)
