@@ -3,12 +3,12 @@
     .venv/bin/python bench/bench_java.py [-n 30] [--tls 1.2] [--key p256]
 
 Both clients authenticate with the same key on a throw-away SoftHSM2 token
-against the same kind of server (`openssl s_server`, one per handshake, started
-before the clock starts). Java: the first handshake starts the JVM and is
-reported apart (cold); the median is over the warm ones, as measured by the
-harness around `JavaClient.handshake` (wall) and inside the JVM (handshake
-only). openssl: one whole `s_client` process per handshake, as the matrix
-runs it. Target on 2 cores: warm Java handshake <= 15 ms.
+against the same kind of server (the in-process reference server, one per
+handshake, started before the clock starts). Java: the first handshake
+starts the JVM and is reported apart (cold); the median is over the warm
+ones, as measured by the harness around `JavaClient.handshake` (wall) and
+inside the JVM (handshake only). openssl: one whole `s_client` process per
+handshake, as the matrix runs it. Target on 2 cores: warm Java handshake <= 15 ms.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from harness.clients.base import HandshakeJob
 from harness.clients.java import JavaClient
 from harness.keys import KEYS, Provisioning
 from harness.provision import Provisioner
-from harness.server import HandshakeServer
+from harness.server import HandshakeServer, ServerCase
 from harness.softhsm import TemporarySoftHSM
 from harness.system import LIBP11_ENGINE, find_library
 from harness.tls import TLSVersion
@@ -41,15 +41,15 @@ def run_server(ca: TestCA, tls: TLSVersion, log: Path,
     """Start a server, time `client(port)`; return (client seconds, whole case
     seconds with the server's start and end, the client's result, accepted)."""
     case_start = time.perf_counter()
-    server = HandshakeServer(cert_pem=ca.server_cert_pem, key_pem=ca.server_key_pem,
-                             client_ca_pem=ca.ca_pem, tls=tls, log_path=log)
-    port = server.start()
-    start = time.perf_counter()
-    try:
-        result = client(port)
-    finally:
-        elapsed = time.perf_counter() - start
-    seen = server.finish()
+    with HandshakeServer(cert_pem=ca.server_cert_pem, key_pem=ca.server_key_pem,
+                         client_ca_pem=ca.ca_pem) as server:
+        server.arm(ServerCase(tls, log_path=log))
+        start = time.perf_counter()
+        try:
+            result = client(server.port)
+        finally:
+            elapsed = time.perf_counter() - start
+        seen = server.collect()
     return elapsed, time.perf_counter() - case_start, result, seen.accepted
 
 

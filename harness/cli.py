@@ -17,11 +17,13 @@ from harness.errors import HarnessError
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    from harness.compare import load_results
+    """The matrix of a results file; exit 1 when a case failed unexpectedly."""
+    from harness.compare import failed_cases, load_results
     from harness.report import terminal_matrix
 
-    print(terminal_matrix(load_results(args.results)))
-    return 0
+    records = load_results(args.results)
+    print(terminal_matrix(records))
+    return 1 if failed_cases(records) else 0
 
 
 def _calls(args: argparse.Namespace) -> int:
@@ -46,6 +48,8 @@ DELEGATED = {
               "merge results.json files from several lab hosts into one"),
     "diff": ("harness.compare", "diff_main",
              "list changed cells between two results.json, regressions first (exit 1 on one)"),
+    "facts": ("harness.facts", "facts_main",
+              "write the facts a run measured on versions that have none yet, as TOML"),
 }
 
 
@@ -56,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pytest (./run matrix); these commands work on its results and logs.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("show", help="print the matrix of a results.json")
+    show = sub.add_parser("show", help="print the matrix of a results.json "
+                          "(exit 1 when a case failed)")
     show.add_argument("results", type=Path, nargs="?", default=Path("reports/results.json"))
     show.set_defaults(func=_matrix)
     calls = sub.add_parser("calls", help="print a record file of the interposer as a table")

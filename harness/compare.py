@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError
 from harness.markdown_report import FAILED, cell_text, group_key, render_markdown
-from harness.record import HandshakeRecord, write_results
+from harness.record import VERDICTS, HandshakeRecord, verdict_of, write_results
 
 __all__ = [
     "CaseKey",
@@ -27,6 +27,7 @@ __all__ = [
     "DiffResult",
     "diff",
     "diff_main",
+    "failed_cases",
     "load_results",
     "merge",
     "merge_main",
@@ -91,6 +92,18 @@ def load_results(path: Path) -> list[HandshakeRecord]:
             raise ConfigError(f"{where}: 'sign' must be an object or null")
         if values.get("calls") is not None and not isinstance(values["calls"], list):
             raise ConfigError(f"{where}: 'calls' must be a list or null")
+        if values.get("verdict") is not None and values["verdict"] not in VERDICTS:
+            raise ConfigError(f"{where}: 'verdict' must be one of {', '.join(VERDICTS)} or null")
+        for name in ("problems", "unmeasured"):  # lists of texts; null is read as empty
+            if values.get(name) is None:
+                values[name] = []
+            elif not (isinstance(values[name], list)
+                      and all(isinstance(v, str) for v in values[name])):
+                raise ConfigError(f"{where}: {name!r} must be a list of texts")
+        if values.get("versions") is None:
+            values["versions"] = {}
+        elif not isinstance(values["versions"], dict):
+            raise ConfigError(f"{where}: 'versions' must be an object")
         records.append(HandshakeRecord(**values))
     return records
 
@@ -182,7 +195,8 @@ def _host_tags(paths: list[Path]) -> list[str]:
             files_per_tag.setdefault(tag, set()).add(file)
         for i, tag in enumerate(tags):
             if len(files_per_tag[tag]) > 1:
-                tags[i] = f"{files[i].parent.name}/{tag}" if step == "directory" else f"{tag}#{i + 1}"
+                tags[i] = (f"{files[i].parent.name}/{tag}" if step == "directory"
+                           else f"{tag}#{i + 1}")
     return tags
 
 
@@ -225,14 +239,31 @@ class CellChange:
             text += f"was {before}"
         else:
             text += f"{before} -> {after}"
-        if self.kind is ChangeKind.REGRESSION and self.new is not None and self.new.error:
-            text += f" ({' '.join(self.new.error.split())[:160]})"
+        if self.kind is ChangeKind.REGRESSION and self.new is not None:
+            why = self.new.error if self.new.outcome != "ok" else "; ".join(self.new.problems)
+            if why:
+                text += f" ({' '.join(why.split())[:160]})"
         return text
 
 
 def _cell(record: HandshakeRecord) -> str:
     text = cell_text(record)
-    return text + " (known failure)" if record.expected and record.outcome in FAILED else text
+    return text + " (known failure)" if verdict_of(record) == "xfailed" else text
+
+
+def _was_ok(record: HandshakeRecord) -> bool:
+    return record.outcome == "ok" and verdict_of(record) == "passed"
+
+
+def _fails(record: HandshakeRecord) -> bool:
+    """Failed its checks, or its handshake failed (also as a known failure)."""
+    return verdict_of(record) == "failed" or (
+        record.outcome in FAILED and verdict_of(record) != "skipped")
+
+
+def failed_cases(records: Sequence[HandshakeRecord]) -> list[HandshakeRecord]:
+    """The cases whose verdict is failed (not an expected failure, not a skip)."""
+    return [r for r in records if verdict_of(r) == "failed"]
 
 
 @dataclass(frozen=True)
@@ -248,7 +279,8 @@ class DiffResult:
 
     @property
     def has_regression(self) -> bool:
-        """A case that was ok now fails (or errors): what a nightly job alarms on."""
+        """A case that passed now fails (its handshake, or its checks): what a
+        nightly job alarms on."""
         return any(c.kind is ChangeKind.REGRESSION for c in self.changes)
 
     def summary(self) -> str:
@@ -272,11 +304,12 @@ def diff(old: Sequence[HandshakeRecord], new: Sequence[HandshakeRecord]) -> Diff
             changes.append(CellChange(ChangeKind.NEW, key, None, n))
         elif n is None:
             changes.append(CellChange(ChangeKind.REMOVED, key, o, None))
-        elif o.outcome == "ok" and n.outcome in FAILED:
+        elif _was_ok(o) and _fails(n):
             changes.append(CellChange(ChangeKind.REGRESSION, key, o, n))
-        elif o.outcome in FAILED and n.outcome == "ok":
+        elif _fails(o) and _was_ok(n):
             changes.append(CellChange(ChangeKind.FIXED, key, o, n))
-        elif _cell(o) != _cell(n) or o.outcome != n.outcome:
+        elif (_cell(o) != _cell(n) or o.outcome != n.outcome
+              or verdict_of(o) != verdict_of(n)):
             changes.append(CellChange(ChangeKind.CHANGED, key, o, n))
         else:
             unchanged += 1
@@ -289,10 +322,12 @@ def diff(old: Sequence[HandshakeRecord], new: Sequence[HandshakeRecord]) -> Diff
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
-    """`p11tls report RESULTS.json [-o DIR]`: write matrix.html and matrix.md."""
+    """`p11tls report RESULTS.json [-o DIR]`: write matrix.html and matrix.md;
+    exit 1 when a case failed unexpectedly."""
     parser = argparse.ArgumentParser(
         prog="p11tls report",
-        description="Render matrix.html and matrix.md from a results.json.")
+        description="Render matrix.html and matrix.md from a results.json. Exit status 1 "
+        "when a case failed (not an expected failure), else 0.")
     parser.add_argument("results", type=Path, help="a results.json (from a run or a merge)")
     parser.add_argument("-o", "--out-dir", type=Path, default=None,
                         help="where to write the reports (default: the results file's directory)")
@@ -302,7 +337,12 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         out_dir = args.out_dir if args.out_dir is not None else args.results.parent
         paths = write_reports(records, out_dir, log_base=args.results.parent)
         print("wrote " + ", ".join(str(p) for p in paths))
-        return 0
+        failed = failed_cases(records)
+        if failed:
+            print(f"p11tls report: {len(failed)} case{'' if len(failed) == 1 else 's'} failed: "
+                  + ", ".join(r.case_id for r in failed[:10])
+                  + (", ..." if len(failed) > 10 else ""), file=sys.stderr)
+        return 1 if failed else 0
 
     return _run(parser, run, argv)
 

@@ -6,8 +6,10 @@ plugin and the CLI both hand their raw values to `resolve`.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -53,6 +55,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 TRUE_WORDS = ("1", "yes", "true", "on")
+MAX_TIMEOUT_S = 86400.0  # a day: anything longer is a typo, not a handshake
 FALSE_WORDS = ("", "0", "no", "false", "off")
 
 
@@ -60,7 +63,7 @@ FALSE_WORDS = ("", "0", "no", "false", "off")
 class Settings:
     module: Path | None  # None: the embedded SoftHSM2 default
     token_label: str | None
-    pin: str | None
+    pin: str | None = field(repr=False)  # never in a repr: tracebacks, junit.xml
     profile: str | None  # emulation profile name or path
     reports: Path
     timeout_s: float
@@ -97,8 +100,13 @@ def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
 
 
 def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
-            env: Mapping[str, str]) -> Settings:
-    """Settings from the three sources; raises ConfigError on bad values."""
+            env: Mapping[str, str], base: Path | None = None) -> Settings:
+    """Settings from the three sources; raises ConfigError on bad values.
+    `base`: the directory a relative reports path is taken from (the
+    reports path stays as given without it)."""
+    if cli.get("p11_module") == "":
+        raise ConfigError("--p11-module is empty: give the module's .so file, or leave the "
+                          "option out for the throw-away SoftHSM2 token")
     raw = {o.name: _pick(o, cli, ini, env) for o in OPTIONS}
     module = Path(raw["p11_module"]).expanduser() if raw["p11_module"] else None
     if module is not None:
@@ -123,12 +131,9 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
     if raw["p11_module"] and Path(raw["p11_module"]).expanduser().is_dir():
         raise ConfigError(f"--p11-module {raw['p11_module']} is a directory: give the module's "
                           ".so file")
-    try:
-        timeout = float(raw["p11_timeout"] or 0)
-    except ValueError:
-        raise ConfigError(f"--p11-timeout must be a number of seconds, not {raw['p11_timeout']!r}")
-    if timeout <= 0:
-        raise ConfigError("--p11-timeout must be a positive number of seconds")
+    timeout = parse_timeout(raw["p11_timeout"] or "")
+    reports = Path(raw["p11_reports"] or "reports").expanduser()
+    check_reports_dir(base / reports if base is not None else reports)
     return Settings(
         java_home=raw["java"],
         java_p11_config=tuple(line for line in (raw["java_p11_config"] or "").splitlines()
@@ -142,9 +147,36 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         token_label=raw["p11_token_label"],
         pin=raw["p11_pin"],
         profile=raw["p11_profile"],
-        reports=Path(raw["p11_reports"] or "reports"),
+        reports=base / reports if base is not None else reports,
         timeout_s=timeout,
     )
+
+
+def parse_timeout(text: str) -> float:
+    """`--p11-timeout`: seconds, finite, more than 0 and at most a day."""
+    try:
+        timeout = float(text)
+    except ValueError:
+        raise ConfigError(f"--p11-timeout must be a number of seconds, not {text!r}") from None
+    if not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_TIMEOUT_S:
+        raise ConfigError(f"--p11-timeout must be a positive number of seconds up to "
+                          f"{MAX_TIMEOUT_S:.0f}, not {text!r}")
+    return timeout
+
+
+def check_reports_dir(path: Path) -> None:
+    """The reports directory must be a directory this process can write, or
+    be creatable: its nearest existing ancestor a writable directory."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    what = "" if existing == path else f" (its ancestor {existing})"
+    if not existing.is_dir():
+        raise ConfigError(f"--p11-reports {path}{what} is not a directory: give a directory "
+                          "for results.json and the logs")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--p11-reports {path}{what} is not writable: give a directory "
+                          "you can write")
 
 
 def _flag(raw: Mapping[str, str | None], name: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.markdown_report import (
     MatrixTable,
+    case_notes,
     cell_state,
     cell_text,
     emulation_label,
@@ -25,7 +26,7 @@ from harness.markdown_report import (
     sign_summary,
     worst_state,
 )
-from harness.record import HandshakeRecord
+from harness.record import HandshakeRecord, problems_of, verdict_of
 
 __all__ = ["render_html"]
 
@@ -63,7 +64,7 @@ table.matrix th.label { left: 5.5em; min-width: 8em; max-width: 13em; }
 td.ok { background: #dff0d8; }
 td.fail { background: #f2a7a7; font-weight: bold; }
 td.known { background: #ffd98a; }
-td.xpass { background: #c7d7f5; }
+td.unmeasured { background: #c7d7f5; }
 td.skip { background: #f4f4f4; color: #777; }
 td.empty { color: #aaa; }
 details.case > summary { cursor: pointer; }
@@ -104,8 +105,8 @@ def render_html(records: Sequence[HandshakeRecord], *, log_base: Path | None = N
             '<p class="legend">'
             '<span style="background:#dff0d8">ok</span>'
             '<span style="background:#f2a7a7">failed</span>'
-            '<span style="background:#ffd98a">known failure</span>'
-            '<span style="background:#c7d7f5">passed although a known failure</span>'
+            '<span style="background:#ffd98a">expected failure</span>'
+            '<span style="background:#c7d7f5">unmeasured on this version</span>'
             '<span style="background:#f4f4f4">skipped</span>'
             '<span style="color:#aaa">-</span>no such case.'
             " Click a cell for the case's calls and logs.</p>")
@@ -174,16 +175,17 @@ def _case(record: HandshakeRecord, anchor: str, prefix: bool, log_base: Path | N
         words.insert(0, f"{escape(record.case_id)}:")
     if state == "known":
         words.append("(known)")
-    elif state == "xpass":
-        words.append("(unexpected pass)")
+    elif state == "unmeasured":
+        words.append("(unmeasured)")
     # the summary does not wrap (the marker stays with the outcome), but may
     # break at these spaces
     text = '<span class="gap"> </span>'.join(words)
     if sign:
         text += f' <span class="sign">{escape(sign)}</span>'
     hover = ""
-    if record.expected:
-        hover = f' title="known failure: {escape(record.expected)}"'
+    if state in ("fail", "known", "unmeasured"):
+        label = {"fail": "failed", "known": "expected failure", "unmeasured": "unmeasured"}[state]
+        hover = f' title="{label}: {escape(_cap("; ".join(case_notes(record)), 300))}"'
     elif state == "skip" and record.error:
         hover = f' title="skipped: {escape(_cap(record.error, 300))}"'
     return (f'<details class="case {state}" id="{escape(anchor)}" '
@@ -196,8 +198,14 @@ def _panel(record: HandshakeRecord, log_base: Path | None) -> str:
     module = record.module if isinstance(record.module, dict) else {}
     facts: list[tuple[str, Any]] = [
         ("case", record.case_id),
+        ("verdict", verdict_of(record)),
+        ("problems", "; ".join(str(p) for p in record.problems or ())
+         or (None if record.outcome != "ok" else "; ".join(problems_of(record)))),
         ("outcome", record.outcome),
-        ("known failure", record.expected),
+        ("expected failure", record.expected),
+        ("unmeasured", "; ".join(str(n) for n in record.unmeasured or ())),
+        ("versions", ", ".join(f"{k} {v or 'not detected'}"
+                               for k, v in (record.versions or {}).items())),
         ("skipped because" if record.outcome == "skip" else "error", record.error),
         ("client", " ".join(str(v) for v in (record.client, record.client_version) if v)),
         ("TLS", f"{record.tls} requested"
@@ -360,7 +368,9 @@ def mask_secrets(lines: list[str], *, in_dump: bool = False) -> list[str]:
 
 
 def _cap(text: str, limit: int = MAX_FIELD_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit] + f" … ({len(text) - limit} more characters)"
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f" … ({len(text) - limit} more characters)"
 
 
 def _slug(text: str) -> str:

@@ -13,13 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.record import HandshakeRecord
+from harness.record import HandshakeRecord, problems_of, verdict_of
 
 __all__ = [
     "GroupKey",
     "MatrixTable",
     "cell_state",
     "cell_text",
+    "case_notes",
     "emulation_label",
     "environment",
     "failure_code",
@@ -29,12 +30,14 @@ __all__ = [
     "mechanism_name",
     "render_markdown",
     "sign_summary",
+    "verdict_counts",
     "worst_state",
 ]
 
 TLS_ORDER = ("1.2", "1.3")
-# DESIGN.md's client order; clients not listed here follow alphabetically
-CLIENT_ORDER = ("openssl-engine", "openssl-provider", "gnutls", "java", "java-nocombined")
+# Column order, the software control last; clients not listed follow alphabetically
+CLIENT_ORDER = ("openssl-engine", "openssl-provider", "gnutls", "java", "java-nocombined",
+                "software")
 PROVISIONING_ORDER = ("generate", "import")
 FAILED = ("fail", "error")
 
@@ -85,14 +88,18 @@ def failure_code(record: HandshakeRecord) -> str:
 
 
 def cell_text(record: HandshakeRecord) -> str:
-    """`ok ECDSA 32B`, `CKR_GENERAL_ERROR ECDSA_SHA256 3037B`, `skip`.
+    """`ok ECDSA 32B`, `CKR_GENERAL_ERROR ECDSA_SHA256 3037B`, `skip`, and
+    `failed RSA_PKCS 51B` for a handshake that worked but failed its checks.
 
     The mechanism and input size come from the CertificateVerify signing call
     (`sign`); a record without one shows the signature scheme the server saw.
     """
-    if record.outcome == "skip":
+    if verdict_of(record) == "skipped":
         return "skip"
-    head = "ok" if record.outcome == "ok" else failure_code(record)
+    if record.outcome == "ok":
+        head = "failed" if verdict_of(record) == "failed" else "ok"
+    else:
+        head = failure_code(record)
     sign = _sign(record)
     mechanism = mechanism_name(sign.get("mechanism"))
     if mechanism:
@@ -104,16 +111,31 @@ def cell_text(record: HandshakeRecord) -> str:
 
 
 def cell_state(record: HandshakeRecord) -> str:
-    """ok / fail (unexpected failure) / known (expected failure) / xpass / skip."""
-    if record.outcome == "skip":
+    """The case's verdict as a cell: ok (passed), fail (failed), known
+    (expected failure), unmeasured (passed or failed where no fact was
+    measured on these versions: what it saw, not a verdict on a fact), skip."""
+    verdict = verdict_of(record)
+    if verdict == "skipped":
         return "skip"
-    if record.outcome == "ok":
-        return "xpass" if record.expected else "ok"
-    return "known" if record.expected else "fail"
+    if verdict == "failed":
+        return "fail"
+    if record.unmeasured and not (verdict == "xfailed" and record.expected):
+        return "unmeasured"
+    return "known" if verdict == "xfailed" else "ok"
+
+
+def case_notes(record: HandshakeRecord) -> list[str]:
+    """What a report says under its table about one case: the problems of a
+    failed case, the reason of an expected failure, the unmeasured notes."""
+    state = cell_state(record)
+    if state == "fail":
+        return problems_of(record)
+    notes = [str(record.expected)] if state == "known" and record.expected else []
+    return notes + [str(n) for n in record.unmeasured or ()]
 
 
 # the state a cell with several cases (server-constraint variants) shows
-_STATE_RANK = {"fail": 4, "xpass": 3, "known": 2, "ok": 1, "skip": 0}
+_STATE_RANK = {"fail": 4, "unmeasured": 3, "known": 2, "ok": 1, "skip": 0}
 
 
 def worst_state(records: Iterable[HandshakeRecord]) -> str:
@@ -171,14 +193,20 @@ class MatrixTable:
         return self.cells.get((row, column), ())
 
     def counts(self) -> str:
-        states = [cell_state(r) for r in self.records]
-        known = states.count("known")
-        text = (f"{states.count('ok')} ok, {states.count('fail')} failed, "
-                f"{known} known failure{'' if known == 1 else 's'}, "
-                f"{states.count('skip')} skipped")
-        if states.count("xpass"):
-            text += f", {states.count('xpass')} passed although expected to fail"
-        return text
+        """pytest's counts for the table's cases, and how many ran where no
+        fact was measured."""
+        return verdict_counts(self.records)
+
+
+def verdict_counts(records: Sequence[HandshakeRecord]) -> str:
+    """`8 passed, 1 failed, 2 xfailed, 1 skipped` (pytest's words), and
+    `; 3 unmeasured on this version` when some cases had no measured fact."""
+    verdicts = [verdict_of(r) for r in records]
+    text = ", ".join(f"{verdicts.count(v)} {v}" for v in ("passed", "failed", "xfailed", "skipped"))
+    unmeasured = sum(cell_state(r) == "unmeasured" for r in records)
+    if unmeasured:
+        text += f"; {unmeasured} unmeasured on this version"
+    return text
 
 
 def matrix_tables(records: Sequence[HandshakeRecord]) -> list[MatrixTable]:
@@ -294,10 +322,10 @@ def _text(value: Any) -> str:
 
 # --- Markdown ---------------------------------------------------------------------
 
-_MARK = {"fail": "❌ ", "known": "⚠️ ", "xpass": "❗ ", "ok": "", "skip": ""}
-LEGEND = ("❌ unexpected failure · ⚠️ known failure (reason below the table) · "
-          "❗ passed although listed as a known failure · skip: not run here · "
-          "-: no such case")
+_MARK = {"fail": "❌ ", "known": "⚠️ ", "unmeasured": "❔ ", "ok": "", "skip": ""}
+LEGEND = ("❌ failed (the problems below the table) · ⚠️ expected failure (reason below "
+          "the table) · ❔ unmeasured on this version: no fact measured on these versions, "
+          "what the case saw · skip: not run here · -: no such case")
 
 
 def render_markdown(records: Sequence[HandshakeRecord]) -> str:
@@ -329,8 +357,9 @@ def _section(table: MatrixTable) -> list[str]:
                 text = _md(_MARK[cell_state(r)] + cell_text(r))
                 if len(cases) > 1:
                     text = f"{_md(r.case_id)}: {text}"
-                if r.expected:
-                    notes.append(f"{r.case_id}: {r.expected}")
+                said = case_notes(r)
+                if said:
+                    notes.append(f"{r.case_id}: {'; '.join(said)}")
                     text += f" [{len(notes)}]"
                 shown.append(text)
             cells.append("<br>".join(shown) or "-")

@@ -10,6 +10,9 @@ from harness.tls import TLSVersion
 
 # The server restriction the matrix adds for RSA keys in TLS 1.2.
 FORCED_RSA_PKCS1 = "rsa_pkcs1_sha256"
+# The control client: the imported key from memory, no token. Generated keys
+# have no host copy, so it gets imported keys only.
+SOFTWARE = "software"
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,23 @@ class Case:
                 self.client.replace("-", "_"))
 
 
+def provisionings(client: str) -> tuple[Provisioning, ...]:
+    """The provisionings a client runs with: all, but imported only for software."""
+    return (Provisioning.IMPORT,) if client == SOFTWARE else tuple(Provisioning)
+
+
 def cases(clients: list[str], keys: tuple[KeySpec, ...]) -> list[Case]:
     """Every client × key × provisioning × TLS version, then for RSA keys the
-    TLS 1.2 cases with the server forcing rsa_pkcs1_sha256."""
+    TLS 1.2 cases with the server forcing rsa_pkcs1_sha256 (on the generated
+    key; the software control, which has imported keys only, on the imported)."""
     plain = [
         Case(client, key, prov, tls)
-        for client, key, prov, tls in itertools.product(clients, keys, Provisioning, TLSVersion)
+        for client in clients for key in keys
+        for prov in provisionings(client) for tls in TLSVersion
     ]
     forced = [
-        Case(client, key, Provisioning.GENERATE, TLSVersion.TLS12, FORCED_RSA_PKCS1)
+        Case(client, key, Provisioning.IMPORT if client == SOFTWARE else Provisioning.GENERATE,
+             TLSVersion.TLS12, FORCED_RSA_PKCS1)
         for client, key in itertools.product(clients, keys)
         if key.algorithm is Algorithm.RSA
     ]

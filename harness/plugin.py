@@ -1,25 +1,36 @@
 """pytest plugin: options, markers, the matrix parametrization, fixtures and
-the end-of-run report. All real work happens in the library (runner.py)."""
+the end-of-run report. All real work happens in the library (runner.py).
+
+Opt-in: installed, the plugin is loaded by every pytest run in the
+environment, but it only acts (settings, header probes, the token check,
+reports) when a `--p11-*`/`--java*` option or ini key is given, or when the
+run collects matrix tests (fixtures p11_case, p11_runner, p11_settings,
+p11_record). PKCS11_* variables alone, meant for other tools, never make it log in.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import sys
+import tempfile
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
+from harness import pin_masking
 from harness.clients import CLIENTS, check_clients
 from harness.compare import write_reports
 from harness.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
-from harness.expectations import CaseExpectations, ExpectedFailure
 from harness.matrix import cases
 from harness.process import tool_version
 from harness.profile import Profile, load_profile
 from harness.record import HandshakeRecord, write_results
 from harness.report import terminal_matrix
-from harness.token import check_login
+from harness.token import check_login, describe_token
 
 MARKERS = {
     "tls12": "TLS 1.2 handshake cases",
@@ -35,6 +46,15 @@ RECORD_PROPERTY = "p11tls_record"
 settings_key = pytest.StashKey[Settings]()
 token_key = pytest.StashKey[dict[str, Any]]()  # the user's token, as check_login saw it
 profile_key = pytest.StashKey[Optional[Profile]]()  # the emulation profile, parsed once
+checked_key = pytest.StashKey[bool]()  # the one login check is done (or not needed)
+header_key = pytest.StashKey[bool]()  # the p11tls header lines were shown
+bad_key = pytest.StashKey[bool]()  # matrix tests were asked for, their settings are bad
+shared_key = pytest.StashKey[Path]()  # xdist: a directory the controller and workers share
+# Tests using these are matrix tests: they make the plugin act. The first two
+# need the token, so the one login check runs before them.
+MATRIX_FIXTURES = ("p11_case", "p11_runner", "p11_settings", "p11_record")
+TOKEN_FIXTURES = ("p11_case", "p11_runner")
+MATRIX_FLAG = "matrix-collected"  # in the shared directory: a worker collected matrix tests
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,27 +80,160 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    if _explicit(config):
+        try:
+            _activate(config)
+        except HarnessError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+def _explicit(config: pytest.Config) -> bool:
+    """A --p11-*/--java* option or ini key was given (environment variables,
+    shared with other PKCS#11 tools, do not count)."""
+    for option in OPTIONS:
+        if config.getoption(option.name) is not None:
+            return True
+        if config.getini(option.name) not in (None, "", []):
+            return True
+    return False
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+def _activate(config: pytest.Config) -> Settings:
+    """Resolve and check the settings (once); raises HarnessError on bad input."""
+    if settings_key in config.stash:
+        return config.stash[settings_key]
     cli = {o.name: config.getoption(o.name) for o in OPTIONS}
     ini = {o.name: config.getini(o.name) for o in OPTIONS}
+    settings = resolve(cli, ini, os.environ, base=config.invocation_params.dir)
+    pin_masking.register(settings.pin)
+    # a bad profile or client configuration is a usage error before anything runs
+    profile = load_profile(settings.profile) if settings.profile else None
+    check_clients(settings)
+    if _is_controller(config):
+        _check_java_config(settings)
+    config.stash[profile_key] = profile
+    config.stash[settings_key] = settings
+    if _is_controller(config):  # only the controller writes reports
+        config.pluginmanager.register(RecordCollector(settings), "p11tls-records")
+    return settings
+
+
+def _check_java_config(settings: Settings) -> None:
+    """--java-p11-config lines parsed by SunPKCS11 once, at start, not per case."""
+    if not settings.java_p11_config:
+        return
+    from harness.clients.java import JavaClient
+
+    for name in settings.clients:
+        client = CLIENTS[name].from_settings(settings)
+        if isinstance(client, JavaClient) and client.unavailable_reason() is None:
+            client.check_extra_config()
+            return
+
+
+def _check_token_once(config: pytest.Config) -> None:
+    """The one login before the first matrix test, in the controller: a wrong
+    PIN reaches the token once and stops the run with one line; a token that
+    says the next wrong PIN locks it gets no login at all."""
+    if config.stash.get(checked_key, False):
+        return
+    config.stash[checked_key] = True
+    settings = config.stash[settings_key]
+    if settings.module is None:
+        return
+    profile = config.stash.get(profile_key, None)
+    with tempfile.TemporaryDirectory(prefix="p11tls-check-") as tmp:
+        module, env = settings.module, None
+        if profile is not None:  # the token as the clients will see it: emulated
+            from harness.interposer import build_interposer, write_interposer_config
+
+            env = write_interposer_config(settings.module, Path(tmp) / "calls.jsonl",
+                                          Path(tmp) / "check.conf", profile.interposer_lines())
+            module = build_interposer()
+        info = check_login(module, settings.token_label or "", settings.pin or "", env)
+    config.stash[token_key] = info
+    if info.get("pin_warning"):
+        _say(config, f"p11tls: warning: {info['pin_warning']}")
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def _start_matrix(config: pytest.Config, token: bool) -> None:
+    """Matrix tests were collected: act (if not yet), check the token once."""
     try:
-        settings = resolve(cli, ini, os.environ)
-        # a bad profile is a usage error before anything runs
-        config.stash[profile_key] = load_profile(settings.profile) if settings.profile else None
-        check_clients(settings)
-        if settings.module is not None and not hasattr(config, "workerinput"):
-            # Module, token and PIN checked once, before any test and before
-            # xdist workers start (each logs in on its own): a wrong PIN
-            # reaches the token once and stops the run with one line.
-            config.stash[token_key] = check_login(
-                settings.module, settings.token_label or "", settings.pin or "")
+        _activate(config)
+        if not config.stash.get(header_key, False):  # pytest's header came too early
+            config.stash[header_key] = True
+            for line in _header_lines(config):
+                _say(config, line)
+        if token and not config.option.collectonly:
+            _check_token_once(config)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if not settings.reports.is_absolute():
-        settings = Settings(**{**settings.__dict__,
-                               "reports": config.invocation_params.dir / settings.reports})
-    config.stash[settings_key] = settings
-    if not hasattr(config, "workerinput"):  # only the controller writes reports
-        config.pluginmanager.register(RecordCollector(settings), "p11tls-records")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reports its collection
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    matrix = [i for i in session.items if any(f in getattr(i, "fixturenames", ())
+                                              for f in MATRIX_FIXTURES)]
+    if not matrix and not config.stash.get(bad_key, False):
+        return
+    token = any(f in getattr(i, "fixturenames", ()) for i in matrix for f in TOKEN_FIXTURES)
+    if _is_controller(config):
+        _start_matrix(config, token)
+        return
+    shared = config.workerinput.get("p11tls_shared")  # type: ignore[attr-defined]
+    if shared:  # tell the controller, which checks the token before scheduling
+        (Path(shared) / MATRIX_FLAG).write_text("token" if token else "settings")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: a directory shared with the workers, for MATRIX_FLAG."""
+    config = node.config
+    if shared_key not in config.stash:
+        config.stash[shared_key] = Path(tempfile.mkdtemp(prefix="p11tls-xdist-"))
+    node.workerinput["p11tls_shared"] = str(config.stash[shared_key])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: Any) -> None:
+    """xdist controller, before any test is scheduled: the controller does
+    not collect, so a worker's flag says whether matrix tests are in the run."""
+    shared = node.config.stash.get(shared_key, None)
+    flag = shared / MATRIX_FLAG if shared is not None else None
+    if flag is not None and flag.exists():
+        _start_matrix(node.config, flag.read_text() == "token")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = config.stash.get(shared_key, None)
+    if shared is not None:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, Any, None]:
+    """No PIN in a failure report (terminal, junit.xml, xdist): a traceback can
+    show any value, a captured log any line."""
+    outcome = yield
+    report = outcome.get_result()
+    if not pin_masking.known():
+        return
+    if report.longrepr is not None and pin_masking.contains(str(report.longrepr)):
+        report.longrepr = pin_masking.mask_text(str(report.longrepr))
+    report.sections = [(title, pin_masking.mask_text(text)) for title, text in report.sections]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -101,12 +254,19 @@ def _java_version(settings: Settings) -> str:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    if settings_key not in config.stash:  # not (yet) acting: no probes, nothing to say
+        return []
+    config.stash[header_key] = True
+    return _header_lines(config)
+
+
+def _header_lines(config: pytest.Config) -> list[str]:
     settings = config.stash[settings_key]
     if settings.module is None:
         module = "embedded default: throw-away SoftHSM2 token"
         module += f" ({tool_version(['softhsm2-util', '--version'])})"
     else:
-        token = config.stash.get(token_key, {})
+        token = config.stash.get(token_key, None) or _describe(settings)
         module = (f"{settings.module} ({token.get('library', '?')}), token "
                   f"{settings.token_label!r} ({token.get('model', '?')} by "
                   f"{token.get('manufacturer', '?')}, firmware {token.get('firmware', '?')})")
@@ -121,33 +281,45 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         versions.append(_java_version(settings))
     clients = "; ".join([*versions, f"python-pkcs11 {pkcs11_version}"])
     lines = [f"p11tls module: {module}", f"p11tls clients: {clients}"]
-    profile = config.stash[profile_key]
+    profile = config.stash.get(profile_key, None)
     if profile is not None:
         lines.append(f"p11tls profile: {profile.label} -- an emulation, "
                      "not the device")
     return lines
 
 
+def _describe(settings: Settings) -> dict[str, Any]:
+    """The token's description for the header, read without logging in."""
+    assert settings.module is not None
+    try:
+        return describe_token(settings.module, settings.token_label or "")
+    except HarnessError:
+        return {}  # the login check before the first test says what is wrong
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "p11_case" not in metafunc.fixturenames:
         return
-    settings = metafunc.config.stash[settings_key]
-    profile = metafunc.config.stash[profile_key]
-    expectations = CaseExpectations(profile=profile.name if profile else None)
-    params = []
-    for case in cases(list(settings.clients), settings.keys):
-        marks = [getattr(pytest.mark, m) for m in case.markers]
-        reason = expectations.failure_reason(case)
-        if reason:
-            marks.append(pytest.mark.xfail(reason=reason, strict=True, raises=ExpectedFailure))
-        params.append(pytest.param(case, id=case.case_id, marks=marks))
+    try:
+        settings = _activate(metafunc.config)
+    except HarnessError:
+        # no cases: pytest_collection_finish (or the xdist controller) stops the
+        # run with the one-line error; raising here would print a traceback
+        metafunc.config.stash[bad_key] = True
+        metafunc.parametrize("p11_case", [])
+        return
+    # Expected failures are not marked here: they hold for the versions they
+    # were measured on, which the runner detects; the case xfails itself.
+    params = [pytest.param(case, id=case.case_id,
+                           marks=[getattr(pytest.mark, m) for m in case.markers])
+              for case in cases(list(settings.clients), settings.keys)]
     metafunc.parametrize("p11_case", params)
 
 
 @pytest.fixture(scope="session")
 def p11_settings(pytestconfig: pytest.Config) -> Settings:
     """The resolved harness settings (module, token, PIN, reports directory)."""
-    return pytestconfig.stash[settings_key]
+    return _activate(pytestconfig)
 
 
 @pytest.fixture(scope="session")
@@ -163,13 +335,17 @@ def p11_runner(p11_settings: Settings, tmp_path_factory: pytest.TempPathFactory)
         runner = MatrixRunner(p11_settings, workdir=tmp_path_factory.mktemp("p11tls"))
     except HarnessError as exc:
         pytest.exit(f"p11tls: {exc}", returncode=3)
+    pin_masking.register(runner.pin)  # the throw-away token's PIN is masked too
     yield runner
     runner.close()
+    for recorder in runner.recorders.values():  # what the spy wrote outside any case
+        recorder.scrub()
 
 
 @pytest.fixture
 def p11_record(request: pytest.FixtureRequest) -> Any:
-    """Call with a HandshakeRecord to put it into reports/results.json."""
+    """Call with a HandshakeRecord (judged: MatrixRunner.judge) to put it into
+    reports/results.json; the reports take pytest's verdict on the test."""
 
     def record(handshake: HandshakeRecord) -> None:
         request.node.user_properties.append((RECORD_PROPERTY, handshake.to_json()))
@@ -177,18 +353,52 @@ def p11_record(request: pytest.FixtureRequest) -> Any:
     return record
 
 
+def verdict_word(report: pytest.TestReport) -> str:
+    """passed / failed / xfailed / skipped, as pytest's summary counts the report."""
+    if hasattr(report, "wasxfail"):
+        return "failed" if report.failed else ("xfailed" if report.skipped else "passed")
+    return report.outcome
+
+
+def reconcile(record: HandshakeRecord, report: pytest.TestReport) -> None:
+    """Give the record pytest's verdict: a case pytest failed, for whatever
+    reason, is failed in every report (with pytest's message as a problem);
+    the library's own "failed" is never weakened."""
+    word = verdict_word(report)
+    if word == "failed":
+        if record.verdict != "failed" or not record.problems:
+            crash = getattr(report.longrepr, "reprcrash", None)
+            message = " ".join(str(getattr(crash, "message", "") or report.longrepr).split())
+            record.problems = [*record.problems,
+                               f"pytest ({report.when}): {message[:300] or 'failed'}"]
+        record.verdict = "failed"
+    elif report.when == "call" and record.verdict != "failed":
+        record.verdict = word
+        if word == "xfailed" and not record.expected and not record.unmeasured:
+            record.expected = str(getattr(report, "wasxfail", "")) or "expected to fail"
+
+
 class RecordCollector:
     """Collects HandshakeRecords in the controller (xdist workers' records too,
-    as they travel in report.user_properties) and writes the reports at the end."""
+    as they travel in report.user_properties), gives each pytest's verdict on
+    its test, and writes the reports at the end."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.records: list[HandshakeRecord] = []
+        self._by_test: dict[str, HandshakeRecord] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name == RECORD_PROPERTY and report.when == "call" and isinstance(value, dict):
-                self.records.append(HandshakeRecord(**value))
+        record = self._by_test.get(report.nodeid)
+        if record is None:
+            for name, value in report.user_properties:
+                if name == RECORD_PROPERTY and isinstance(value, dict):
+                    record = HandshakeRecord(**value)
+                    self.records.append(record)
+                    self._by_test[report.nodeid] = record
+                    break
+        if record is not None:
+            reconcile(record, report)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.records:

@@ -25,6 +25,8 @@ by the user; every section and key is optional::
 
     [pin]
     max_tries = 3                        # emulated user-PIN counter, one per client process
+    token_flags = ["CKF_USER_PIN_COUNT_LOW"]  # ORed into C_GetTokenInfo's flags (also
+                                         # CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED)
 
     [faults]
     latency_ms = { C_Sign = 150 }        # size queries (NULL buffer) are not delayed
@@ -116,6 +118,8 @@ _KEY_TYPE_VALUES = {name: value for value, name in KEY_TYPES.items()}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _MAX_LATENCY_MS = 600_000  # the C side's bound as well
 _MAX_ULONG = 2**32 - 1  # CK_ULONG is at least 32 bits everywhere
+PIN_FLAG_VALUES = {"CKF_USER_PIN_COUNT_LOW": 0x10000, "CKF_USER_PIN_FINAL_TRY": 0x20000,
+                   "CKF_USER_PIN_LOCKED": 0x40000}
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,7 @@ class PinRules:
     """[pin]: the emulated user-PIN retry counter (None: the real token's)."""
 
     max_tries: int | None = None
+    token_flags: tuple[str, ...] = ()  # CKF_USER_PIN_* the token reports, C_Login unchanged
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,10 @@ class Profile:
             )
         if self.pin.max_tries is not None:
             lines.append(f"pin_max_tries {self.pin.max_tries}")
+        if self.pin.token_flags:
+            lines.append("token_pin_flags "
+                         + " ".join(f"{PIN_FLAG_VALUES[f]:#x}" for f in self.pin.token_flags)
+                         + f" # {' '.join(self.pin.token_flags)}")
         lines += [f"latency {fn} {ms}" for fn, ms in self.faults.latency_ms.items() if ms]
         lines += [f"fail_after {f.function} {f.calls} {RETURN_CODE_VALUES[f.rv]:#x} # {f.rv}"
                   for f in self.faults.fail_after]
@@ -246,6 +255,8 @@ class Profile:
         if self.pin.max_tries is not None:
             out.append(f"locks the user PIN after {self.pin.max_tries} wrong tries "
                        "(counted per client process)")
+        if self.pin.token_flags:
+            out.append(f"reports {', '.join(self.pin.token_flags)} in its token flags")
         for fn, ms in self.faults.latency_ms.items():
             out.append(f"takes {ms} ms longer for each {fn}")
         for f in self.faults.fail_after:
@@ -458,11 +469,16 @@ class _Reader:
         return CreateObjectRules(refuse=tuple(rules))
 
     def pin(self, data: Mapping[str, Any]) -> PinRules:
-        t = self.table(data, "pin", "pin", ("max_tries",))
+        t = self.table(data, "pin", "pin", ("max_tries", "token_flags"))
         tries = t.get("max_tries")
         if tries is not None:
             tries = self.integer(tries, "pin.max_tries", 1, 255)
-        return PinRules(max_tries=tries)
+
+        def pin_flag(value: Any, key: str) -> str:
+            return self.one_of(value, key, PIN_FLAG_VALUES, "token PIN flag", "CKF_ names", True)
+
+        flags = self.names(t.get("token_flags", []), "pin.token_flags", pin_flag)
+        return PinRules(max_tries=tries, token_flags=tuple(dict.fromkeys(flags)))
 
     def function(self, value: Any, key: str) -> str:
         return self.one_of(value, key, PKCS11_FUNCTIONS, "PKCS#11 function",

@@ -5,13 +5,14 @@ sensitive and not extractable) or imported (made on the host with
 cryptography and stored with C_CreateObject, with the template shape of
 seed 000). The private key, public key and certificate share one CKA_ID and
 CKA_LABEL that are unique to this run, so the harness can find, use and
-later remove exactly the objects it created and nothing else.
+later remove exactly the objects it created and nothing else. An imported
+key is also kept in memory (never on disk) for the `software` control client.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,20 @@ class ProvisionedKey:
     label: str
     id_hex: str
     cert_pem: Path
+    # Imported keys only: the host's copy (a cryptography private key) for the
+    # software control. Kept out of repr and comparisons so it is never printed.
+    private_key: Any = field(default=None, repr=False, compare=False)
 
 
 class ProvisioningRefused(TokenError):
     """The token refused to create the key (e.g. import not supported)."""
 
-    def __init__(self, message: str, ckr: str) -> None:
+    def __init__(self, message: str, ckr: str, host_key: ProvisionedKey | None = None) -> None:
         super().__init__(message)
         self.ckr = ckr
+        # A refused import still has its key and a certificate on the host:
+        # the software control can run where the token clients cannot.
+        self.host_key = host_key
 
 
 def ckr_name(exc: BaseException) -> str:
@@ -96,15 +103,18 @@ class Provisioner:
         key_id = secrets.token_bytes(8)
         session = self.token.session
         self.created.append(key_id)
+        host_key = None
         try:
             if provisioning is Provisioning.GENERATE:
                 public_key = self._generate(session, spec, label, key_id)
             else:
-                public_key = self._import(session, spec, label, key_id, private_key)
+                host_key = private_key if private_key is not None else new_private_key(spec)
+                public_key = self._import(session, spec, label, key_id, host_key)
         except p11exc.PKCS11Error as exc:
             ckr = ckr_name(exc)
             raise ProvisioningRefused(
-                f"token refused to {provisioning.value} a {spec.name} key: {ckr}", ckr
+                f"token refused to {provisioning.value} a {spec.name} key: {ckr}", ckr,
+                self._host_only(spec, provisioning, label, key_id, host_key),
             ) from None
         cert = self.ca.issue_client_cert(public_key, label)
         session.create_object({
@@ -120,7 +130,17 @@ class Provisioner:
             Attribute.VALUE: cert.public_bytes(serialization.Encoding.DER),
         })
         cert_pem = write_pem(cert, self.workdir / f"{label}.pem")
-        return ProvisionedKey(spec, provisioning, label, key_id.hex(), cert_pem)
+        return ProvisionedKey(spec, provisioning, label, key_id.hex(), cert_pem, host_key)
+
+    def _host_only(self, spec: KeySpec, provisioning: Provisioning, label: str,
+                   key_id: bytes, host_key: Any) -> ProvisionedKey | None:
+        """The key and a certificate the token refused to store, for the software
+        control; None for a generated key (there is no host copy)."""
+        if host_key is None:
+            return None
+        cert = self.ca.issue_client_cert(host_key.public_key(), label)
+        cert_pem = write_pem(cert, self.workdir / f"{label}.pem")
+        return ProvisionedKey(spec, provisioning, label, key_id.hex(), cert_pem, host_key)
 
     # -- generate on the token -------------------------------------------------
     def _generate(self, session: Any, spec: KeySpec, label: str, key_id: bytes) -> PublicKey:
@@ -159,7 +179,7 @@ class Provisioner:
 
     # -- import (C_CreateObject) -----------------------------------------------
     def _import(self, session: Any, spec: KeySpec, label: str, key_id: bytes,
-                given: Any = None) -> PublicKey:
+                given: Any) -> PublicKey:
         # The template follows seed 000 (Pkcs11Interop importing to a Nitrokey):
         # class, key type, label, id, token, sensitive, params, value.
         common = {Attribute.TOKEN: True, Attribute.ID: key_id, Attribute.LABEL: label}
@@ -169,7 +189,7 @@ class Provisioner:
         public: dict[Any, Any] = {**common, Attribute.CLASS: ObjectClass.PUBLIC_KEY,
                                   Attribute.VERIFY: True}
         if spec.algorithm is Algorithm.RSA:
-            key = given or rsa.generate_private_key(RSA_EXPONENT, spec.bits)
+            key = given
             n = key.private_numbers()
             pn = n.public_numbers
             public.update({Attribute.KEY_TYPE: KeyType.RSA, Attribute.MODULUS: _int_bytes(pn.n),
@@ -184,16 +204,16 @@ class Provisioner:
             })
             public_key: PublicKey = key.public_key()
         elif spec.algorithm is Algorithm.ECDSA:
-            eckey = given or ec.generate_private_key(getattr(ec, spec.curve.upper())())  # type: ignore[union-attr]
+            eckey = given
             params = bytes.fromhex(spec.ec_params_hex or "")
-            size = (spec.bits + 7) // 8
+            scalar = eckey.private_numbers().private_value.to_bytes((spec.bits + 7) // 8, "big")
             private.update({Attribute.KEY_TYPE: KeyType.EC, Attribute.EC_PARAMS: params,
-                            Attribute.VALUE: eckey.private_numbers().private_value.to_bytes(size, "big")})
+                            Attribute.VALUE: scalar})
             public.update({Attribute.KEY_TYPE: KeyType.EC, Attribute.EC_PARAMS: params,
                            Attribute.EC_POINT: _ec_point(eckey.public_key())})
             public_key = eckey.public_key()
         else:
-            edkey = given or ed25519.Ed25519PrivateKey.generate()
+            edkey = given
             params = bytes.fromhex(spec.ec_params_hex or "")
             raw_private = edkey.private_bytes(serialization.Encoding.Raw,
                                               serialization.PrivateFormat.Raw,
@@ -221,6 +241,15 @@ class Provisioner:
                     removed += 1
         self.created.clear()
         return removed
+
+
+def new_private_key(spec: KeySpec) -> Any:
+    """A fresh host key of `spec` (cryptography) for import."""
+    if spec.algorithm is Algorithm.RSA:
+        return rsa.generate_private_key(RSA_EXPONENT, spec.bits)
+    if spec.algorithm is Algorithm.ECDSA:
+        return ec.generate_private_key(getattr(ec, (spec.curve or "").upper())())
+    return ed25519.Ed25519PrivateKey.generate()
 
 
 def _der_integer(n: int) -> bytes:

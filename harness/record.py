@@ -34,7 +34,8 @@ class HandshakeRecord:
     negotiated_version: str | None = None
     cipher: str | None = None
     signature_scheme: str | None = None  # IANA name as the server saw it
-    client_subject: str | None = None
+    client_subject: str | None = None  # RFC 4514, e.g. "CN=p11tls-..."
+    signed_bytes: int | None = None  # bytes the client's CertificateVerify signs (server's count)
     error: str | None = None  # client message or CKR code
     expected: str | None = None  # reason when this case is a known failure
     duration_s: float | None = None
@@ -42,6 +43,11 @@ class HandshakeRecord:
     calls: list[dict[str, Any]] | None = None  # PKCS#11 calls made for this handshake
     explanation: dict[str, Any] | None = None  # `p11tls explain` findings for a failure
     logs: dict[str, str] = field(default_factory=dict)  # name -> path of the case's log
+    # -- the verdict (harness/expectations.py; the pytest plugin reconciles it) --
+    versions: dict[str, str | None] = field(default_factory=dict)  # component -> version here
+    verdict: str | None = None  # pytest's word: passed / failed / xfailed / skipped
+    problems: list[str] = field(default_factory=list)  # why the case failed its expectations
+    unmeasured: list[str] = field(default_factory=list)  # facts not measured on these versions
 
     @property
     def row_label(self) -> str:
@@ -55,6 +61,33 @@ class HandshakeRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+VERDICTS = ("passed", "failed", "xfailed", "skipped")
+
+
+def verdict_of(record: HandshakeRecord) -> str:
+    """The case's verdict; for a record that carries none (written before
+    verdicts were recorded, or by a sweep) the one its outcome implies."""
+    if record.verdict in VERDICTS:
+        return record.verdict
+    if record.outcome == Outcome.SKIP.value:
+        return "skipped"
+    if record.outcome == Outcome.OK.value:
+        return "failed" if record.expected else "passed"
+    return "xfailed" if record.expected else "failed"
+
+
+def problems_of(record: HandshakeRecord) -> list[str]:
+    """Why a case failed: its problems, else what its outcome says."""
+    if record.problems:
+        return [str(p) for p in record.problems]
+    if verdict_of(record) != "failed":
+        return []
+    if record.outcome == Outcome.OK.value:
+        return [f"passed, but listed as a known failure: {record.expected}"
+                if record.expected else "failed"]
+    return [f"handshake failed: {record.error}" if record.error else "handshake failed"]
 
 
 def write_results(records: list[HandshakeRecord], path: Path) -> None:

@@ -9,6 +9,8 @@ offset before and after each handshake.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from harness.errors import ToolMissing
 from harness.explain.mask import mask_lines
 from harness.explain.model import LogFormat
 from harness.interposer import build_interposer, write_interposer_config
+from harness.pin_masking import mask_bytes
 from harness.system import PKCS11_SPY, find_library
 
 
@@ -46,6 +49,9 @@ class CallRecorder:
         self.env = write_interposer_config(
             below, self.record_file, workdir / f"interposer-{name}.conf", list(extra_lines))
         if self.spy_log is not None:
+            # pkcs11-spy appends with fopen(): the file made here keeps mode 0600
+            os.close(os.open(self.spy_log, os.O_WRONLY | os.O_CREAT, 0o600))
+            self.spy_log.chmod(0o600)
             self.env.update({"PKCS11SPY": str(real_module), "PKCS11SPY_OUTPUT": str(self.spy_log)})
 
     def mark(self) -> Mark:
@@ -58,10 +64,48 @@ class CallRecorder:
         chunk = read_from(self.record_file, since.record_offset)
         (case_dir / "calls.jsonl").write_bytes(chunk)
         if self.spy_log is not None:
+            scrub_spy_log(self.spy_log, since.spy_offset)
             spy = read_from(self.spy_log, since.spy_offset).decode(errors="replace")
             masked = mask_lines(spy.splitlines(), LogFormat.PKCS11_SPY)
             (case_dir / "spy.log").write_text("\n".join(masked) + "\n" if masked else "")
         return parse_calls(chunk)
+
+    def scrub(self) -> None:
+        """Mask the whole raw spy log (for what was written outside any case)."""
+        if self.spy_log is not None:
+            scrub_spy_log(self.spy_log, 0)
+
+
+def scrub_spy_log(path: Path, offset: int) -> None:
+    """Mask PINs and key values in a raw pkcs11-spy log from `offset` on, in
+    place and keeping every length: clients that still append to it (a warm
+    JVM) and the offsets marks hold stay valid."""
+    try:
+        with open(path, "r+b") as handle:
+            handle.seek(offset)
+            raw = handle.read()
+            masked = mask_spy_bytes(raw)
+            if masked != raw:
+                handle.seek(offset)
+                handle.write(masked)
+    except FileNotFoundError:
+        return
+
+
+def mask_spy_bytes(raw: bytes) -> bytes:
+    """A same-length mask of pkcs11-spy output: the lines explain's masker
+    changes become '*' (pPin dumps, secret attribute values), and any known
+    PIN in any form (harness.pin_masking) as well."""
+    text = raw.decode("latin-1")  # one char per byte: lengths stay put
+    lines = text.split("\n")
+    masked = mask_lines(lines, LogFormat.PKCS11_SPY)
+    out = []
+    for line, new in zip(lines, masked):
+        if new != line:
+            body = line.lstrip()
+            line = line[: len(line) - len(body)] + re.sub(r"\S", "*", body)
+        out.append(line)
+    return mask_bytes("\n".join(out).encode("latin-1"))
 
 
 def parse_calls(chunk: bytes) -> list[dict[str, Any]]:

@@ -20,20 +20,28 @@ from harness.ca import TestCA
 from harness.calls import sign_summary
 from harness.clients import CLIENTS
 from harness.clients.base import Client, ClientResult, HandshakeJob
+from harness.clients.software import NEEDS_IMPORT
 from harness.config import Settings
 from harness.errors import HarnessError
-from harness.expectations import CaseExpectations, Verdict, has_outcomes
+from harness.expectations import CaseExpectations, has_outcomes
 from harness.interposer import build_interposer, write_interposer_config
 from harness.keys import Algorithm, KeySpec, Provisioning
-from harness.matrix import Case
+from harness.matrix import SOFTWARE, Case
 from harness.padding import padding_file
 from harness.profile import load_profile
 from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.record import HandshakeRecord, Outcome
 from harness.recording import CallRecorder, parse_calls, read_from, size_of
-from harness.server import HandshakeServer, ServerObservation
+from harness.server import (
+    HandshakeServer,
+    ServerCase,
+    ServerError,
+    ServerObservation,
+    ca_names_from,
+)
 from harness.softhsm import TemporarySoftHSM
 from harness.token import Token, TokenInfo
+from harness.versions import command_version
 
 EMBEDDED_LABEL = "p11tls"
 # libp11 cannot enumerate a token holding an Ed25519 key, so on the embedded
@@ -54,8 +62,10 @@ class MatrixRunner:
         self.keys: dict[tuple[str, Provisioning], ProvisionedKey | ProvisioningRefused] = {}
         self.clients: dict[str, Client] = {}
         self._versions: dict[str, str] = {}
+        self._components: dict[str, dict[str, str | None]] = {}  # client -> versions of facts
         self._mechanisms: dict[str, tuple[str, ...]] = {}  # token label -> mechanism names
         self.recorders: dict[str, CallRecorder] = {}
+        self._server: HandshakeServer | None = None  # one TLS server for every case
         # under a profile: the record of this process's own calls (provisioning)
         self.provision_record: Path | None = None
         self.provision_chunks: dict[tuple[str, Provisioning], bytes] = {}
@@ -168,9 +178,20 @@ class MatrixRunner:
         return self._versions[client.name]
 
     # -- one case -----------------------------------------------------------------
-    def verdict(self, case: Case, record: HandshakeRecord) -> Verdict:
-        """Whether the record is what the data files expect of the case."""
-        return self.expectations.verdict(case, record)
+    def versions(self, client: str) -> dict[str, str | None]:
+        """What the case's facts are keyed to: the client's components and,
+        on the embedded default, SoftHSM's version (detected once per run)."""
+        if client not in self._components:
+            self._components[client] = self.client(client).components()
+            if self.softhsm is not None:
+                self._components[client]["softhsm"] = command_version(
+                    ["softhsm2-util", "--version"])
+        return dict(self._components[client])
+
+    def judge(self, case: Case, record: HandshakeRecord) -> HandshakeRecord:
+        """The record with its verdict: what the data files measured on the
+        versions here expect of the case (problems, unmeasured notes)."""
+        return self.expectations.judge(case, record, self.versions(case.client))
 
     @property
     def checks_mechanisms(self) -> bool:
@@ -188,7 +209,6 @@ class MatrixRunner:
             client_sigalgs=case.client_sigalgs, padding_bytes=case.padding_bytes,
             profile=self.profile.name if self.profile else None,
             outcome=Outcome.ERROR.value, module=dict(self.module_summary),
-            expected=self.expectations.failure_reason(case),
         )
         client = self.client(case.client)
         not_here = self._not_runnable(case, client)
@@ -200,8 +220,10 @@ class MatrixRunner:
         try:
             key = self.key(case.key, case.provisioning)
         except ProvisioningRefused as refused:
-            self._record_refusal(record, case, refused, logs)
-            return record
+            if case.client != SOFTWARE or refused.host_key is None:
+                self._record_refusal(record, case, refused, logs)
+                return record
+            key = refused.host_key  # the software control needs no token
         self._handshake(record, case, client, key, logs)
         return record
 
@@ -211,6 +233,8 @@ class MatrixRunner:
         if reason:  # a skip, unless the user asked for this client by name
             named = self.settings.named_client(client.name)
             return (Outcome.ERROR.value if named else Outcome.SKIP.value), reason
+        if case.client == SOFTWARE and case.provisioning is not Provisioning.IMPORT:
+            return Outcome.SKIP.value, NEEDS_IMPORT
         missing = self.missing_mechanism(case.key)
         if missing:  # e.g. Ed25519 "where the token supports it"
             return (Outcome.SKIP.value,
@@ -228,36 +252,53 @@ class MatrixRunner:
             record.calls, record.logs["calls"] = parse_calls(chunk), str(logs / "calls.jsonl")
             record.explanation = explain_calls(logs / "calls.jsonl")
 
+    def server(self) -> HandshakeServer:
+        """The run's TLS server, started on first use."""
+        if self._server is None:
+            server = HandshakeServer(cert_pem=self.ca.server_cert_pem,
+                                     key_pem=self.ca.server_key_pem, client_ca_pem=self.ca.ca_pem)
+            server.start()
+            self._server = server
+        return self._server
+
+    def _server_case(self, case: Case, log_path: Path) -> ServerCase:
+        names = (None if case.padding_bytes is None
+                 else ca_names_from(padding_file(self.workdir / "padding", case.padding_bytes)))
+        return ServerCase(tls=case.tls, client_sigalgs=case.client_sigalgs, ca_names=names,
+                          log_path=log_path, timeout_s=self.settings.timeout_s)
+
     def _handshake(self, record: HandshakeRecord, case: Case, client: Client,
                    key: ProvisionedKey, logs: Path) -> None:
         """Server + client (through the interposer), then what both saw, into record."""
-        server = HandshakeServer(
-            cert_pem=self.ca.server_cert_pem, key_pem=self.ca.server_key_pem,
-            client_ca_pem=self.ca.ca_pem, tls=case.tls, log_path=logs / "server.log",
-            ca_names_pem=(None if case.padding_bytes is None
-                          else padding_file(self.workdir / "padding", case.padding_bytes)),
-            client_sigalgs=case.client_sigalgs,
-        )
+        server = self.server()
+        server_log = logs / "server.log"
         module, env = self.module, self.env
-        recorder = self.recorder(case.client) if self.settings.record else None
+        # the software control makes no PKCS#11 call: nothing to record
+        recording = self.settings.record and case.client != SOFTWARE
+        recorder = self.recorder(case.client) if recording else None
         if recorder is not None:
             module, env = recorder.module, {**self.env, **recorder.env}
             mark = recorder.mark()
         job = HandshakeJob(
-            host="127.0.0.1", port=server.start(), tls=case.tls, module=module,
+            host="127.0.0.1", port=server.port, tls=case.tls, module=module,
             token_label=self.token_label_for(case.key), pin=self.pin,
             key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
             ca_pem=self.ca.ca_pem, log_path=logs / "client.log",
-            timeout_s=self.settings.timeout_s, env=env,
+            timeout_s=self.settings.timeout_s, env=env, private_key=key.private_key,
         )
+        server.arm(self._server_case(case, server_log))
         try:
             result = client.handshake(job)
         except HarnessError as exc:  # e.g. SunPKCS11 refused --java-p11-config
             record.error = str(exc)  # outcome stays "error": the harness could not run it
+            self._collect_quietly(server)
             return
-        finally:
-            seen = server.finish()
-        record.logs = {"client": str(job.log_path), "server": str(server.log_path)}
+        try:
+            seen = server.collect()
+        except ServerError as exc:  # the harness's server broke: an error, not a token failure
+            record.error = str(exc)
+            return
+        record.logs = {"client": str(job.log_path), "server": str(server_log)}
         if recorder is not None:
             record.calls = recorder.collect(mark, logs)
             record.sign = sign_summary(record.calls)
@@ -269,6 +310,7 @@ class MatrixRunner:
         record.cipher = seen.cipher
         record.signature_scheme = seen.signature_scheme
         record.client_subject = seen.client_subject
+        record.signed_bytes = seen.signed_bytes
         right_cert = seen.client_subject is not None and key.label in seen.client_subject
         if seen.accepted and right_cert:
             record.outcome = Outcome.OK.value
@@ -278,7 +320,18 @@ class MatrixRunner:
         if recorder is not None:
             record.explanation = explain_calls(logs / "calls.jsonl")
 
+    @staticmethod
+    def _collect_quietly(server: HandshakeServer) -> None:
+        """Disarm the server after a client that could not run; the record has its error."""
+        try:
+            server.collect()
+        except ServerError:
+            pass
+
     def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
         for client in self.clients.values():
             client.close()
         for provisioner in self.provisioners.values():

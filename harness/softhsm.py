@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import TokenError, ToolMissing
@@ -35,7 +35,7 @@ class SoftHSMToken:
     """One initialised token inside a TemporarySoftHSM."""
 
     label: str
-    pin: str
+    pin: str = field(repr=False)
 
 
 class TemporarySoftHSM:

@@ -1,13 +1,15 @@
 """Opening a PKCS#11 module and one token in it, with the token-safety rules.
 
 Safety: the harness never initialises a token it did not create, logs in at
-most once per process (a wrong PIN is never retried: cards lock), and only
-ever destroys objects it created itself (see provision.py).
+most once per process (a wrong PIN is never retried: cards lock), does not
+log in at all when the token says the PIN is locked or the next wrong try
+locks it, and only ever destroys objects it created itself (see provision.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import Any
 
 import pkcs11
 from pkcs11 import exceptions as p11exc
+from pkcs11.constants import TokenFlag
 
 from harness.errors import ConfigError, HarnessError, TokenError
 
@@ -67,6 +70,23 @@ def _version(value: Any) -> str:
     return _text(value)
 
 
+def pin_state(label: str, flags: int) -> tuple[str | None, str | None]:
+    """(refusal, warning) for a login on a token with these CK_TOKEN_INFO flags:
+    a refusal when the user PIN is locked or the next wrong try locks it (the
+    login is then not sent at all), a warning when wrong tries were counted."""
+    if flags & TokenFlag.USER_PIN_LOCKED:
+        return (f"token {label!r} says its user PIN is locked (CKF_USER_PIN_LOCKED): "
+                "unblock it first; the harness sent no login"), None
+    if flags & TokenFlag.USER_PIN_FINAL_TRY:
+        return (f"token {label!r} says the next wrong PIN locks it (CKF_USER_PIN_FINAL_TRY): "
+                "the harness sent no login; log in once with the right PIN with the "
+                "token's own tool to reset the counter, then run again"), None
+    if flags & TokenFlag.USER_PIN_COUNT_LOW:
+        return None, (f"token {label!r} has counted wrong user PINs "
+                      "(CKF_USER_PIN_COUNT_LOW): the harness tries its PIN once")
+    return None, None
+
+
 class Token:
     """A token found by label in a loaded module, with one logged-in session."""
 
@@ -90,6 +110,10 @@ class Token:
         self.label = label
         self._pin = pin
         self._session: Any = None
+        self.pin_warning: str | None = None  # CKF_USER_PIN_COUNT_LOW seen before the login
+
+    def __repr__(self) -> str:
+        return f"Token({str(self.module_path)!r}, {self.label!r}, pin=<masked>)"
 
     def info(self) -> TokenInfo:
         slot = self.token.slot
@@ -110,6 +134,12 @@ class Token:
         if self._session is None:
             if _refused_login is not None:
                 raise TokenError(_refused_login)
+            # the flags as they are now (C_GetTokenInfo), not at enumeration
+            flags = int(self.token.slot.get_token().flags)
+            refusal, self.pin_warning = pin_state(self.label, flags)
+            if refusal is not None:
+                _refused_login = refusal
+                raise TokenError(refusal)
             try:
                 self._session = self.token.open(rw=True, user_pin=self._pin)
             except (p11exc.PinIncorrect, p11exc.PinLenRange, p11exc.PinInvalid) as exc:
@@ -119,7 +149,8 @@ class Token:
                 )
                 raise TokenError(_refused_login) from None
             except p11exc.PinLocked:
-                _refused_login = f"token {self.label!r} is locked (CKR_PIN_LOCKED): unblock it first"
+                _refused_login = (f"token {self.label!r} is locked (CKR_PIN_LOCKED): "
+                                  "unblock it first")
                 raise TokenError(_refused_login) from None
         return self._session
 
@@ -129,12 +160,24 @@ class Token:
             self._session = None
 
 
-def check_login(module: Path, label: str, pin: str) -> dict[str, Any]:
+def check_login(module: Path, label: str, pin: str,
+                env: dict[str, str] | None = None) -> dict[str, Any]:
     """Log in once in a child process (this one must not load a module it will
-    load again later) and return the token's description; raise the same
-    one-line error as Token does."""
-    proc = subprocess.run([sys.executable, "-m", "harness.token", str(module), label],
-                          input=pin, capture_output=True, text=True, timeout=120, check=False)
+    load again later) and return the token's description (with `pin_warning`);
+    raise the same one-line error as Token does. `env` is added to the child's
+    environment (an interposer configuration)."""
+    return _child(["login", str(module), label], pin, env)
+
+
+def describe_token(module: Path, label: str) -> dict[str, Any]:
+    """The token's description, read in a child process without logging in."""
+    return _child(["info", str(module), label], "")
+
+
+def _child(args: list[str], stdin: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "harness.token", *args],
+                          input=stdin, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, **env} if env else None)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
         raise TokenError(lines[-1])
@@ -142,13 +185,15 @@ def check_login(module: Path, label: str, pin: str) -> dict[str, Any]:
     return info
 
 
-def _login_main() -> int:
-    """`python -m harness.token MODULE LABEL` with the PIN on stdin: log in
-    once and print the token's description as JSON."""
+def _child_main() -> int:
+    """`python -m harness.token login|info MODULE LABEL`, the PIN on stdin:
+    log in once (login) or not at all (info), print the token's description
+    as JSON."""
     try:
-        token = Token(Path(sys.argv[1]), sys.argv[2], sys.stdin.read())
-        _ = token.session
-        print(json.dumps(token.info().as_dict()))
+        token = Token(Path(sys.argv[2]), sys.argv[3], sys.stdin.read())
+        if sys.argv[1] == "login":
+            _ = token.session
+        print(json.dumps({**token.info().as_dict(), "pin_warning": token.pin_warning}))
         token.close()
     except HarnessError as exc:
         print(exc, file=sys.stderr)
@@ -157,4 +202,4 @@ def _login_main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_login_main())
+    sys.exit(_child_main())

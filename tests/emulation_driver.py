@@ -339,8 +339,51 @@ def scenario_threads(module: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"errors": sorted(set(errors)), "signatures": {str(k): v for k, v in signatures.items()}}
 
 
+def scenario_session_state(module: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A multi-part signing with an emulated combined mechanism in a session on
+    token A; between its C_SignUpdate calls something else happens: "close_all"
+    (C_CloseAllSessions of the slot of args["close"]) or "finalize" (C_Finalize),
+    either directly ("during": false) or from another thread while the first
+    C_SignUpdate is inside the interposer (it has a latency, "during": true)."""
+    raw = RawModule(module)
+    sessions, key = raw.threaded_sessions(args["token"], args["pin"], 1, "ec")
+    session = sessions[0]
+    other = CK_ULONG(0)  # a session on token B, so that slot has one too
+    slot_b = raw.slot_of(args["token_b"])
+    assert raw.C_OpenSession(slot_b, CKF_SERIAL_SESSION, None, None, ctypes.byref(other)) == 0
+    slots = {"a": raw.slot_of(args["token"]), "b": slot_b}
+    mech = Mechanism(MECHANISMS["CKM_ECDSA_SHA256"], None, 0)
+    message = data(300, 9)
+    rvs: dict[str, int] = {"init": raw.C_SignInit(session, ctypes.byref(mech), key)}
+
+    def intervene() -> None:
+        if args["what"] == "finalize":
+            rvs["finalize"] = raw.C_Finalize(None)
+        else:
+            rvs["close_all"] = raw.C_CloseAllSessions(slots[args["close"]])
+
+    if args["during"]:
+        other_thread = threading.Timer(args["delay_s"], intervene)
+        other_thread.start()
+        rvs["update1"] = raw.C_SignUpdate(session, message[:100], 100)
+        other_thread.join()
+    else:
+        rvs["update1"] = raw.C_SignUpdate(session, message[:100], 100)
+        intervene()
+    rvs["update2"] = raw.C_SignUpdate(session, message[100:], 200)
+    sig, length = ctypes.create_string_buffer(64), CK_ULONG(64)
+    rvs["final"] = raw.C_SignFinal(session, sig, ctypes.byref(length))
+    out: dict[str, Any] = {"rv": rvs}
+    if rvs["final"] == 0:
+        out["sig"] = sig.raw[: length.value].hex()
+    if "finalize" not in rvs:
+        raw.C_Finalize(None)
+    return out
+
+
 SCENARIOS = {"mechanisms": scenario_mechanisms, "sign": scenario_sign, "pin": scenario_pin,
-             "create": scenario_create, "threads": scenario_threads}
+             "create": scenario_create, "threads": scenario_threads,
+             "session_state": scenario_session_state}
 
 if __name__ == "__main__":
     name, module_path = sys.argv[1], sys.argv[2]

@@ -63,3 +63,46 @@ def test_bad_values_are_one_clear_error(cli, message):
     with pytest.raises(ConfigError, match=message) as info:
         resolve(cli, {}, {})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "0", "-0.5", "86401", "1e9"])
+def test_timeouts_that_are_not_a_handshake_time_are_refused(text):
+    with pytest.raises(ConfigError, match="--p11-timeout must be a positive number") as info:
+        resolve({"p11_timeout": text}, {}, {})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, seconds", [("0.5", 0.5), ("86400", 86400.0), ("20", 20.0)])
+def test_timeouts_within_a_day_are_kept(text, seconds):
+    assert resolve({"p11_timeout": text}, {}, {}).timeout_s == seconds
+
+
+def test_reports_path_must_be_a_writable_directory(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for bad, message in [(afile, "is not a directory"),
+                         (afile / "sub", "its ancestor .*afile. is not a directory"),
+                         (Path("/proc/1/p11tls"), "is not writable")]:
+        with pytest.raises(ConfigError, match=message):
+            resolve({"p11_reports": str(bad)}, {}, {})
+    # controls: an existing directory, a new one below it, a relative one under `base`
+    assert resolve({"p11_reports": str(tmp_path)}, {}, {}).reports == tmp_path
+    assert resolve({"p11_reports": str(tmp_path / "new" / "dir")}, {}, {}).reports.parent.name \
+        == "new"
+    assert resolve({"p11_reports": "rel"}, {}, {}, base=tmp_path).reports == tmp_path / "rel"
+    assert not (tmp_path / "new").exists()  # checked, not created
+
+
+def test_empty_module_on_the_command_line_is_an_error_not_the_default():
+    with pytest.raises(ConfigError, match="--p11-module is empty"):
+        resolve({"p11_module": ""}, {}, {})
+    assert resolve({"p11_module": None}, {}, {}).module is None  # control: not given
+
+
+def test_settings_repr_never_shows_the_pin(tmp_path):
+    module = tmp_path / "mod.so"
+    module.write_bytes(b"")
+    settings = resolve({"p11_module": str(module), "p11_token_label": "lab",
+                        "p11_pin": "Zx9-secret"}, {}, {})
+    assert settings.pin == "Zx9-secret"  # control: it is there
+    assert "Zx9-secret" not in repr(settings) and "pin" not in repr(settings)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from harness.calls import Call, load_calls, sign_summary
-from harness.errors import ToolMissing
+from harness.errors import ConfigError, ToolMissing
 from harness.interposer import CONF_ENV, build_interposer, write_interposer_config
 from harness.profile import Profile, load_profile
 from harness.softhsm import TemporarySoftHSM
@@ -44,6 +44,7 @@ PIN_INCORRECT, PIN_LOCKED, OPERATION_ACTIVE, BUFFER_TOO_SMALL = 0xA0, 0xA4, 0x90
 CKF_SIGN = 0x800
 COUNT_LOW, FINAL_TRY, LOCKED = 0x10000, 0x20000, 0x40000
 CKS_RO_PUBLIC_SESSION, CKS_RO_USER_FUNCTIONS = 0, 1
+SESSION_HANDLE_INVALID, CRYPTOKI_NOT_INITIALIZED = 0xB3, 0x190
 
 
 def data(n: int, seed: int = 0) -> bytes:
@@ -475,6 +476,98 @@ def test_pin_counter_flags_and_lock(bench: Bench, tmp_path: Path) -> None:
     assert [rv for _, rv in plain.out["steps"]] == [PIN_INCORRECT] * 4 + [OK]
 
 
+def test_token_pin_flags_reported_as_the_profile_says(bench: Bench, tmp_path: Path) -> None:
+    """[pin] token_flags: C_GetTokenInfo shows the flags ORed into the real
+    token's, marked in the record; C_Login is unchanged (the right PIN works)."""
+    profile = profile_from(tmp_path, '[pin]\ntoken_flags = ["CKF_USER_PIN_COUNT_LOW", '
+                                     '"CKF_USER_PIN_FINAL_TRY"]\n')
+    assert profile.interposer_lines() == [
+        "token_pin_flags 0x10000 0x20000 # CKF_USER_PIN_COUNT_LOW CKF_USER_PIN_FINAL_TRY"]
+    args = {"token": TOKEN, "pin": PIN, "steps": ["flags", "right", "flags"]}
+    run = bench.run(tmp_path, "pin", args, profile)
+    pin_bits = COUNT_LOW | FINAL_TRY | LOCKED
+    assert [[step, value & pin_bits if step == "flags" else value]
+            for step, value in run.out["steps"]] == [
+        ["flags", COUNT_LOW | FINAL_TRY], ["right", OK], ["flags", COUNT_LOW | FINAL_TRY]]
+    infos = [c for c in run.calls if c.fn == "C_GetTokenInfo"]
+    assert {c.raw.get("emulated") for c in infos} == {"pin_flags"}
+    for c in infos:
+        real, shown = int(c.raw["real_token_flags"], 16), int(c.raw["token_flags"], 16)
+        assert real & pin_bits == 0 and shown == real | COUNT_LOW | FINAL_TRY
+    locked = profile_from(tmp_path, '[pin]\ntoken_flags = ["CKF_USER_PIN_LOCKED"]\n', "locked")
+    run = bench.run(tmp_path, "pin", {**args, "steps": ["flags"]}, locked, name="locked")
+    assert run.out["steps"][0][1] & pin_bits == LOCKED
+    # Control: without the profile the token reports none of them.
+    plain = bench.run(tmp_path, "pin", args, None, name="plain")
+    assert [v & pin_bits for step, v in plain.out["steps"] if step == "flags"] == [0, 0]
+    assert all("emulated" not in c.raw for c in plain.calls if c.fn == "C_GetTokenInfo")
+
+
+@pytest.mark.parametrize("value, problem", [
+    ('["CKF_USER_PIN_TO_BE_CHANGED"]', "unknown token PIN flag"),
+    ('"CKF_USER_PIN_LOCKED"', "expected a list of names"),
+])
+def test_token_pin_flags_refused_when_unknown(tmp_path: Path, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"pin\.token_flags.*{problem}"):
+        profile_from(tmp_path, f"[pin]\ntoken_flags = {value}\n")
+
+
+# ------------------------------------------------- per-session emulated state
+
+
+@pytest.fixture(scope="module")
+def token_b(bench: Bench) -> str:
+    """A second token (another slot) for the per-slot tests."""
+    label = "emulation-b"
+    bench.hsm.init_token(label, PIN)
+    return label
+
+
+def _session_state(bench: Bench, directory: Path, token_b: str, name: str,
+                   **args: Any) -> Run:
+    profile = profile_from(directory, '[mechanisms]\nadd_combined = ["CKM_ECDSA_SHA256"]\n'
+                                      '[faults]\nlatency_ms = { C_SignUpdate = 300 }\n', name)
+    return bench.run(directory, "session_state", {"token": TOKEN, "pin": PIN,
+                                                  "token_b": token_b, "delay_s": 0.1, **args},
+                     profile, name=name, env={"MALLOC_PERTURB_": "165"})
+
+
+def test_close_all_sessions_of_another_slot_keeps_the_operation(
+    bench: Bench, tmp_path: Path, token_b: str
+) -> None:
+    """C_CloseAllSessions(slot B) leaves the emulated signing in slot A's
+    session alone: its C_SignFinal signs all the data; closing slot A's
+    sessions (the control) ends it."""
+    run = _session_state(bench, tmp_path, token_b, "close-b", what="close_all", close="b",
+                         during=False)
+    assert run.out["rv"] == {"init": OK, "update1": OK, "close_all": OK, "update2": OK,
+                             "final": OK}
+    verify_ecdsa(bench.ec_key, run.out["sig"], data(300, 9), hashes.SHA256())
+    control = _session_state(bench, tmp_path, token_b, "close-a", what="close_all", close="a",
+                             during=False)
+    assert control.out["rv"]["close_all"] == OK
+    assert control.out["rv"]["update2"] == control.out["rv"]["final"] == SESSION_HANDLE_INVALID
+
+
+@pytest.mark.parametrize("what", ["finalize", "close_all"])
+def test_state_in_use_survives_finalize_from_another_thread(
+    bench: Bench, tmp_path: Path, token_b: str, what: str
+) -> None:
+    """C_Finalize / C_CloseAllSessions in one thread while another is inside an
+    emulated C_SignUpdate (held there by a latency): the call in progress
+    finishes on state it still owns (no use after free: with MALLOC_PERTURB_
+    freed state is garbage, and the sanitizer build reports it), and the
+    operation is gone for the calls after."""
+    run = _session_state(bench, tmp_path, token_b, what, what=what, close="a", during=True)
+    rv = run.out["rv"]
+    assert rv["init"] == OK and rv.get(what) == OK
+    assert rv["update1"] == OK  # emulated: hashed here, on state the call holds
+    gone = CRYPTOKI_NOT_INITIALIZED if what == "finalize" else SESSION_HANDLE_INVALID
+    assert rv["update2"] == rv["final"] == gone
+    update = next(c for c in run.calls if c.fn == "C_SignUpdate")
+    assert update.raw.get("latency_ms") == 300 and update.raw.get("emulated") == "combined"
+
+
 # ---------------------------------------------------------------- faults
 
 
@@ -539,6 +632,8 @@ def test_threads_sign_with_a_combined_mechanism_at_once(bench: Bench, tmp_path: 
     ("refuse_create CKO_PRIVATE_KEY CKK_EC", "expected CLASS KEY_TYPE|any RV after key "),
     ("refuse_create CKO_NOPE any 5", "not an object class"),
     ("pin_max_tries 0", "not a number of tries (1 or more)"),
+    ("token_pin_flags CKF_SO_PIN_LOCKED", "not CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY"),
+    ("token_pin_flags 0x1", "not CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY"),
     ("latency C_Bogus 5", "not a PKCS#11 2.40 function name (C_Sign, ...): latency"),
     ("fail_after C_Sign 3", "expected C_FUNCTION CALLS RV after key fail_after"),
     ("bogus 1", "unknown key (known: module, record, hide, add_combined, "),

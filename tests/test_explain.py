@@ -395,7 +395,9 @@ def test_real_interposer_records(record_log):
     calls = explanation.calls
     assert calls[explanation.first_failure].rv == "CKR_PIN_INCORRECT"
     (long_sign,) = [c for c in calls if c.fn == "C_Sign" and c.input_bytes == 100]
-    assert (long_sign.mechanism, long_sign.curve) == ("CKM_ECDSA", "P-256")
+    # The interposer knows of a key only what the client asked about (it makes
+    # no calls of its own): pkcs11-tool signs without reading CKA_EC_PARAMS.
+    assert (long_sign.mechanism, long_sign.key_type) == ("CKM_ECDSA", "CKK_EC")
     final = [c for c in calls if c.fn == "C_SignFinal"][-1]
     assert (final.mechanism, final.input_bytes, final.rv) == ("CKM_SHA256_RSA_PKCS", 5000, "CKR_OK")
     (create,) = [c for c in calls if c.fn == "C_CreateObject"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -342,6 +343,46 @@ def test_interfaces_over_pkcs11_spy_of_a_2_40_module(store: Store, interposer: P
         "C_Initialize", "C_GetInfo", "C_GetSlotList", "C_Finalize"]
 
 
+SPY_CALL = re.compile(r"^\d+: (C_\w+)$", re.MULTILINE)
+# Not recorded by the interposer (it answers them itself; C_GetFunctionList
+# below is how it loads the module).
+NOT_RECORDED = {"C_GetFunctionList", "C_GetInterfaceList", "C_GetInterface"}
+
+
+def _spy_functions(log: Path) -> list[str]:
+    return [fn for fn in SPY_CALL.findall(log.read_text(errors="replace"))
+            if fn not in NOT_RECORDED]
+
+
+@pytest.mark.skipif(not SPY.is_file(), reason=f"Requires OpenSC's pkcs11-spy ({SPY})")
+def test_pkcs11_spy_below_sees_exactly_the_calls_of_the_client(
+    store: Store, interposer: Path
+) -> None:
+    """Transparency: pkcs11-spy below the interposer logs the calls the record
+    shows, in the same order, and no others (the interposer learns the keys it
+    describes from the client's own calls and asks the module nothing)."""
+    args = {"token": TOKEN, "pin": PIN, "oaep_ciphertext": store.rsa_key.public_key().encrypt(
+        OAEP_MESSAGE, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)).hex()}
+
+    def run(name: str, extra: list[str]) -> tuple[list[Call], list[str]]:
+        record, log = store.directory / f"{name}.jsonl", store.directory / f"{name}.log"
+        env = {**write_interposer_config(SPY, record, store.directory / f"{name}.conf", extra),
+               "PKCS11SPY": str(store.hsm.module), "PKCS11SPY_OUTPUT": str(log)}
+        run_driver(store, "compare", interposer, args, env)
+        return load_calls(record), _spy_functions(log)
+
+    calls, below = run("spy-transparent", [])
+    assert [c.fn for c in calls] == below
+    assert below.count("C_SignInit") >= 4 and "C_GetAttributeValue" in below
+    described = [c for c in calls if c.fn == "C_SignInit" and c.key]
+    assert described and all(c.key["class"] == "CKO_PRIVATE_KEY" for c in described)
+    # Control: the comparison sees a call the interposer makes of its own; an
+    # emulated mechanism list is one (it asks the module for the real list).
+    calls, below = run("spy-emulated", ["hide 0x210 # CKM_MD5"])
+    assert [c.fn for c in calls] != below
+    assert below.count("C_GetMechanismList") > [c.fn for c in calls].count("C_GetMechanismList")
+
+
 def test_interfaces_before_a_configuration_that_cannot_load(
     store: Store, interposer: Path, tmp_path: Path
 ) -> None:
@@ -381,7 +422,9 @@ def test_record_describes_mechanism_params_and_key(compared: dict[str, Any]) -> 
                          "label": "ec", "ec_params": P256_PARAMS}
     pss = _last(calls, "C_SignInit", mechanism={"name": "CKM_RSA_PKCS_PSS", "value": 0xD})
     assert pss.params == {"hash": "CKM_SHA256", "mgf": "CKG_MGF1_SHA256", "salt_len": 32}
-    assert pss.key == {"class": "CKO_PRIVATE_KEY", "key_type": "CKK_RSA", "id": "02",
+    # What the client itself learned: the driver found the RSA key by class and
+    # label and read its key type, never its CKA_ID, so the record knows no id.
+    assert pss.key == {"class": "CKO_PRIVATE_KEY", "key_type": "CKK_RSA", "id": None,
                        "label": "rsa"}  # no curve for RSA
     oaep = _last(calls, "C_DecryptInit")
     assert oaep.params == {"hash": "CKM_SHA_1", "mgf": "CKG_MGF1_SHA1",

@@ -1,4 +1,4 @@
-"""The Java SunPKCS11 client against a real `openssl s_server` and a throw-away
+"""The Java SunPKCS11 client against the reference TLS server and a throw-away
 SoftHSM2 token.
 
 Keys are provisioned in child processes (this pytest process loads the matrix's
@@ -36,7 +36,7 @@ from harness.clients.java import (
     find_jdk,
 )
 from harness.errors import ConfigError, TokenError, ToolMissing
-from harness.server import HandshakeServer, ServerObservation
+from harness.server import HandshakeServer, ServerCase, ServerObservation
 from harness.softhsm import TemporarySoftHSM
 from harness.tls import TLSVersion
 
@@ -129,23 +129,23 @@ def run(client: JavaClient, keyring: Keyring, key: Key, tls: TLSVersion, logdir:
         module: Path | None = None, env: dict[str, str] | None = None, pin: str | None = None,
         client_ca: Path | None = None, sigalgs: str | None = None,
         ) -> tuple[JavaResult, ServerObservation]:
-    """One handshake against a fresh s_server; the client's and the server's view."""
+    """One handshake against a fresh reference server; the client's and the server's view."""
     logdir.mkdir(parents=True, exist_ok=True)
     n = len(list(logdir.glob("case-*.log")))
-    server = HandshakeServer(
-        cert_pem=keyring.ca_dir / "server.pem", key_pem=keyring.ca_dir / "server.key",
-        client_ca_pem=client_ca or keyring.ca_dir / "ca.pem", tls=tls,
-        log_path=logdir / f"server-{n}.log", client_sigalgs=sigalgs)
-    port = server.start()
-    try:
-        result = client.handshake(HandshakeJob(
-            host="127.0.0.1", port=port, tls=tls, module=module or keyring.store.module,
-            token_label=keyring.token, pin=pin or keyring.pin, key_label=key.label,
-            key_id_hex=key.id_hex, cert_pem=key.cert, ca_pem=keyring.ca_dir / "ca.pem",
-            log_path=logdir / f"case-{n}.log", timeout_s=20,
-            env=env if env is not None else keyring.store.env))
-    finally:
-        seen = server.finish()
+    with HandshakeServer(
+            cert_pem=keyring.ca_dir / "server.pem", key_pem=keyring.ca_dir / "server.key",
+            client_ca_pem=client_ca or keyring.ca_dir / "ca.pem") as server:
+        server.arm(ServerCase(tls, sigalgs, log_path=logdir / f"server-{n}.log"))
+        try:
+            result = client.handshake(HandshakeJob(
+                host="127.0.0.1", port=server.port, tls=tls,
+                module=module or keyring.store.module,
+                token_label=keyring.token, pin=pin or keyring.pin, key_label=key.label,
+                key_id_hex=key.id_hex, cert_pem=key.cert, ca_pem=keyring.ca_dir / "ca.pem",
+                log_path=logdir / f"case-{n}.log", timeout_s=20,
+                env=env if env is not None else keyring.store.env))
+        finally:
+            seen = server.collect()
     assert isinstance(result, JavaResult)
     return result, seen
 
@@ -183,7 +183,7 @@ def test_handshake_with_the_token_key(java, keyring, tmp_path, tag, scheme, tls)
     assert result.protocol == seen.negotiated_version == f"TLSv{tls.value}"
     assert result.cipher and result.handshake_ms is not None
     assert seen.accepted and seen.signature_scheme == scheme
-    assert seen.client_subject == f"CN = {keyring.keys[tag].label}"
+    assert seen.client_subject == f"CN={keyring.keys[tag].label}"
     assert "p11tls: ok" in result.log_path.read_text()
 
 
@@ -192,7 +192,7 @@ def test_the_requested_key_is_picked_among_many(java, keyring, tmp_path):
     for tag in ("b", "a", "b"):  # same key type, same token, same warm JVM
         result, seen = run(java, keyring, keyring.keys[tag], TLSVersion.TLS12, tmp_path)
         assert seen.accepted, result.log_path.read_text()
-        assert seen.client_subject == f"CN = {keyring.keys[tag].label}"
+        assert seen.client_subject == f"CN={keyring.keys[tag].label}"
         pids.update(java.jvm_pids())
     assert len(pids) == 1, "one warm JVM for one configuration"
 
@@ -247,7 +247,7 @@ def test_nocombined_hashes_on_the_host_where_java_would_not(keyring, spy, tmp_pa
         try:
             result, seen = run(client, keyring, keyring.keys["r"], TLSVersion.TLS12,
                                tmp_path / client.name, module=module, env=env,
-                               sigalgs="RSA+SHA256")
+                               sigalgs="rsa_pkcs1_sha256")
         finally:
             client.close()
         assert seen.accepted and seen.signature_scheme == "rsa_pkcs1_sha256", result.error
@@ -268,7 +268,7 @@ def test_key_created_after_the_jvm_started_is_found_without_a_second_login(
         late = keyring.provision([("late", "p256")], tmp_path / "late-ca")["late"]
         result, seen = run(client, keyring, late, TLSVersion.TLS13, tmp_path, module=module,
                            env=env, client_ca=tmp_path / "late-ca" / "ca.pem")
-        assert seen.accepted and seen.client_subject == f"CN = {late.label}", result.error
+        assert seen.accepted and seen.client_subject == f"CN={late.label}", result.error
         assert "reloading KeyStore" in result.log_path.read_text()
     finally:
         client.close()
@@ -279,7 +279,7 @@ def test_wrong_pin_is_one_login_and_never_retried(keyring, spy, tmp_path):
     module, env, log = spy
     client = JavaClient()
     try:
-        for attempt in range(3):
+        for _ in range(3):
             result, seen = run(client, keyring, keyring.keys["a"], TLSVersion.TLS12,
                                tmp_path, module=module, env=env, pin="0000")
             assert result.ckr == "CKR_PIN_INCORRECT", result.error

@@ -43,6 +43,15 @@ def test_picohsm_reproduces_seed_001_and_its_workaround(pytester):
         assert record["profile"] == "picohsm-opensc"
         assert "Pico HSM" in record["module"]["emulates"]
         assert record["module"]["path"].endswith("libsofthsm2.so")  # the real module
+    # one verdict everywhere: pytest's, with the reason of the expected failure
+    seed = {f"java-p256-{p}-tls12" for p in ("generate", "import")}
+    assert {k for k, r in cases.items() if r["verdict"] == "xfailed"} == seed
+    assert all(cases[k]["expected"].startswith("seed 001") for k in seed)
+    assert {r["verdict"] for k, r in cases.items() if k not in seed} == {"passed"}
+    assert all(r["problems"] == [] and r["unmeasured"] == [] for r in cases.values())
+    passed = sum(r["verdict"] == "passed" for r in cases.values())
+    result.assert_outcomes(passed=passed, xfailed=2)
+    result.stdout.fnmatch_lines([f"{passed} passed, 0 failed, 2 xfailed, 0 skipped"])
 
 
 def test_nitrokey_refuses_ec_import_but_generates(pytester):
@@ -56,6 +65,7 @@ def test_nitrokey_refuses_ec_import_but_generates(pytester):
             assert imported["error"] == "provisioning: CKR_GENERAL_ERROR"
             assert cases[f"{client}-p256-generate-{tls}"]["outcome"] == "ok"
             assert cases[f"{client}-rsa2048-import-{tls}"]["outcome"] == "ok"  # RSA import works
+            assert imported["verdict"] == "xfailed" and "seed 000" in imported["expected"]
 
 
 def test_openpgp_card_fails_rsa_in_tls13(pytester):

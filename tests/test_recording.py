@@ -49,9 +49,11 @@ def test_p11_spy_keeps_the_familiar_log_per_case_without_the_pin(matrix, pkcs11_
         if path.is_file():
             text = path.read_text(errors="replace")
             assert token.pin not in text and pin_hex not in text, path
-    # negative control: pkcs11-spy itself writes the PIN, so the masking matters
+    # the raw log in the basetemp is masked too (in place), and private; the
+    # control that pkcs11-spy itself writes the PIN is in test_plugin.py
     raw = next(p for p in matrix.path.rglob("spy-openssl-engine.log") if "reports" not in p.parts)
-    assert pin_hex in raw.read_text()
+    assert "pPin[ulPinLen]" in raw.read_text() and pin_hex not in raw.read_text()
+    assert raw.stat().st_mode & 0o777 == 0o600
     (record,) = json.loads((matrix.path / "reports/results.json").read_text())
     assert record["sign"]["mechanism"] == "CKM_ECDSA"  # the interposer still records
 

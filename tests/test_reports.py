@@ -1,9 +1,9 @@
 """Reports from results files: matrix.html, matrix.md, merge and diff.
 
 Fixtures: tests/data/results/softhsm-real.json is a real run of the default
-matrix (log paths made relative, calls cut to the C_Sign* ones); lab1.json is a small hand-made run in the
-shape records are growing into (sign summary, calls, a known failure, an
-error, a skip) with log files under tests/data/results/logs/. (Not under
+matrix (log paths made relative, calls cut to the C_Sign* ones); lab1.json is
+a small hand-made run in the shape records are growing into (sign summary,
+calls, a known failure, an error, a skip) with log files under tests/data/results/logs/. (Not under
 tests/data/reports/: .gitignore's `reports/` would hide them.)
 """
 
@@ -244,15 +244,17 @@ def test_matrix_scrolls_in_its_own_box():
 def test_cell_summary_puts_the_signing_call_on_its_own_line():
     records = lab1()
     failed = render_html([by_id(records, "java-p256-generate-tls12")])
-    assert ('<summary>CKR_GENERAL_ERROR <span class="sign">ECDSA_SHA256 3037B</span>'
+    assert ('>CKR_GENERAL_ERROR <span class="sign">ECDSA_SHA256 3037B</span>'
             "</summary>") in failed
     known = render_html([by_id(records, "openssl-engine-rsa2048-import-tls13")])
     assert '>CKR_TEMPLATE_INCONSISTENT<span class="gap"> </span>(known)</summary>' in known
+    # a pass of a listed failure is a failure (as pytest's strict xfail counts it)
     passed = dataclasses.replace(by_id(records, "openssl-engine-p256-generate-tls12"),
                                  expected="seed 002: the card refused this before")
-    assert ('ok<span class="gap"> </span>(unexpected pass) <span class="sign">ECDSA 32B'
-            in render_html([passed]))
-    assert "(known)" not in render_html([passed])  # an ok cell never says known failure
+    page = render_html([passed])
+    assert '<summary title="failed: passed, but listed as a known failure: seed 002' in page
+    assert '>failed <span class="sign">ECDSA 32B</span></summary>' in page
+    assert "(known)" not in page  # a cell that passed never says known failure
     assert ".matrix .sign { display: block; }" in html_report.STYLE
 
 
@@ -274,12 +276,14 @@ def test_table_index_only_for_several_tables():
     assert '<ul class="toc">' not in render_html(lab1())  # negative control: one table
 
 
-def test_result_counts_singular_and_plural():
+def test_result_counts_are_pytests():
     text = render_markdown(lab1())
-    assert "2 failed, 1 known failure, 1 skipped" in text
+    assert "4 passed, 2 failed, 1 xfailed, 1 skipped" in text
     two = lab1() + [dataclasses.replace(by_id(lab1(), "openssl-engine-rsa2048-import-tls13"),
                                         case_id="openssl-engine-rsa2048-import-tls12", tls="1.2")]
-    assert "2 known failures," in render_markdown(two)
+    assert "4 passed, 2 failed, 2 xfailed, 1 skipped" in render_markdown(two)
+    result = next(line for line in text.splitlines() if line.startswith("- **Result:**"))
+    assert "unmeasured" not in result  # nothing unmeasured: no note
 
 
 def page_width(html: str, tmp_path: Path, window: int) -> tuple[int, int]:
@@ -554,7 +558,7 @@ def test_bad_input_is_one_line_and_exit_2(command, bad_file, tmp_path, capsys):
 @pytest.mark.parametrize("command", ["report", "merge", "diff"])
 def test_good_input_exits_0_quietly(command, tmp_path, capsys):
     # negative control for the bad-input cases
-    argv = {"report": [str(LAB1), "-o", str(tmp_path / "out")],
+    argv = {"report": [str(REAL), "-o", str(tmp_path / "out")],
             "merge": [str(LAB1), "-o", str(tmp_path / "all.json")],
             "diff": [str(LAB1), str(LAB1)]}[command]
     main = {"report": report_main, "merge": merge_main, "diff": diff_main}[command]
@@ -575,11 +579,14 @@ def test_report_main_writes_next_to_the_results_by_default(tmp_path, capsys):
     results = tmp_path / "results.json"
     shutil.copy(LAB1, results)
     shutil.copytree(DATA / "logs", tmp_path / "logs")
-    assert report_main([str(results)]) == 0
+    assert report_main([str(results)]) == 1  # lab1 has two unexpected failures
     html = (tmp_path / "matrix.html").read_text()
     assert "Signature Algorithm: ecdsa_secp256r1_sha256" in html  # relative logs found
     assert (tmp_path / "matrix.md").read_text().startswith("# PKCS#11 TLS")
-    assert "matrix.html" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "matrix.html" in out
+    assert err == ("p11tls report: 2 cases failed: java-p256-generate-tls12, "
+                   "java-rsa2048-import-tls13\n")
 
 
 def test_write_reports_into_a_new_directory(tmp_path):

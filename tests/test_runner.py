@@ -5,6 +5,7 @@ token key), token safety and provisioning properties."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -25,7 +26,44 @@ def test_good_setup_handshakes(p11_runner):
     assert record.signature_scheme == "ecdsa_secp256r1_sha256"
     assert record.negotiated_version == "TLSv1.2"
     key = p11_runner.key(CASE.key, CASE.provisioning)
-    assert key.label in record.client_subject
+    assert record.client_subject == f"CN={key.label}"
+    assert record.signed_bytes > 1000  # TLS 1.2 signs the whole transcript
+
+
+def test_one_server_serves_every_case_and_logs_each(p11_runner):
+    first = p11_runner.run(CASE)
+    port = p11_runner.server().port
+    second = p11_runner.run(dataclasses.replace(CASE, tls=TLSVersion.TLS13))
+    assert first.outcome == second.outcome == "ok", (first.error, second.error)
+    assert p11_runner.server().port == port
+    assert second.negotiated_version == "TLSv1.3"
+    assert second.signed_bytes == 64 + 34 + (48 if second.cipher.endswith("SHA384") else 32)
+    log = Path(second.logs["server"]).read_text()
+    assert "<- CertificateVerify" in log and "accepted=True" in log
+
+
+def test_server_error_reaches_the_record_and_the_next_case_runs(p11_runner):
+    broken = p11_runner.run(dataclasses.replace(CASE, client_sigalgs="no_such_scheme"))
+    assert broken.outcome == "error"
+    assert "cannot allow client signature schemes 'no_such_scheme'" in broken.error
+    assert p11_runner.run(CASE).outcome == "ok"  # negative control, same server
+
+
+@pytest.mark.parametrize("client, key, tls, sigalgs", [
+    ("java", "rsa2048", TLSVersion.TLS12, "rsa_pkcs1_sha256"),  # CKM_SHA256_RSA_PKCS, streamed
+    ("gnutls", "ed25519", TLSVersion.TLS12, None),  # pure EdDSA: the message itself
+    ("gnutls", "ed25519", TLSVersion.TLS13, None),
+], ids=["java-rsa-pkcs1-tls12", "gnutls-ed25519-tls12", "gnutls-ed25519-tls13"])
+def test_server_count_is_what_the_token_was_given(p11_runner, client, key, tls, sigalgs):
+    """signed_bytes, counted from the handshake messages, against the bytes a
+    combined or pure mechanism really took on the token."""
+    record = p11_runner.run(Case(client, KEYS[key], Provisioning.GENERATE, tls, sigalgs))
+    if record.outcome == "skip":
+        pytest.skip(record.error)
+    assert record.outcome == "ok", record.error
+    assert record.sign["input_bytes"] == record.signed_bytes
+    digest = p11_runner.run(CASE)  # negative control: CKM_ECDSA takes only a digest
+    assert digest.sign["input_bytes"] == 32 < digest.signed_bytes
 
 
 def _run_with_cert(p11_runner, cert_pem, tmp_path):

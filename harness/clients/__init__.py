@@ -1,7 +1,8 @@
 """TLS clients that authenticate with a key on a PKCS#11 token.
 
 Each client module exposes one class implementing `harness.clients.base.Client`.
-`CLIENTS` maps the client names used in test ids to those classes.
+`CLIENTS` maps the client names used in test ids to those classes. The
+`software` client is the control: the imported key used from memory, no token.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from harness.clients.gnutls import GnuTLSClient
 from harness.clients.java import JavaClient, JavaNoCombinedClient
 from harness.clients.openssl_engine import OpenSSLEngineClient
 from harness.clients.openssl_provider import OpenSSLProviderClient
+from harness.clients.software import SoftwareClient
 
 if TYPE_CHECKING:
     from harness.config import Settings
 
 CLIENTS: dict[str, type[Client]] = {
     c.name: c for c in (OpenSSLEngineClient, OpenSSLProviderClient, GnuTLSClient,
-                        JavaClient, JavaNoCombinedClient)
+                        JavaClient, JavaNoCombinedClient, SoftwareClient)
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.clients.logs import client_error
 from harness.process import ProcessResult
@@ -24,7 +24,7 @@ class HandshakeJob:
     tls: TLSVersion
     module: Path  # the PKCS#11 module the client must load, and only that one
     token_label: str
-    pin: str
+    pin: str = field(repr=False)
     key_label: str
     key_id_hex: str
     cert_pem: Path  # the client certificate (also on the token under the same CKA_ID)
@@ -32,6 +32,9 @@ class HandshakeJob:
     log_path: Path
     timeout_s: float = 20.0
     env: dict[str, str] = field(default_factory=dict)  # e.g. SOFTHSM2_CONF
+    # The host's copy of an imported private key (a cryptography key), for the
+    # software control only; never printed, never written.
+    private_key: Any = field(default=None, repr=False, compare=False)
 
     @property
     def key_uri(self) -> str:
@@ -92,9 +95,14 @@ class Client(abc.ABC):
     def version(self) -> str:
         """Version string for the report header."""
 
+    def components(self) -> dict[str, str | None]:
+        """Component -> version (harness.versions.COMPONENTS) for the facts keyed
+        to versions; None for a part whose version was not detected."""
+        return {}
+
     @abc.abstractmethod
     def handshake(self, job: HandshakeJob) -> ClientResult:
         """Run one full handshake; never raise for a failed handshake."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most clients hold nothing
         """Release long-lived resources (a warm JVM); default: nothing."""

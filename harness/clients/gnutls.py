@@ -6,6 +6,7 @@ import shutil
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.process import base_env, run_logged, tool_version
+from harness.versions import command_version
 
 
 class GnuTLSClient(Client):
@@ -19,6 +20,9 @@ class GnuTLSClient(Client):
 
     def version(self) -> str:
         return tool_version(["gnutls-cli", "--version"])
+
+    def components(self) -> dict[str, str | None]:
+        return {"gnutls": command_version(["gnutls-cli", "--version"])}
 
     def handshake(self, job: HandshakeJob) -> ClientResult:
         cli = shutil.which("gnutls-cli") or "gnutls-cli"

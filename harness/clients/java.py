@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import quote_plus, unquote_plus
@@ -33,6 +33,7 @@ from urllib.parse import quote_plus, unquote_plus
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.errors import ConfigError, HarnessError, TokenError, ToolMissing
 from harness.process import base_env, kill_group, tail
+from harness.versions import first_version
 
 if TYPE_CHECKING:
     from harness.config import Settings
@@ -401,7 +402,7 @@ class _WarmJVM:
 class _ConfigKey:
     module: str
     token_label: str
-    pin: str
+    pin: str = field(repr=False)
     env: tuple[tuple[str, str], ...]
 
     @property
@@ -467,6 +468,12 @@ class JavaClient(Client):
         jdk = self.jdk()
         return f"{jdk.version} ({jdk.runtime or 'Java'}, {jdk.home})"
 
+    def components(self) -> dict[str, str | None]:
+        try:
+            return {"java": first_version(self.jdk().version)}
+        except ToolMissing:
+            return {"java": None}
+
     def jdk(self) -> JDK:
         if self._jdk is None:
             self._jdk = find_jdk(self.java_home)
@@ -494,6 +501,32 @@ class JavaClient(Client):
 
     def _variant_config(self) -> list[str]:
         return []
+
+    def check_extra_config(self) -> None:
+        """Let SunPKCS11 parse the --java-p11-config lines once, before any case:
+        with a library that does not exist it stops at the library when the
+        lines are good, at the first bad line otherwise. No module is loaded."""
+        if not self.extra_config:
+            return
+        with tempfile.TemporaryDirectory(prefix="p11tls-java-check-") as tmp:
+            library = Path(tmp) / "none.so"
+            config = Path(tmp) / "check.cfg"
+            head = ["name = p11tls-check", f"library = {library}", "slot = 0"]
+            config.write_text("\n".join([*head, *self.extra_config]) + "\n")
+            proc = subprocess.run(
+                [str(self.jdk().java), *self.java_options, "-cp", str(self.classes()),
+                 MAIN_CLASS, str(config)], stdin=subprocess.DEVNULL, capture_output=True,
+                text=True, timeout=self.start_timeout_s, check=False)
+        error = decode_answer(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip()
+                              else "fatal")[1].get("error", proc.stderr.strip()[-200:])
+        if str(library) not in error:
+            where = re.search(r"line (\d+)", error)
+            index = int(where.group(1)) - len(head) - 1 if where else -1
+            line = f" in {self.extra_config[index]!r}" if 0 <= index < len(
+                self.extra_config) else ""
+            reason = error.rsplit("ConfigurationException: ", 1)[-1].split(" <- ")[0]
+            reason = re.sub(r", line \d+$", "", reason)
+            raise ConfigError(f"--java-p11-config: SunPKCS11 refuses it: {reason}{line}")
 
     def handshake(self, job: HandshakeJob) -> ClientResult:
         with self._lock:

@@ -7,6 +7,7 @@ import shutil
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.process import base_env, run_logged, tool_version
 from harness.system import LIBP11_ENGINE, find_library
+from harness.versions import command_version, package_version
 
 
 class OpenSSLEngineClient(Client):
@@ -22,6 +23,10 @@ class OpenSSLEngineClient(Client):
 
     def version(self) -> str:
         return f"{tool_version(['openssl', 'version'])}, libp11 engine"
+
+    def components(self) -> dict[str, str | None]:
+        return {"openssl": command_version(["openssl", "version"]),
+                "libp11": package_version(find_library(*LIBP11_ENGINE))}
 
     def handshake(self, job: HandshakeJob) -> ClientResult:
         openssl = shutil.which("openssl") or "openssl"

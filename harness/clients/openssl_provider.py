@@ -9,6 +9,7 @@ from pathlib import Path
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.process import base_env, run_logged, tool_version
 from harness.system import PKCS11_PROVIDER, find_library
+from harness.versions import command_version, package_version
 
 CONFIG = """\
 openssl_conf = openssl_init
@@ -45,6 +46,10 @@ class OpenSSLProviderClient(Client):
 
     def version(self) -> str:
         return f"{tool_version(['openssl', 'version'])}, pkcs11-provider"
+
+    def components(self) -> dict[str, str | None]:
+        return {"openssl": command_version(["openssl", "version"]),
+                "pkcs11-provider": package_version(find_provider())}
 
     def handshake(self, job: HandshakeJob) -> ClientResult:
         openssl = shutil.which("openssl") or "openssl"

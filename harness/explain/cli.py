@@ -190,7 +190,8 @@ def render_text(explanation: Explanation, source: str) -> str:
         out.append(
             f"First failing call: #{e.first_failure} {call.fn}"
             + (f" {call.mechanism}" if call.mechanism else "")
-            + f" -> {call.rv or (call.reader_error and 'reader error') or 'no return value in the log'}"
+            + " -> "
+            + (call.rv or (call.reader_error and "reader error") or "no return value in the log")
             + (
                 f" (log line {call.line}):"
                 if call.line == call.end_line

@@ -2,8 +2,11 @@
 of the real one (see DESIGN.md, "The interposer").
 
 `build_interposer()` compiles interposer.c once per source version into a cache
-directory; `write_interposer_config()` writes the file the C side reads and
-returns the environment a client process needs. The record it writes is read
+directory (with ``sanitize=True``, or $P11TLS_INTERPOSER_SANITIZE=1, a separate
+build with AddressSanitizer and UBSan: a process loading it needs libasan
+first, e.g. LD_PRELOAD, see scripts/sanitize-interposer.sh);
+`write_interposer_config()` writes the file the C side reads and returns the
+environment a client process needs. The record it writes is read
 by `harness.calls`.
 
 Configuration format (one setting per line, ``key value``, the value being the
@@ -36,8 +39,10 @@ from harness.errors import ConfigError, HarnessError, ToolMissing
 __all__ = [
     "CONF_ENV",
     "INTERPOSER_SOURCE",
+    "SANITIZE_ENV",
     "build_interposer",
     "cache_dir",
+    "sanitize_requested",
     "write_interposer_config",
 ]
 
@@ -46,6 +51,10 @@ INTERPOSER_SOURCE = Path(__file__).with_name("interposer.c")
 
 # Part of the cache key: a change here rebuilds like a change of the source.
 CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden")
+# Added for a sanitizer build: any report ends the process (no recovering from UB).
+SANITIZE_CFLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                   "-fno-omit-frame-pointer", "-g")
+SANITIZE_ENV = "P11TLS_INTERPOSER_SANITIZE"
 LIBS = ("-ldl", "-lpthread", "-lcrypto")  # libcrypto: the digests of emulated combined mechanisms
 INCLUDE_CANDIDATES = (Path("/usr/include/p11-kit-1"), Path("/usr/local/include/p11-kit-1"))
 _INSTALL_HINT = "install gcc and libp11-kit-dev (scripts/setup-system.sh)"
@@ -59,8 +68,13 @@ def cache_dir() -> Path:
     return Path(base) / "p11tls"
 
 
-def build_interposer(source: Path | None = None, cache: Path | None = None) -> Path:
+def build_interposer(
+    source: Path | None = None, cache: Path | None = None, sanitize: bool | None = None
+) -> Path:
     """Path of the compiled interposer, building it first if needed.
+
+    `sanitize` (None: $P11TLS_INTERPOSER_SANITIZE) builds with AddressSanitizer
+    and UBSan, under a name of its own.
 
     The file name carries a hash of the source and the compiler flags, so an
     edited source gets a new file; an existing build is reused without looking
@@ -73,8 +87,11 @@ def build_interposer(source: Path | None = None, cache: Path | None = None) -> P
         code = source.read_bytes()
     except OSError as exc:
         raise HarnessError(f"interposer source {source} is unreadable: {exc.strerror}") from None
-    digest = hashlib.sha256(code + "\0".join(CFLAGS + LIBS).encode()).hexdigest()[:16]
-    target = cache / f"p11tls-interposer-{digest}.so"
+    if sanitize is None:
+        sanitize = sanitize_requested()
+    cflags = CFLAGS + SANITIZE_CFLAGS if sanitize else CFLAGS
+    digest = hashlib.sha256(code + "\0".join(cflags + LIBS).encode()).hexdigest()[:16]
+    target = cache / f"p11tls-interposer-{digest}{'-asan' if sanitize else ''}.so"
     if target.is_file():
         return target
 
@@ -91,7 +108,7 @@ def build_interposer(source: Path | None = None, cache: Path | None = None) -> P
         ) from None
     os.close(fd)
     tmp = Path(tmp_name)
-    argv = [*cc, *CFLAGS, f"-I{include}", "-o", str(tmp), str(source), *LIBS]
+    argv = [*cc, *cflags, f"-I{include}", "-o", str(tmp), str(source), *LIBS]
     try:
         try:
             proc = subprocess.run(
@@ -110,6 +127,16 @@ def build_interposer(source: Path | None = None, cache: Path | None = None) -> P
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def sanitize_requested() -> bool:
+    """Whether $P11TLS_INTERPOSER_SANITIZE asks for the sanitizer build."""
+    value = os.environ.get(SANITIZE_ENV, "").strip().lower()
+    if value in ("", "0", "no", "false"):
+        return False
+    if value in ("1", "yes", "true"):
+        return True
+    raise ConfigError(f"{SANITIZE_ENV}={value!r} is not 1 or 0 (yes/no, true/false)")
 
 
 def _find_compiler() -> list[str]:

@@ -30,6 +30,10 @@
  *                              COUNT_LOW/FINAL_TRY/LOCKED, then C_Login ->
  *                              CKR_PIN_LOCKED without calling the real module;
  *                              a successful C_Login or C_InitPIN resets it
+ *   token_pin_flags FLAG...    ORed into C_GetTokenInfo's flags: one or more of
+ *                              CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY,
+ *                              CKF_USER_PIN_LOCKED (names or numbers); the
+ *                              token only says so, C_Login is not changed
  *   latency C_FN MS (*)        sleep MS before forwarding each C_FN call
  *                              (not a size query with a NULL output buffer)
  *   fail_after C_FN N CKR (*)  after N successful C_FN calls (size queries do
@@ -52,13 +56,19 @@
  * Rules this file keeps:
  *  - without emulation settings, never change what the real module does:
  *    arguments, return codes and output buffers pass through untouched;
- *    errno is preserved;
+ *    errno is preserved; and make no call of its own: the real module (and a
+ *    pkcs11-spy below) sees exactly the client's calls.  What the record says
+ *    of a key is what the client itself gave or was told (see "what is known
+ *    of keys").  Emulation may call below on its own (the real operation an
+ *    emulated failure ends, the mechanism list it edits);
  *  - never write a PIN or the value of any attribute except the harmless ones
  *    listed in harmless_value();
  *  - one write() per line, under a mutex (Java calls from several threads);
  *    the emulation settings are read once, before the first call is
  *    forwarded, and only read afterwards; its mutable state (operations in
- *    progress, PIN counter, call counters) has its own locks or atomics.
+ *    progress, PIN counter, call counters) has its own locks or atomics;
+ *  - fork-safe: a fork waits for every lock to be free and the child starts
+ *    with fresh ones and looks up its own thread id (fork_prepare).
  *
  * PKCS#11 3.0: C_GetFunctionList gives the 2.40 list as always.
  * C_GetInterfaceList and C_GetInterface work before C_Initialize too: they
@@ -405,6 +415,11 @@ static const struct name mgf_names[] = {
 
 static const struct name source_names[] = { N(CKZ_DATA_SPECIFIED) };
 
+static const struct name pin_flag_names[] = {
+    N(CKF_USER_PIN_COUNT_LOW), N(CKF_USER_PIN_FINAL_TRY), N(CKF_USER_PIN_LOCKED),
+};
+#define PIN_FLAGS (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED)
+
 static const char *lookup(const struct name *t, size_t n, CK_ULONG v)
 {
     for (size_t i = 0; i < n; i++)
@@ -696,17 +711,23 @@ static void j_template(jbuf *b, const char *key, const CK_ATTRIBUTE *t, CK_ULONG
 /* ------------------------------------------------------------ module state */
 
 static _Atomic(CK_FUNCTION_LIST_PTR) real; /* set once, by the first successful load */
+/* The locks, in the order the fork handlers take them (see fork_prepare);
+ * no code holds two of them at once. */
 static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t sess_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t key_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t pin_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
 static int record_fd = -1;
 static atomic_ulong seq_counter;
 
+static __thread long cached_tid; /* 0: not looked up yet in this thread (or process) */
+
 static long thread_id(void)
 {
-    static __thread long tid;
-    if (!tid)
-        tid = (long)syscall(SYS_gettid);
-    return tid;
+    if (!cached_tid)
+        cached_tid = (long)syscall(SYS_gettid);
+    return cached_tid;
 }
 
 static void record_line(const jbuf *b)
@@ -725,153 +746,355 @@ static void record_line(const jbuf *b)
     pthread_mutex_unlock(&write_lock);
 }
 
-/* ----------------------------------------------------- key description cache */
-
-/* Object handles are valid across all sessions of an application, so the
- * cache is keyed by handle alone; entries go when the object may change. */
-struct key_entry { CK_OBJECT_HANDLE h; char *json; struct key_entry *next; };
-static struct key_entry *key_cache;
-static size_t key_cache_size;
-static pthread_mutex_t key_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void key_cache_clear(void)
+/*
+ * fork(): a child starts with only the forking thread, and with every lock
+ * as it was at the fork.  So the fork waits until no thread is inside a
+ * section under one of these locks (prepare takes them all), the parent lets
+ * them go, and the child gets fresh ones; the child's thread looks its own
+ * id up again.  Registered once, when this module is loaded (glibc removes
+ * the handlers when the module is unloaded).
+ */
+static void fork_prepare(void)
 {
+    pthread_mutex_lock(&load_lock);
+    pthread_mutex_lock(&sess_lock);
     pthread_mutex_lock(&key_lock);
-    while (key_cache) {
-        struct key_entry *e = key_cache;
-        key_cache = e->next;
-        free(e->json);
-        free(e);
-    }
-    key_cache_size = 0;
-    pthread_mutex_unlock(&key_lock);
+    pthread_mutex_lock(&pin_lock);
+    pthread_mutex_lock(&write_lock);
 }
 
-static void key_cache_forget(CK_OBJECT_HANDLE h)
+static void fork_parent(void)
 {
-    pthread_mutex_lock(&key_lock);
-    for (struct key_entry **p = &key_cache; *p; p = &(*p)->next) {
-        if ((*p)->h == h) {
-            struct key_entry *e = *p;
-            *p = e->next;
-            free(e->json);
-            free(e);
-            key_cache_size--;
-            break;
-        }
-    }
+    pthread_mutex_unlock(&write_lock);
+    pthread_mutex_unlock(&pin_lock);
     pthread_mutex_unlock(&key_lock);
+    pthread_mutex_unlock(&sess_lock);
+    pthread_mutex_unlock(&load_lock);
 }
 
-static char *key_cache_get(CK_OBJECT_HANDLE h)
+static void fork_child(void)
 {
-    char *json = NULL;
-    pthread_mutex_lock(&key_lock);
-    for (struct key_entry *e = key_cache; e; e = e->next)
-        if (e->h == h) {
-            json = strdup(e->json);
-            break;
-        }
-    pthread_mutex_unlock(&key_lock);
-    return json;
+    pthread_mutex_t *locks[] = { &load_lock, &sess_lock, &key_lock, &pin_lock, &write_lock };
+    for (size_t i = 0; i < sizeof locks / sizeof locks[0]; i++)
+        pthread_mutex_init(locks[i], NULL);
+    cached_tid = 0;
 }
 
-static void key_cache_put(CK_OBJECT_HANDLE h, const char *json)
+__attribute__((constructor)) static void register_fork_handlers(void)
 {
-    struct key_entry *e = malloc(sizeof *e);
-    if (!e || !(e->json = strdup(json))) {
-        free(e);
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* ------------------------------------------------------ what is known of keys */
+
+/*
+ * The "key" of an *Init call's record is what the client itself gave or was
+ * told about the handle: the templates of C_CreateObject, C_GenerateKey(Pair)
+ * (with what the mechanism contributes: class, key type, and a private EC
+ * key's CKA_EC_PARAMS from the public template), C_CopyObject, C_UnwrapKey,
+ * C_DeriveKey and C_SetAttributeValue; the template of the C_FindObjectsInit
+ * whose C_FindObjects returned the handle; the values C_GetAttributeValue
+ * returned.  The interposer never asks the module itself: on a card that
+ * would be APDUs the client never sent, and a spy below would log calls the
+ * client never made.  What is not known is null; nothing known, "key": null.
+ *
+ * Object handles are valid across all sessions of an application, so the
+ * book is keyed by handle.  An entry goes with its object: C_DestroyObject,
+ * the close of the session a session object belongs to, C_Finalize, and a
+ * fresh C_Initialize.
+ */
+enum { KA_CLASS, KA_KEY_TYPE, KA_ID, KA_LABEL, KA_EC_PARAMS, KA_COUNT };
+static const CK_ATTRIBUTE_TYPE ka_types[KA_COUNT] = {
+    CKA_CLASS, CKA_KEY_TYPE, CKA_ID, CKA_LABEL, CKA_EC_PARAMS,
+};
+#define KA_MAX 1024     /* longest value kept */
+#define BOOK_MAX 4096   /* entries; the oldest goes first */
+
+struct kvals {
+    unsigned known;                /* bit i: v[i]/len[i] hold ka_types[i]'s value */
+    unsigned char *v[KA_COUNT];    /* malloc'd (NULL for an empty value) */
+    CK_ULONG len[KA_COUNT];
+    int token;                     /* CKA_TOKEN: 1, 0, or -1 not known */
+};
+#define KVALS_NONE { 0, { 0 }, { 0 }, -1 }
+
+static void kv_free(struct kvals *k)
+{
+    for (int i = 0; i < KA_COUNT; i++)
+        free(k->v[i]);
+    *k = (struct kvals)KVALS_NONE;
+}
+
+static void kv_set(struct kvals *k, int i, const void *p, CK_ULONG len)
+{
+    unsigned char *copy = NULL;
+    if (len && (!(copy = malloc(len)))) /* no memory: the value stays unknown */
         return;
-    }
-    e->h = h;
-    pthread_mutex_lock(&key_lock);
-    if (key_cache_size >= 1024) { /* bound memory; a miss only costs a re-read */
-        pthread_mutex_unlock(&key_lock);
-        key_cache_clear();
-        pthread_mutex_lock(&key_lock);
-    }
-    e->next = key_cache;
-    key_cache = e;
-    key_cache_size++;
-    pthread_mutex_unlock(&key_lock);
+    if (len)
+        memcpy(copy, p, len);
+    free(k->v[i]);
+    k->v[i] = copy;
+    k->len[i] = len;
+    k->known |= 1u << i;
 }
 
+static void kv_ulong(struct kvals *k, int i, CK_ULONG v) { kv_set(k, i, &v, sizeof v); }
+
+/* Later values win: b's known values and token-ness go into a (b is emptied). */
+static void kv_merge(struct kvals *a, struct kvals *b)
+{
+    for (int i = 0; i < KA_COUNT; i++)
+        if (b->known & (1u << i)) {
+            free(a->v[i]);
+            a->v[i] = b->v[i];
+            a->len[i] = b->len[i];
+            a->known |= 1u << i;
+            b->v[i] = NULL;
+        }
+    if (b->token >= 0)
+        a->token = b->token;
+    kv_free(b);
+}
+
+static void kv_copy(struct kvals *to, const struct kvals *from)
+{
+    *to = (struct kvals)KVALS_NONE;
+    for (int i = 0; i < KA_COUNT; i++)
+        if (from->known & (1u << i))
+            kv_set(to, i, from->v[i], from->len[i]);
+    to->token = from->token;
+}
+
+/*
+ * The key attributes of a template whose values are present: a value the
+ * caller handed in, or one the module filled (caps: the caller's buffer
+ * sizes; a length beyond its buffer, or CK_UNAVAILABLE_INFORMATION, is not
+ * believed).  A NULL pValue is a length query: no value.
+ */
+static void kv_template(struct kvals *k, const CK_ATTRIBUTE *t, CK_ULONG n, const CK_ULONG *caps)
+{
+    for (CK_ULONG j = 0; t && j < n && (!caps || j < TEMPLATE_MAX); j++) {
+        const CK_ATTRIBUTE *a = &t[j];
+        CK_ULONG len = a->ulValueLen;
+        if (!a->pValue || len == CK_UNAVAILABLE_INFORMATION || len > KA_MAX
+            || (caps && len > caps[j]))
+            continue;
+        if (a->type == CKA_TOKEN && len == sizeof(CK_BBOOL)) {
+            k->token = *(const CK_BBOOL *)a->pValue ? 1 : 0;
+            continue;
+        }
+        for (int i = 0; i < KA_COUNT; i++)
+            if (a->type == ka_types[i] && (i > KA_KEY_TYPE || len == sizeof(CK_ULONG)))
+                kv_set(k, i, a->pValue, len);
+    }
+}
+
+struct key_entry {
+    CK_OBJECT_HANDLE h;
+    CK_SESSION_HANDLE owner; /* the session a session object lives in; 0: none known */
+    struct kvals k;
+    struct key_entry *next;
+};
+static struct key_entry *book;  /* newest first */
+static size_t book_size;
+
+static void book_free_list(struct key_entry *e)
+{
+    while (e) {
+        struct key_entry *next = e->next;
+        kv_free(&e->k);
+        free(e);
+        e = next;
+    }
+}
+
+static void book_clear(void)
+{
+    pthread_mutex_lock(&key_lock);
+    struct key_entry *all = book;
+    book = NULL;
+    book_size = 0;
+    pthread_mutex_unlock(&key_lock);
+    book_free_list(all);
+}
+
+/* Forget one handle (owner 0), or every session object of a session (h 0). */
+static void book_forget_where(CK_OBJECT_HANDLE h, CK_SESSION_HANDLE owner)
+{
+    struct key_entry *gone = NULL;
+    pthread_mutex_lock(&key_lock);
+    for (struct key_entry **p = &book; *p;) {
+        struct key_entry *e = *p;
+        if (owner ? e->owner == owner : e->h == h) {
+            *p = e->next;
+            e->next = gone;
+            gone = e;
+            book_size--;
+        } else {
+            p = &e->next;
+        }
+    }
+    pthread_mutex_unlock(&key_lock);
+    book_free_list(gone);
+}
+
+static void book_forget(CK_OBJECT_HANDLE h) { book_forget_where(h, 0); }
+
+/*
+ * What the client learned or said about handle h (k is emptied).  fresh: a
+ * new object made in session s (what was known of the handle before is of an
+ * object that is gone); it is a session object unless CKA_TOKEN was true.
+ * Not fresh: a value seen in session s; a CKA_TOKEN false seen there ties
+ * the entry to s when nothing else does.
+ */
+static void book_put(CK_OBJECT_HANDLE h, CK_SESSION_HANDLE s, int fresh, struct kvals *k)
+{
+    if (!k->known && k->token < 0 && !fresh)
+        return;
+    struct key_entry *e, *evicted = NULL;
+    pthread_mutex_lock(&key_lock);
+    for (e = book; e && e->h != h; e = e->next)
+        ;
+    if (!e && (e = calloc(1, sizeof *e))) {
+        e->h = h;
+        e->k = (struct kvals)KVALS_NONE;
+        e->next = book;
+        book = e;
+        if (++book_size > BOOK_MAX) { /* bound memory: drop the oldest */
+            struct key_entry **p = &book;
+            while ((*p)->next)
+                p = &(*p)->next;
+            evicted = *p;
+            *p = NULL;
+            book_size--;
+        }
+    }
+    if (e) {
+        if (fresh) {
+            kv_free(&e->k);
+            e->owner = k->token == 1 ? 0 : s;
+        } else if (k->token == 0 && !e->owner) {
+            e->owner = s;
+        }
+        kv_merge(&e->k, k);
+    }
+    pthread_mutex_unlock(&key_lock);
+    kv_free(k);
+    book_free_list(evicted);
+}
+
+/* Whether C_GetAttributeValue filled what it could (the others: unavailable). */
 static int attr_ok(CK_RV rv)
 {
     return rv == CKR_OK || rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID
         || rv == CKR_BUFFER_TOO_SMALL;
 }
 
-/*
- * {"class", "key_type", "id", "label"[, "ec_params"]} of a key as a malloc'd
- * JSON text, read from the real module once per handle; NULL when it cannot
- * be read.  Called before the real *Init call, so no operation is active
- * while we read.
- */
-static char *key_describe(CK_FUNCTION_LIST_PTR r, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+/* {"class", "key_type", "id", "label"[, "ec_params"]} of what is known of h,
+ * as a malloc'd JSON text; NULL when nothing is. */
+static char *book_describe(CK_OBJECT_HANDLE h)
 {
-    char *cached = key_cache_get(h);
-    if (cached || !r->C_GetAttributeValue)
-        return cached;
-
-    CK_OBJECT_CLASS cls = 0;
-    CK_KEY_TYPE type = 0;
-    CK_ATTRIBUTE fixed[2] = {
-        { CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &type, sizeof type },
-    };
-    /* Variable length: first the lengths, then the values. */
-    CK_ATTRIBUTE var[3] = { { CKA_ID, NULL, 0 }, { CKA_LABEL, NULL, 0 },
-                            { CKA_EC_PARAMS, NULL, 0 } };
-    if (!attr_ok(r->C_GetAttributeValue(s, h, fixed, 2))
-        || !attr_ok(r->C_GetAttributeValue(s, h, var, 3)))
+    struct kvals k = KVALS_NONE;
+    pthread_mutex_lock(&key_lock);
+    for (struct key_entry *e = book; e; e = e->next)
+        if (e->h == h) {
+            kv_copy(&k, &e->k);
+            break;
+        }
+    pthread_mutex_unlock(&key_lock);
+    if (!k.known)
         return NULL;
-    CK_ULONG cap[3];
-    for (int i = 0; i < 3; i++) {
-        cap[i] = var[i].ulValueLen;
-        if (cap[i] != CK_UNAVAILABLE_INFORMATION && cap[i] > 0 && cap[i] <= 1024)
-            var[i].pValue = malloc(cap[i]);
-    }
-    CK_RV rv = r->C_GetAttributeValue(s, h, var, 3);
-    for (int i = 0; i < 3; i++) { /* trust nothing we did not allocate for */
-        int empty = cap[i] == 0 && var[i].ulValueLen == 0;
-        if (!attr_ok(rv) || (!empty && (!var[i].pValue || var[i].ulValueLen > cap[i])))
-            var[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
-    }
-
     jbuf b = { 0 };
+    CK_ULONG v;
     jb_puts(&b, "{\"class\":");
-    if (fixed[0].ulValueLen == sizeof cls)
-        jb_name(&b, TABLE(class_names), cls);
-    else
+    if (k.known & (1u << KA_CLASS) && k.len[KA_CLASS] == sizeof v) {
+        memcpy(&v, k.v[KA_CLASS], sizeof v);
+        jb_name(&b, TABLE(class_names), v);
+    } else {
         jb_puts(&b, "null");
+    }
     jb_puts(&b, ",\"key_type\":");
-    if (fixed[1].ulValueLen == sizeof type)
-        jb_name(&b, TABLE(key_type_names), type);
-    else
+    if (k.known & (1u << KA_KEY_TYPE) && k.len[KA_KEY_TYPE] == sizeof v) {
+        memcpy(&v, k.v[KA_KEY_TYPE], sizeof v);
+        jb_name(&b, TABLE(key_type_names), v);
+    } else {
         jb_puts(&b, "null");
+    }
     jb_puts(&b, ",\"id\":");
-    if (var[0].ulValueLen != CK_UNAVAILABLE_INFORMATION)
-        jb_hex(&b, var[0].pValue, var[0].ulValueLen);
+    if (k.known & (1u << KA_ID))
+        jb_hex(&b, k.v[KA_ID], k.len[KA_ID]);
     else
         jb_puts(&b, "null");
     jb_puts(&b, ",\"label\":");
-    if (var[1].ulValueLen != CK_UNAVAILABLE_INFORMATION)
-        jb_str(&b, var[1].pValue, var[1].ulValueLen);
+    if (k.known & (1u << KA_LABEL))
+        jb_str(&b, k.v[KA_LABEL], k.len[KA_LABEL]);
     else
         jb_puts(&b, "null");
-    if (var[2].ulValueLen != CK_UNAVAILABLE_INFORMATION && var[2].ulValueLen > 0) {
+    if (k.known & (1u << KA_EC_PARAMS) && k.len[KA_EC_PARAMS] > 0) {
         jb_puts(&b, ",\"ec_params\":"); /* the curve: public */
-        jb_hex(&b, var[2].pValue, var[2].ulValueLen);
+        jb_hex(&b, k.v[KA_EC_PARAMS], k.len[KA_EC_PARAMS]);
     }
     jb_put(&b, "}", 2); /* with the terminating NUL */
-    for (int i = 0; i < 3; i++)
-        free(var[i].pValue);
+    kv_free(&k);
     if (b.oom) {
         free(b.p);
         return NULL;
     }
-    key_cache_put(h, b.p);
     return b.p;
+}
+
+/* The key type a key-generation mechanism gives its keys, or -1. */
+static long keygen_type(const CK_MECHANISM *m)
+{
+    if (!m)
+        return -1;
+    switch (m->mechanism) {
+    case CKM_RSA_PKCS_KEY_PAIR_GEN: case CKM_RSA_X9_31_KEY_PAIR_GEN: return CKK_RSA;
+    case CKM_EC_KEY_PAIR_GEN: return CKK_EC;
+    case CKM_EC_EDWARDS_KEY_PAIR_GEN: return CKK_EC_EDWARDS;
+    case CKM_DSA_KEY_PAIR_GEN: return CKK_DSA;
+    case CKM_DH_PKCS_KEY_PAIR_GEN: return CKK_DH;
+    case CKM_AES_KEY_GEN: return CKK_AES;
+    case CKM_GENERIC_SECRET_KEY_GEN: return CKK_GENERIC_SECRET;
+    default: return -1;
+    }
+}
+
+/* A new object of class cls (and the mechanism's key type) from a template. */
+static void book_new(CK_OBJECT_HANDLE h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+                     const CK_MECHANISM *m, const CK_ATTRIBUTE *t, CK_ULONG n,
+                     const CK_ATTRIBUTE *more, CK_ULONG more_n)
+{
+    struct kvals k = KVALS_NONE;
+    if (cls != CK_UNAVAILABLE_INFORMATION) /* else the template says, if anything */
+        kv_ulong(&k, KA_CLASS, cls);
+    long type = keygen_type(m);
+    if (type >= 0)
+        kv_ulong(&k, KA_KEY_TYPE, (CK_ULONG)type);
+    /* more: the public template, whose CKA_EC_PARAMS a private EC key gets */
+    for (CK_ULONG i = 0; more && i < more_n; i++)
+        if (more[i].type == CKA_EC_PARAMS && more[i].pValue && more[i].ulValueLen <= KA_MAX)
+            kv_set(&k, KA_EC_PARAMS, more[i].pValue, more[i].ulValueLen);
+    kv_template(&k, t, n, NULL);
+    book_put(h, s, 1, &k);
+}
+
+/* C_CopyObject: the copy has the original's values but where the template
+ * says otherwise. */
+static void book_copy(CK_OBJECT_HANDLE from, CK_OBJECT_HANDLE to, CK_SESSION_HANDLE s,
+                      const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    struct kvals k = KVALS_NONE, more = KVALS_NONE;
+    pthread_mutex_lock(&key_lock);
+    for (struct key_entry *e = book; e; e = e->next)
+        if (e->h == from) {
+            kv_copy(&k, &e->k);
+            break;
+        }
+    pthread_mutex_unlock(&key_lock);
+    kv_template(&more, t, n, NULL);
+    kv_merge(&k, &more);
+    book_put(to, s, 1, &k);
 }
 
 /* ,"key_handle":N,"key":{...} (takes ownership of json) */
@@ -953,6 +1176,7 @@ static struct {
     struct refuse_rule refuse[MAX_RULES];
     size_t n_refuse;
     CK_ULONG pin_max_tries;          /* 0: no PIN emulation */
+    CK_FLAGS token_pin_flags;        /* ORed into C_GetTokenInfo's flags */
     unsigned long latency_ms[FN_COUNT];
     struct fail_rule fail[FN_COUNT];
 } emu = { .over_limit_rv = CKR_GENERAL_ERROR };
@@ -1135,7 +1359,7 @@ static int config_error(const char *path, int line, const char *what, const char
 
 #define KNOWN_KEYS "module, record, hide, add_combined, sign_max_input, " \
                    "sign_limit_mechanism, sign_over_limit_rv, sign_multipart, refuse_create, " \
-                   "pin_max_tries, latency, fail_after"
+                   "pin_max_tries, token_pin_flags, latency, fail_after"
 
 /* A whole word as an unsigned number (decimal or 0x-hex). */
 static int parse_number(const char *word, CK_ULONG *out)
@@ -1270,6 +1494,15 @@ static int parse_emulation(const char *key, char *value, const char **why)
         if (!parse_number(w[0], &v) || v == 0)
             BAD("not a number of tries (1 or more): pin_max_tries ");
         emu.pin_max_tries = v;
+    } else if (!strcmp(key, "token_pin_flags")) {
+        if (n == 0)
+            BAD("expected one or more CKF_USER_PIN_ flags after key ");
+        for (int i = 0; i < n; i++) {
+            if (!parse_named(w[i], TABLE(pin_flag_names), &v) || !v || (v & ~PIN_FLAGS))
+                BAD("not CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, "
+                    "CKF_USER_PIN_LOCKED or a number of those bits: token_pin_flags ");
+            emu.token_pin_flags |= v;
+        }
     } else if (!strcmp(key, "latency")) {
         WANT(2, "C_FUNCTION MILLISECONDS");
         if (!parse_function(w[0], &fn))
@@ -1321,14 +1554,16 @@ static const char *fetch_digests(void)
     return NULL;
 }
 
-static CK_ULONG pin_tries_left;
-static pthread_mutex_t pin_lock = PTHREAD_MUTEX_INITIALIZER;
+static CK_ULONG pin_tries_left; /* under pin_lock */
 
 /* ------------------------------------------------ PKCS#11 3.0 interfaces */
 
 static CK_FUNCTION_LIST function_list;          /* defined at the end */
 static CK_FUNCTION_LIST_3_0 function_list_3_0;  /* defined at the end */
 static CK_CHAR pkcs11_name[] = "PKCS 11";
+/* The name as CK_INTERFACE holds it: CK_CHAR * in the OASIS headers and in the
+ * block above, char * in p11-kit 0.25's pkcs11.h; void * converts to either. */
+#define IFACE_NAME ((void *)pkcs11_name)
 
 /*
  * The real module's 3.0 side is looked at only when a client first calls
@@ -1344,7 +1579,7 @@ static CK_C_GetFunctionList real_get_function_list;
 static int discovered;
 static _Atomic(CK_FUNCTION_LIST_3_0 *) real3;  /* the real module's 3.x list, or NULL */
 static CK_C_GetInterface real_get_interface;   /* set when real3 is */
-static CK_INTERFACE interfaces[2] = { { pkcs11_name, &function_list, 0 } }; /* the offer */
+static CK_INTERFACE interfaces[2] = { { IFACE_NAME, &function_list, 0 } }; /* the offer */
 static CK_ULONG n_interfaces = 1;
 
 static int is_pkcs11_interface(const CK_INTERFACE *i)
@@ -1391,8 +1626,8 @@ static void discover(void)
             || interface_major(found) != 3)
             return;
     }
-    interfaces[0] = (CK_INTERFACE){ pkcs11_name, &function_list_3_0, found->flags };
-    interfaces[1] = (CK_INTERFACE){ pkcs11_name, &function_list, 0 };
+    interfaces[0] = (CK_INTERFACE){ IFACE_NAME, &function_list_3_0, found->flags };
+    interfaces[1] = (CK_INTERFACE){ IFACE_NAME, &function_list, 0 };
     n_interfaces = 2;
     real_get_interface = get_one;
     atomic_store(&real3, (CK_FUNCTION_LIST_3_0 *)found->pFunctionList);
@@ -1506,39 +1741,64 @@ static CK_RV ensure_loaded(int quiet)
     return rv;
 }
 
-/* -------------------------------------------- operations being emulated */
+/* ------------------------------------------ sessions and emulated operations */
 
 /*
  * A signing or verifying operation whose calls the interposer shapes: a
  * combined mechanism (hashed here, CKM_ECDSA below) and/or an input limit.
- * Other operations keep no state.  Keyed by session; only the thread using
- * the session touches its entry (PKCS#11 forbids concurrent use of one
- * session), the list itself is under op_lock.
+ * Other operations keep no state.  Only the thread using the session touches
+ * an operation's contents (PKCS#11 forbids concurrent use of one session);
+ * its lifetime is counted: the session table holds one reference, and each
+ * call using it one more (op_get/op_put), so a C_Finalize or
+ * C_CloseAllSessions in another thread never frees one still in use.
  */
 enum op_kind { OP_SIGN, OP_VERIFY };
 
 struct op {
-    CK_SESSION_HANDLE s;
     enum op_kind kind;
     const EVP_MD *md;  /* combined: the digest, with ctx; NULL: forwarded as is */
     EVP_MD_CTX *ctx;
     int limited;
     CK_ULONG total;    /* input so far (C_SignUpdate parts) */
     int fed;           /* the real module has seen a C_SignUpdate */
-    struct op *next;
+    int refs;          /* under sess_lock */
 };
 
-static struct op *ops;
-static pthread_mutex_t op_lock = PTHREAD_MUTEX_INITIALIZER;
+/*
+ * The sessions the client opened, with their slot (so C_CloseAllSessions acts
+ * on that slot's sessions only), their emulated operations and the template
+ * of a C_FindObjectsInit in progress.  Under sess_lock.  A session used but
+ * not opened through here gets an entry of unknown slot.
+ */
+#define SLOT_UNKNOWN CK_UNAVAILABLE_INFORMATION
 
-static struct op *op_find(CK_SESSION_HANDLE s, enum op_kind kind)
+struct sess {
+    CK_SESSION_HANDLE s;
+    CK_SLOT_ID slot;
+    struct op *op[2];   /* by op_kind */
+    struct kvals find;  /* what every object the search returns has */
+    struct sess *next;
+};
+static struct sess *sessions;
+
+static struct sess **sess_where(CK_SESSION_HANDLE s)
 {
-    struct op *o;
-    pthread_mutex_lock(&op_lock);
-    for (o = ops; o && !(o->s == s && o->kind == kind); o = o->next)
-        ;
-    pthread_mutex_unlock(&op_lock);
-    return o;
+    struct sess **p = &sessions;
+    while (*p && (*p)->s != s)
+        p = &(*p)->next;
+    return p;
+}
+
+/* The entry of s, made if need be (NULL: no memory); under sess_lock. */
+static struct sess *sess_entry(CK_SESSION_HANDLE s)
+{
+    struct sess **p = sess_where(s);
+    if (!*p && (*p = calloc(1, sizeof **p))) {
+        (*p)->s = s;
+        (*p)->slot = SLOT_UNKNOWN;
+        (*p)->find = (struct kvals)KVALS_NONE;
+    }
+    return *p;
 }
 
 static void op_free(struct op *o)
@@ -1547,32 +1807,158 @@ static void op_free(struct op *o)
     free(o);
 }
 
-/* Forget the operation(s): of one kind in one session, all of a session
- * (all_kinds), or every one (all_sessions). */
-static void op_forget_where(CK_SESSION_HANDLE s, enum op_kind kind, int all_kinds,
-                            int all_sessions)
+/* Drops one reference (NULL: none); the last one frees. */
+static void op_put(struct op *o)
 {
-    pthread_mutex_lock(&op_lock);
-    for (struct op **p = &ops; *p;) {
-        struct op *o = *p;
-        if (all_sessions || (o->s == s && (all_kinds || o->kind == kind))) {
-            *p = o->next;
-            op_free(o);
-        } else {
-            p = &o->next;
-        }
-    }
-    pthread_mutex_unlock(&op_lock);
+    if (!o)
+        return;
+    pthread_mutex_lock(&sess_lock);
+    int last = --o->refs == 0;
+    pthread_mutex_unlock(&sess_lock);
+    if (last)
+        op_free(o);
 }
 
-static void op_forget(CK_SESSION_HANDLE s, enum op_kind kind) { op_forget_where(s, kind, 0, 0); }
-
-static void op_add(struct op *o)
+/* The operation of that kind in progress in s, with a reference for the
+ * caller (op_put when done), or NULL. */
+static struct op *op_get(CK_SESSION_HANDLE s, enum op_kind kind)
 {
-    pthread_mutex_lock(&op_lock);
-    o->next = ops;
-    ops = o;
-    pthread_mutex_unlock(&op_lock);
+    pthread_mutex_lock(&sess_lock);
+    struct sess *e = *sess_where(s);
+    struct op *o = e ? e->op[kind] : NULL;
+    if (o)
+        o->refs++;
+    pthread_mutex_unlock(&sess_lock);
+    return o;
+}
+
+/* The operation `o` of s is over (if it is still the current one). */
+static void op_end(CK_SESSION_HANDLE s, struct op *o)
+{
+    struct op *gone = NULL;
+    pthread_mutex_lock(&sess_lock);
+    struct sess *e = *sess_where(s);
+    if (e && o && e->op[o->kind] == o) {
+        e->op[o->kind] = NULL;
+        gone = o;
+    }
+    pthread_mutex_unlock(&sess_lock);
+    op_put(gone);
+}
+
+/* Whatever operation of that kind s has is over. */
+static void op_forget(CK_SESSION_HANDLE s, enum op_kind kind)
+{
+    struct op *gone = NULL;
+    pthread_mutex_lock(&sess_lock);
+    struct sess *e = *sess_where(s);
+    if (e) {
+        gone = e->op[kind];
+        e->op[kind] = NULL;
+    }
+    pthread_mutex_unlock(&sess_lock);
+    op_put(gone);
+}
+
+/* o (one reference, the table's) becomes the operation of s; 0: no memory. */
+static int op_start(CK_SESSION_HANDLE s, struct op *o)
+{
+    struct op *old = NULL;
+    pthread_mutex_lock(&sess_lock);
+    struct sess *e = sess_entry(s);
+    if (e) {
+        old = e->op[o->kind];
+        e->op[o->kind] = o;
+        o->refs = 1;
+    }
+    pthread_mutex_unlock(&sess_lock);
+    op_put(old);
+    return e != NULL;
+}
+
+/* Frees removed session entries: their operations (once no call uses them),
+ * search templates and the session objects known in them. */
+static void sess_free_list(struct sess *e)
+{
+    while (e) {
+        struct sess *next = e->next;
+        op_put(e->op[OP_SIGN]);
+        op_put(e->op[OP_VERIFY]);
+        kv_free(&e->find);
+        book_forget_where(0, e->s);
+        free(e);
+        e = next;
+    }
+}
+
+/* Closed: session s (all 0), every session of `slot` (all 1, s ignored), or
+ * every session (all 2). */
+static void sess_close(CK_SESSION_HANDLE s, CK_SLOT_ID slot, int all)
+{
+    struct sess *gone = NULL;
+    pthread_mutex_lock(&sess_lock);
+    for (struct sess **p = &sessions; *p;) {
+        struct sess *e = *p;
+        if (all == 2 || (all == 1 && e->slot == slot) || (all == 0 && e->s == s)) {
+            *p = e->next;
+            e->next = gone;
+            gone = e;
+        } else {
+            p = &e->next;
+        }
+    }
+    pthread_mutex_unlock(&sess_lock);
+    sess_free_list(gone);
+}
+
+/* A session the client opened (a handle seen before belongs to a closed one). */
+static void sess_open(CK_SESSION_HANDLE s, CK_SLOT_ID slot)
+{
+    sess_close(s, 0, 0);
+    pthread_mutex_lock(&sess_lock);
+    struct sess *e = sess_entry(s);
+    if (e)
+        e->slot = slot;
+    pthread_mutex_unlock(&sess_lock);
+}
+
+/* C_FindObjectsInit succeeded: remember its template (found 0), or
+ * C_FindObjects returned objects: they have its values. */
+static void sess_find(CK_SESSION_HANDLE s, const CK_ATTRIBUTE *t, CK_ULONG n,
+                      const CK_OBJECT_HANDLE *found, CK_ULONG n_found)
+{
+    struct kvals k = KVALS_NONE;
+    kv_template(&k, t, n, NULL); /* outside the lock: it allocates */
+    pthread_mutex_lock(&sess_lock);
+    struct sess *e = found ? *sess_where(s) : sess_entry(s);
+    if (e && !found) {
+        kv_free(&e->find);
+        e->find = k;
+        k = (struct kvals)KVALS_NONE;
+    } else if (e) {
+        kv_copy(&k, &e->find);
+    }
+    pthread_mutex_unlock(&sess_lock);
+    for (CK_ULONG i = 0; found && i < n_found; i++) {
+        struct kvals each;
+        kv_copy(&each, &k);
+        book_put(found[i], s, 0, &each);
+    }
+    kv_free(&k);
+}
+
+/* C_FindObjectsFinal: the search is over. */
+static void sess_find_end(CK_SESSION_HANDLE s)
+{
+    struct kvals k = KVALS_NONE;
+    pthread_mutex_lock(&sess_lock);
+    struct sess *e = *sess_where(s);
+    if (e) {
+        k = e->find;
+        e->find = (struct kvals)KVALS_NONE;
+    }
+    pthread_mutex_unlock(&sess_lock);
+    kv_free(&k);
 }
 
 /* Whether a C_Sign/C_SignFinal result ends the operation (PKCS#11 2.40 5.2):
@@ -1623,19 +2009,19 @@ static CK_RV op_init(CK_FUNCTION_LIST_PTR r, struct call *c, enum op_kind kind,
         op_free(o);
         o = NULL;
     }
-    if (!o) {
-        if (kind == OP_SIGN)
-            end_real_sign(r, s, 0);
-        else if (r->C_Verify) /* ends the real verification */
-            r->C_Verify(s, (CK_BYTE_PTR) "", 0, (CK_BYTE_PTR) "", 0);
-        return CKR_HOST_MEMORY;
+    if (o) {
+        o->kind = kind;
+        o->md = md;
+        o->limited = limited;
+        if (op_start(s, o))
+            return CKR_OK;
+        op_free(o);
     }
-    o->s = s;
-    o->kind = kind;
-    o->md = md;
-    o->limited = limited;
-    op_add(o);
-    return CKR_OK;
+    if (kind == OP_SIGN)
+        end_real_sign(r, s, 0);
+    else if (r->C_Verify) /* ends the real verification */
+        r->C_Verify(s, (CK_BYTE_PTR) "", 0, (CK_BYTE_PTR) "", 0);
+    return CKR_HOST_MEMORY;
 }
 
 /* The digest of everything given so far (the context stays usable). */
@@ -1653,7 +2039,7 @@ static CK_RV over_limit(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o,
 {
     c->emulated = EMU_LIMIT;
     end_real_sign(r, s, o->fed);
-    op_forget(s, OP_SIGN);
+    op_end(s, o);
     return emu.over_limit_rv;
 }
 
@@ -1664,7 +2050,7 @@ static CK_RV op_fail(CK_FUNCTION_LIST_PTR r, struct op *o, CK_SESSION_HANDLE s, 
         end_real_sign(r, s, o->fed);
     else if (r->C_Verify)
         r->C_Verify(s, (CK_BYTE_PTR) "", 0, (CK_BYTE_PTR) "", 0);
-    op_forget(s, o->kind);
+    op_end(s, o);
     return rv;
 }
 
@@ -1694,7 +2080,7 @@ static CK_RV op_sign(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o, CK_SE
         rv = REAL(Sign, s, in, in_len, out, out_len);
     }
     if (sign_ends(rv, out))
-        op_forget(s, OP_SIGN);
+        op_end(s, o);
     return rv;
 }
 
@@ -1718,7 +2104,7 @@ static CK_RV op_sign_update(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o
     o->total += in_len;
     o->fed = 1;
     if (rv != CKR_OK)
-        op_forget(s, OP_SIGN);
+        op_end(s, o);
     return rv;
 }
 
@@ -1740,17 +2126,18 @@ static CK_RV op_sign_final(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o,
         rv = REAL(SignFinal, s, out, out_len);
     }
     if (sign_ends(rv, out))
-        op_forget(s, OP_SIGN);
+        op_end(s, o);
     return rv;
 }
 
 /* multipart = no: C_SignUpdate is refused, and the refusal ends the operation. */
 static CK_RV refuse_update(CK_FUNCTION_LIST_PTR r, struct call *c, CK_SESSION_HANDLE s)
 {
-    struct op *o = op_find(s, OP_SIGN);
+    struct op *o = op_get(s, OP_SIGN);
     c->emulated = EMU_NO_MULTIPART;
     end_real_sign(r, s, o && o->fed);
     op_forget(s, OP_SIGN);
+    op_put(o);
     return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
@@ -1769,7 +2156,7 @@ static CK_RV op_verify(CK_FUNCTION_LIST_PTR r, struct call *c, struct op *o, CK_
     c->emulated = EMU_COMBINED;
     note->real_in = dl;
     CK_RV rv = REAL(Verify, s, d, dl, sig, sig_len);
-    op_forget(s, OP_VERIFY); /* C_Verify always ends the operation */
+    op_end(s, o); /* C_Verify always ends the operation */
     return rv;
 }
 
@@ -1961,6 +2348,10 @@ static CK_RV ip_Initialize(CK_VOID_PTR args)
         return loaded;
     START(Initialize);
     FORWARD(Initialize, args);
+    if (rv == CKR_OK) { /* a new application instance (after a fork, in the child) */
+        book_clear();
+        sess_close(0, 0, 2);
+    }
     jb_key(J, "init_flags");
     if (args)
         jb_fmt(J, "\"0x%lx\"", ((CK_C_INITIALIZE_ARGS *)args)->flags);
@@ -1974,8 +2365,8 @@ static CK_RV ip_Finalize(CK_VOID_PTR reserved)
     START(Finalize);
     FORWARD(Finalize, reserved);
     if (rv == CKR_OK) {
-        key_cache_clear();
-        op_forget_where(0, OP_SIGN, 1, 1);
+        book_clear();
+        sess_close(0, 0, 2);
     }
     END;
 }
@@ -2014,9 +2405,11 @@ static CK_RV ip_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
     START(GetTokenInfo);
     FORWARD(GetTokenInfo, slot, info);
     j_ulong(J, "slot", slot);
-    if (rv == CKR_OK && info && emu.pin_max_tries) {
+    if (rv == CKR_OK && info && (emu.pin_max_tries || emu.token_pin_flags)) {
         j_hexflags(J, "real_token_flags", info->flags);
-        info->flags = pin_flags(info->flags);
+        if (emu.pin_max_tries)
+            info->flags = pin_flags(info->flags);
+        info->flags |= emu.token_pin_flags;
         c.emulated = EMU_PIN_FLAGS;
     }
     if (rv == CKR_OK && info)
@@ -2122,6 +2515,8 @@ static CK_RV ip_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK
 {
     START(OpenSession);
     FORWARD(OpenSession, slot, flags, app, notify, session);
+    if (rv == CKR_OK && session)
+        sess_open(*session, slot);
     j_ulong(J, "slot", slot);
     j_hexflags(J, "flags", flags);
     j_handle_out(J, "session", rv, session);
@@ -2132,9 +2527,8 @@ static CK_RV ip_CloseSession(CK_SESSION_HANDLE s)
 {
     START(CloseSession);
     FORWARD(CloseSession, s);
-    key_cache_clear(); /* its session objects are gone; handles may be reused */
-    if (rv == CKR_OK)
-        op_forget_where(s, OP_SIGN, 1, 0);
+    if (rv == CKR_OK) /* its operations, search and session objects are gone */
+        sess_close(s, 0, 0);
     SESSION(s);
     END;
 }
@@ -2143,9 +2537,8 @@ static CK_RV ip_CloseAllSessions(CK_SLOT_ID slot)
 {
     START(CloseAllSessions);
     FORWARD(CloseAllSessions, slot);
-    key_cache_clear();
-    if (rv == CKR_OK) /* sessions are not tracked per slot: all are forgotten */
-        op_forget_where(0, OP_SIGN, 1, 1);
+    if (rv == CKR_OK) /* that slot's sessions only */
+        sess_close(0, slot, 1);
     j_ulong(J, "slot", slot);
     END;
 }
@@ -2216,6 +2609,8 @@ static CK_RV ip_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n
     START(CreateObject);
     const struct refuse_rule *rule = refusing_rule(t, n);
     TIMED(rule ? refuse_create(&c, rule) : REAL(CreateObject, s, t, n, obj));
+    if (rv == CKR_OK && obj)
+        book_new(*obj, s, CK_UNAVAILABLE_INFORMATION, NULL, t, n, NULL, 0);
     SESSION(s);
     j_template(J, "template", t, n, 1, NULL);
     j_handle_out(J, "object", rv, obj);
@@ -2227,6 +2622,8 @@ static CK_RV ip_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBU
 {
     START(CopyObject);
     FORWARD(CopyObject, s, obj, t, n, new_obj);
+    if (rv == CKR_OK && new_obj)
+        book_copy(obj, *new_obj, s, t, n);
     SESSION(s);
     j_ulong(J, "object", obj);
     j_template(J, "template", t, n, 1, NULL);
@@ -2238,7 +2635,8 @@ static CK_RV ip_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
 {
     START(DestroyObject);
     FORWARD(DestroyObject, s, obj);
-    key_cache_forget(obj);
+    if (rv == CKR_OK)
+        book_forget(obj);
     SESSION(s);
     j_ulong(J, "object", obj);
     END;
@@ -2262,6 +2660,11 @@ static CK_RV ip_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_
         caps[i] = t[i].ulValueLen;
     START(GetAttributeValue);
     FORWARD(GetAttributeValue, s, obj, t, n);
+    if (attr_ok(rv)) { /* what the client now knows of the object */
+        struct kvals k = KVALS_NONE;
+        kv_template(&k, t, n < TEMPLATE_MAX ? n : TEMPLATE_MAX, caps);
+        book_put(obj, s, 0, &k);
+    }
     SESSION(s);
     j_ulong(J, "object", obj);
     j_template(J, "template", t, n, attr_ok(rv), caps);
@@ -2273,7 +2676,11 @@ static CK_RV ip_SetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_
 {
     START(SetAttributeValue);
     FORWARD(SetAttributeValue, s, obj, t, n);
-    key_cache_forget(obj);
+    if (rv == CKR_OK) {
+        struct kvals k = KVALS_NONE;
+        kv_template(&k, t, n, NULL);
+        book_put(obj, s, 0, &k);
+    }
     SESSION(s);
     j_ulong(J, "object", obj);
     j_template(J, "template", t, n, 1, NULL);
@@ -2284,6 +2691,8 @@ static CK_RV ip_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULON
 {
     START(FindObjectsInit);
     FORWARD(FindObjectsInit, s, t, n);
+    if (rv == CKR_OK)
+        sess_find(s, t, n, NULL, 0);
     SESSION(s);
     j_template(J, "template", t, n, 1, NULL);
     END;
@@ -2294,6 +2703,8 @@ static CK_RV ip_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR objs, CK_U
 {
     START(FindObjects);
     FORWARD(FindObjects, s, objs, max, count);
+    if (rv == CKR_OK && objs && count)
+        sess_find(s, NULL, 0, objs, *count < max ? *count : max);
     SESSION(s);
     j_ulong(J, "max", max);
     j_handle_out(J, "count", rv, count);
@@ -2304,6 +2715,8 @@ static CK_RV ip_FindObjectsFinal(CK_SESSION_HANDLE s)
 {
     START(FindObjectsFinal);
     FORWARD(FindObjectsFinal, s);
+    if (rv == CKR_OK)
+        sess_find_end(s);
     SESSION(s);
     END;
 }
@@ -2315,7 +2728,7 @@ static CK_RV ip_FindObjectsFinal(CK_SESSION_HANDLE s)
     static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) \
     {                                                                        \
         START(name);                                                         \
-        char *key = key_describe(r, s, k);                                   \
+        char *key = book_describe(k);                                   \
         TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(name, s, m, k));          \
         SESSION(s);                                                          \
         j_mech(J, m);                                                        \
@@ -2401,7 +2814,7 @@ static CK_RV ip_DigestInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m)
 static CK_RV ip_DigestKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k)
 {
     START(DigestKey);
-    char *key = key_describe(r, s, k);
+    char *key = book_describe(k);
     FORWARD(DigestKey, s, k);
     SESSION(s);
     j_key(J, k, key);
@@ -2416,7 +2829,7 @@ static CK_RV ip_DigestKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k)
 static CK_RV ip_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
 {
     START(SignInit);
-    char *key = key_describe(r, s, k);
+    char *key = book_describe(k);
     TIMED(op_init(r, &c, OP_SIGN, s, m, k));
     SESSION(s);
     j_mech(J, m);
@@ -2433,7 +2846,7 @@ static CK_RV ip_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len, CK_BY
     struct sign_note note = NOTE;
     START(Sign);
     c.query = !out;
-    struct op *o = op_find(s, OP_SIGN);
+    struct op *o = op_get(s, OP_SIGN);
     TIMED(o ? op_sign(r, &c, o, s, in, in_len, out, out_len, &note)
             : REAL(Sign, s, in, in_len, out, out_len));
     sign_fault_end(r, &c, s, o);
@@ -2441,6 +2854,7 @@ static CK_RV ip_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len, CK_BY
     j_ulong(J, "in_len", in_len);
     j_out(J, out, cap, out_len);
     j_sign_note(&c, &note);
+    op_put(o);
     END;
 }
 
@@ -2448,7 +2862,7 @@ static CK_RV ip_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len)
 {
     struct sign_note note = NOTE;
     START(SignUpdate);
-    struct op *o = emu.no_multipart ? NULL : op_find(s, OP_SIGN);
+    struct op *o = emu.no_multipart ? NULL : op_get(s, OP_SIGN);
     TIMED(emu.no_multipart ? refuse_update(r, &c, s)
           : o ? op_sign_update(r, &c, o, s, in, in_len, &note)
           : REAL(SignUpdate, s, in, in_len));
@@ -2456,6 +2870,7 @@ static CK_RV ip_SignUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len)
     SESSION(s);
     j_ulong(J, "in_len", in_len);
     j_sign_note(&c, &note);
+    op_put(o);
     END;
 }
 
@@ -2465,19 +2880,20 @@ static CK_RV ip_SignFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR out
     struct sign_note note = NOTE;
     START(SignFinal);
     c.query = !out;
-    struct op *o = op_find(s, OP_SIGN);
+    struct op *o = op_get(s, OP_SIGN);
     TIMED(o ? op_sign_final(r, &c, o, s, out, out_len, &note) : REAL(SignFinal, s, out, out_len));
     sign_fault_end(r, &c, s, o);
     SESSION(s);
     j_out(J, out, cap, out_len);
     j_sign_note(&c, &note);
+    op_put(o);
     END;
 }
 
 static CK_RV ip_VerifyInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
 {
     START(VerifyInit);
-    char *key = key_describe(r, s, k);
+    char *key = book_describe(k);
     TIMED(op_init(r, &c, OP_VERIFY, s, m, k));
     SESSION(s);
     j_mech(J, m);
@@ -2492,23 +2908,25 @@ static CK_RV ip_Verify(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_B
 {
     struct sign_note note = NOTE;
     START(Verify);
-    struct op *o = op_find(s, OP_VERIFY);
+    struct op *o = op_get(s, OP_VERIFY);
     TIMED(o ? op_verify(r, &c, o, s, data, len, 0, sig, sig_len, &note)
             : REAL(Verify, s, data, len, sig, sig_len));
     SESSION(s);
     j_ulong(J, "in_len", len);
     j_ulong(J, "sig_len", sig_len);
     j_sign_note(&c, &note);
+    op_put(o);
     END;
 }
 
 static CK_RV ip_VerifyUpdate(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len)
 {
     START(VerifyUpdate);
-    struct op *o = op_find(s, OP_VERIFY);
+    struct op *o = op_get(s, OP_VERIFY);
     TIMED(o ? op_verify_update(r, &c, o, s, in, in_len) : REAL(VerifyUpdate, s, in, in_len));
     SESSION(s);
     j_ulong(J, "in_len", in_len);
+    op_put(o);
     END;
 }
 
@@ -2516,12 +2934,13 @@ static CK_RV ip_VerifyFinal(CK_SESSION_HANDLE s, CK_BYTE_PTR sig, CK_ULONG sig_l
 {
     struct sign_note note = NOTE;
     START(VerifyFinal);
-    struct op *o = op_find(s, OP_VERIFY);
+    struct op *o = op_get(s, OP_VERIFY);
     TIMED(o ? op_verify(r, &c, o, s, NULL, 0, 1, sig, sig_len, &note)
             : REAL(VerifyFinal, s, sig, sig_len));
     SESSION(s);
     j_ulong(J, "sig_len", sig_len);
     j_sign_note(&c, &note);
+    op_put(o);
     END;
 }
 
@@ -2541,6 +2960,8 @@ static CK_RV ip_GenerateKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUT
 {
     START(GenerateKey);
     TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(GenerateKey, s, m, t, n, key));
+    if (rv == CKR_OK && key)
+        book_new(*key, s, CKO_SECRET_KEY, m, t, n, NULL, 0);
     SESSION(s);
     j_mech(J, m);
     j_template(J, "template", t, n, 1, NULL);
@@ -2555,6 +2976,10 @@ static CK_RV ip_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTR
     START(GenerateKeyPair);
     TIMED(HIDDEN(m) ? refuse_hidden(&c)
                     : REAL(GenerateKeyPair, s, m, pub_t, pub_n, priv_t, priv_n, pub, priv));
+    if (rv == CKR_OK && pub && priv) {
+        book_new(*pub, s, CKO_PUBLIC_KEY, m, pub_t, pub_n, NULL, 0);
+        book_new(*priv, s, CKO_PRIVATE_KEY, m, priv_t, priv_n, pub_t, pub_n);
+    }
     SESSION(s);
     j_mech(J, m);
     j_template(J, "public_template", pub_t, pub_n, 1, NULL);
@@ -2570,7 +2995,7 @@ static CK_RV ip_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDL
     CK_ULONG cap = out_len ? *out_len : 0;
     START(WrapKey);
     c.query = !out;
-    char *key = key_describe(r, s, wrapping);
+    char *key = book_describe(wrapping);
     TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(WrapKey, s, m, wrapping, k, out, out_len));
     SESSION(s);
     j_mech(J, m);
@@ -2585,8 +3010,10 @@ static CK_RV ip_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HAN
                           CK_OBJECT_HANDLE_PTR obj)
 {
     START(UnwrapKey);
-    char *key = key_describe(r, s, unwrapping);
+    char *key = book_describe(unwrapping);
     TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(UnwrapKey, s, m, unwrapping, in, in_len, t, n, obj));
+    if (rv == CKR_OK && obj)
+        book_new(*obj, s, CK_UNAVAILABLE_INFORMATION, NULL, t, n, NULL, 0);
     SESSION(s);
     j_mech(J, m);
     j_key(J, unwrapping, key);
@@ -2600,8 +3027,10 @@ static CK_RV ip_DeriveKey(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HAN
                           CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR obj)
 {
     START(DeriveKey);
-    char *key = key_describe(r, s, base);
+    char *key = book_describe(base);
     TIMED(HIDDEN(m) ? refuse_hidden(&c) : REAL(DeriveKey, s, m, base, t, n, obj));
+    if (rv == CKR_OK && obj)
+        book_new(*obj, s, CK_UNAVAILABLE_INFORMATION, NULL, t, n, NULL, 0);
     SESSION(s);
     j_mech(J, m);
     j_key(J, base, key);
@@ -2688,7 +3117,7 @@ static CK_RV ip_SessionCancel(CK_SESSION_HANDLE s, CK_FLAGS flags)
     static CK_RV ip_##name(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) \
     {                                                                        \
         START3(name);                                                        \
-        char *key = key_describe(r, s, k);                                   \
+        char *key = book_describe(k);                                   \
         FORWARD3(name, s, m, k);                                             \
         SESSION(s);                                                          \
         j_mech(J, m);                                                        \
@@ -2918,7 +3347,7 @@ EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
  */
 static CK_ULONG offered(CK_INTERFACE **offer, CK_C_GetInterface *fwd)
 {
-    static CK_INTERFACE only_2_40 = { pkcs11_name, &function_list, 0 };
+    static CK_INTERFACE only_2_40 = { IFACE_NAME, &function_list, 0 };
     int saved = errno;
     CK_RV rv = ensure_loaded(1);
     pthread_mutex_lock(&load_lock);
