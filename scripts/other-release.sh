@@ -37,12 +37,11 @@ release_mounts() {
   for m in $(mounted_below); do umount -l "$m" 2>/dev/null || true; done
 }
 
+# deb822 sources first, then the one-line format; either file may be absent.
 mirror_of_this_machine() {
-  { grep -hoE '^URIs:[[:space:]]*[^[:space:]]+' /etc/apt/sources.list.d/*.sources 2>/dev/null \
-      | awk '{ print $2 }'
-    grep -hoE '^deb[[:space:]]+[^[:space:]]+' /etc/apt/sources.list 2>/dev/null \
-      | awk '{ print $2 }'
-  } | grep -v -- -security | head -1
+  cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+    | awk '$1 == "URIs:" || $1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; break } }' \
+    | grep -v -- -security | head -1 || true
 }
 
 build_chroot() {
