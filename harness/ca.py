@@ -8,6 +8,7 @@ built with cryptography and the CA's private key.
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 from typing import Union
 
@@ -27,7 +28,8 @@ class TestCA:
 
     def __init__(self, directory: Path, name: str = "p11tls test CA") -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.chmod(0o700)  # it holds the server's private key
         self.ca = trustme.CA(organization_name=name)
         self.ca_pem = directory / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_pem))
@@ -35,7 +37,9 @@ class TestCA:
         self.server_cert_pem = directory / "server.pem"
         self.server_key_pem = directory / "server.key"
         server.cert_chain_pems[0].write_to_path(str(self.server_cert_pem))
-        server.private_key_pem.write_to_path(str(self.server_key_pem))
+        fd = os.open(self.server_key_pem, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as key_file:
+            key_file.write(server.private_key_pem.bytes())
 
     def issue_client_cert(self, public_key: PublicKey, common_name: str) -> x509.Certificate:
         """A clientAuth certificate for a public key held elsewhere (on a token)."""

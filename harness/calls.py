@@ -30,19 +30,30 @@ The interposer (harness/interposer/interposer.c) appends one line per call:
   like where they apply.
 
 `Call` gives the common fields typed and keeps the whole object in `Call.raw`.
+`parse_records` is the one reader of this format (the runner's per-case
+chunks, `p11tls calls`, `p11tls explain`): a line that is not JSON (a client
+killed mid-write) is skipped and reported, and so is a gap in a process's
+`seq` numbers (a line the interposer could not write).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
 
-__all__ = ["Call", "format_calls_table", "load_calls", "sign_summary"]
+__all__ = [
+    "Call",
+    "CallList",
+    "format_calls_table",
+    "load_calls",
+    "parse_records",
+    "sign_summary",
+]
 
 
 @dataclass(frozen=True)
@@ -86,31 +97,94 @@ class Call:
         return dict(self.raw)
 
 
-def load_calls(path: Path) -> list[Call]:
-    """Every call in a record file, in file order (the order the calls ended)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise ConfigError(f"cannot read record file {path}: {exc.strerror}") from None
+class CallList(list[Call]):
+    """The calls of a record (file order: the order the calls ended) and what
+    was wrong with the record: torn lines, seq gaps, foreign lines."""
+
+    def __init__(self, calls: Iterable[Call] = (), problems: Iterable[str] = ()) -> None:
+        super().__init__(calls)
+        self.problems: list[str] = list(problems)
+
+
+def _record_problem(obj: Any) -> str | None:
+    """Why a parsed line is not a record line, or None if it is one."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    missing = [k for k, t in (("fn", str), ("seq", int), ("rv", str))
+               if not isinstance(obj.get(k), t) or isinstance(obj.get(k), bool)]
+    if missing:
+        return f"no {', '.join(missing)}"
+    return None
+
+
+def parse_records(text: str) -> CallList:
+    """The calls in record text (a file or a piece cut from one).
+
+    Lines that are not JSON are skipped and reported with their number;
+    JSON lines that are not records are skipped and reported; per process,
+    seq numbers missing between the lowest and highest seen are reported
+    (a piece cut from a longer record starts wherever the case started).
+    """
     calls: list[Call] = []
+    problems: list[str] = []
     lines = text.splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if calls and number == len(lines) and not text.endswith("\n"):
-                break  # the last line of a client killed mid-write: keep the others
-            raise _not_a_record(path, number, f"not JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise _not_a_record(path, number, "not a JSON object")
-        missing = [k for k, t in (("fn", str), ("seq", int), ("rv", str))
-                   if not isinstance(obj.get(k), t)]
-        if missing:
-            raise _not_a_record(path, number, f"no {', '.join(missing)}")
+        except ValueError:
+            last = number == len(lines) and not text.endswith("\n")
+            problems.append(
+                f"line {number} is torn (not JSON"
+                + ("; the last line, cut off mid-write" if last else "") + ")"
+            )
+            continue
+        why = _record_problem(obj)
+        if why is not None:
+            problems.append(f"line {number} is not a call record ({why})")
+            continue
         calls.append(Call.from_json(obj))
-    return calls
+    problems.extend(seq_gaps(calls))
+    return CallList(calls, problems)
+
+
+def seq_gaps(calls: Sequence[Call]) -> list[str]:
+    """Per process, the seq numbers missing between the lowest and highest seen."""
+    by_pid: dict[int, set[int]] = {}
+    for call in calls:
+        by_pid.setdefault(call.pid, set()).add(call.seq)
+    out = []
+    for pid, seqs in sorted(by_pid.items()):
+        missing = sorted(set(range(min(seqs), max(seqs) + 1)) - seqs)
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            out.append(f"pid {pid}: {len(missing)} call record(s) missing (seq {shown})")
+    return out
+
+
+def load_calls(path: Path) -> CallList:
+    """Every call in a record file, in file order (the order the calls ended).
+
+    A ConfigError if the file cannot be read or its first line is not a call
+    record (another kind of file); later torn lines and seq gaps are kept in
+    the result's `problems`.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"cannot read record file {path}: {exc.strerror}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            why = _record_problem(json.loads(line))
+        except json.JSONDecodeError as exc:
+            why = f"not JSON ({exc.msg})"
+        if why is not None:
+            raise _not_a_record(path, number, why)
+        break
+    return parse_records(text)
 
 
 def _not_a_record(path: Path, number: int, why: str) -> ConfigError:
@@ -200,7 +274,8 @@ def _out_text(call: Call) -> str:
 
 def format_calls_table(calls: Sequence[Call | Mapping[str, Any]]) -> str:
     """A readable table: one row per call (function, mechanism, bytes in/out, rv,
-    time), and the signing summary under it."""
+    time), the signing summary and the record's problems under it."""
+    calls_in = calls
     calls = _as_calls(calls)
     threads = {(c.pid, c.tid) for c in calls}
     header = ["seq", "function", "session", "mechanism", "in", "out", "rv", "us"]
@@ -230,6 +305,8 @@ def format_calls_table(calls: Sequence[Call | Mapping[str, Any]]) -> str:
     sign = sign_summary(calls)
     total_ms = sum(c.us for c in calls) / 1000
     out.append(f"{len(calls)} calls, {total_ms:.1f} ms in the module")
+    for problem in getattr(calls_in, "problems", ()):
+        out.append(f"record problem: {problem}")
     if sign is not None:
         parts = "single-part" if sign["parts"] == 0 else f"{sign['parts']} parts"
         out.append(

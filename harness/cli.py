@@ -35,6 +35,8 @@ def _calls(args: argparse.Namespace) -> int:
 
 # Subcommands whose module parses its own arguments: name -> (module, function, help).
 DELEGATED = {
+    "cleanup": ("harness.cleanup", "cleanup_main",
+                "list what earlier runs left on a named token; delete it with --yes"),
     "explain": ("harness.explain", "explain_main",
                 ("say what went wrong in a PKCS#11 call log (own records, pkcs11-spy, "
                  "p11-kit, pkcs11-logger, OpenSC debug)")),

@@ -35,14 +35,39 @@ __all__ = [
     "write_reports",
 ]
 
-CaseKey = tuple[str, str, str, str]  # (host, module path, profile, case_id)
+# (host, module path, profile, case_id, token): the token last, so key[3] stays the case id
+CaseKey = tuple[str, str, str, str, str]
+MAX_RESULTS_BYTES = 512 * 1024 * 1024  # far above any real run; more is not a results file
+MAX_DEPTH = 64  # a record nests a few levels (calls, params); deeper is not one
 _REQUIRED = ("case_id", "client", "key", "provisioning", "tls", "outcome")
 _OPTIONAL_TEXT = ("profile", "client_version", "negotiated_version", "cipher",
                   "signature_scheme", "client_subject", "error", "expected")
 
 
 def case_key(record: HandshakeRecord) -> CaseKey:
-    return (*group_key(record), record.case_id)
+    host, path, profile = group_key(record)
+    return (host, path, profile, record.case_id, token_of(record))
+
+
+def token_of(record: HandshakeRecord) -> str:
+    """`label#serial` of the record's token: two tokens of one module are two cases."""
+    module = record.module if isinstance(record.module, dict) else {}
+    label, serial = str(module.get("token_label") or ""), str(module.get("serial") or "")
+    return f"{label}#{serial}" if serial else label
+
+
+def _too_deep(value: object) -> bool:
+    """Nesting deeper than MAX_DEPTH (walked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 # --- reading ------------------------------------------------------------------------
@@ -56,6 +81,10 @@ def load_results(path: Path) -> list[HandshakeRecord]:
     a renderer.
     """
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_RESULTS_BYTES:
+            raise ConfigError(f"{path} is not a results file: {size} bytes, more than "
+                              f"{MAX_RESULTS_BYTES // (1024 * 1024)} MiB")
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"results file {path} not found") from None
@@ -67,6 +96,13 @@ def load_results(path: Path) -> list[HandshakeRecord]:
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{path} is not a results file: not JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not a results file: JSON nested too deeply") from None
+    except MemoryError:
+        raise ConfigError(f"{path} is not a results file: too large to read") from None
+    if _too_deep(data):
+        raise ConfigError(f"{path} is not a results file: JSON nested more than "
+                          f"{MAX_DEPTH} levels deep")
     if not isinstance(data, list):
         raise ConfigError(f"{path} is not a results file: expected a JSON list of cases, "
                           f"found {_json_kind(data)}")
@@ -150,14 +186,16 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def merge(results: Sequence[Sequence[HandshakeRecord]], sources: Sequence[str | Path],
-          notes: list[str] | None = None) -> list[HandshakeRecord]:
+          notes: list[str] | None = None, *, refuse: bool = False) -> list[HandshakeRecord]:
     """Merge runs from several lab hosts into one list, each host kept apart.
 
     A record without module["host"] is tagged with its source's file stem
     (`lab1.json` -> host "lab1"; two sources with the same stem get their
     parent directory added). A case that appears twice for the same
     host/module/profile keeps the later one. Every such decision is appended
-    to `notes` as one line; nothing is dropped without a note.
+    to `notes` as one line; nothing is dropped without a note. With `refuse`,
+    a case that appears twice with different records raises ConfigError
+    instead (the same record twice, one file given twice, is one case).
     """
     if len(results) != len(sources):
         raise ConfigError(f"merge: {len(results)} results lists but {len(sources)} sources")
@@ -173,6 +211,11 @@ def merge(results: Sequence[Sequence[HandshakeRecord]], sources: Sequence[str | 
                 tagged_here += 1
             record = replace(record, module=module)
             key = case_key(record)
+            if key in merged and refuse and merged[key][0].to_json() != record.to_json():
+                raise ConfigError(
+                    f"{record.case_id} on {_where(key)} is in both {merged[key][1]} and "
+                    f"{source}: merging would drop one of them; give results of different "
+                    "hosts, modules, tokens or profiles, or pass --replace to keep the later")
             if key in merged:
                 said.append(f"{record.case_id} on {_where(key)} is in both "
                             f"{merged[key][1]} and {source}: keeping the one from {source}")
@@ -201,8 +244,10 @@ def _host_tags(paths: list[Path]) -> list[str]:
 
 
 def _where(key: CaseKey) -> str:
-    host, path, profile, _ = key
+    host, path, profile, _, token = key
     parts = [p for p in (host, path) if p]
+    if "#" in token:  # records with a token serial (older ones have none): name the token
+        parts.append(f"token {token}")
     if profile:
         parts.append(f"profile {profile}")
     return " ".join(parts) or "an unnamed module"
@@ -355,11 +400,14 @@ def merge_main(argv: Sequence[str] | None = None) -> int:
         "host/module). Cases without a host are tagged with their file's name.")
     parser.add_argument("results", type=Path, nargs="+", help="results files, one per host")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the merged file")
+    parser.add_argument("--replace", action="store_true",
+                        help="a case in two files (same host, module, token, profile): keep "
+                        "the later file's instead of refusing")
 
     def run(args: argparse.Namespace) -> int:
         loaded = [load_results(p) for p in args.results]
         notes: list[str] = []
-        merged = merge(loaded, [str(p) for p in args.results], notes)
+        merged = merge(loaded, [str(p) for p in args.results], notes, refuse=not args.replace)
         for note in notes:
             print(f"p11tls merge: {note}", file=sys.stderr)
         try:

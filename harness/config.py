@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.clients.base import ClientOptions
 from harness.errors import ConfigError
 from harness.keys import KEYS, KeySpec, key_spec
+from harness.named_modules import is_named
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,8 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("p11_module", "PKCS11_MODULE",
-           "PKCS#11 module to test (default: a throw-away SoftHSM2 token)"),
+           "PKCS#11 module to test, or 'tpm2' for tpm2-pkcs11 on a throw-away software TPM "
+           "(default: a throw-away SoftHSM2 token)"),
     Option("p11_token_label", "PKCS11_TOKEN_LABEL",
            "label of the token to use (required with --p11-module)"),
     Option("p11_pin", "PKCS11_TOKEN_PIN", "user PIN of the token"),
@@ -43,7 +46,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_clients", "P11TLS_CLIENTS",
            "TLS clients of the matrix, comma-separated, or 'all'", "all"),
     Option("java", None, "JDK (home directory or bin/java) for the Java clients; "
-           "default: JAVA_HOME, else the one on PATH"),
+           "default: JAVA_HOME, else the one on PATH; given again, each further JDK is "
+           "a client of its own (java@21, ...)", repeatable=True),
     Option("java_p11_config", None,
            "extra SunPKCS11 configuration line for the Java clients", repeatable=True),
     Option("p11_no_record", "P11TLS_NO_RECORD",
@@ -52,6 +56,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_spy", "P11TLS_SPY",
            "also chain OpenSC's pkcs11-spy below the interposer; its log is kept per case",
            flag=True),
+    Option("p11_allow_slot_overwrite", None,
+           "provision on a token whose keys sit in fixed slots (OpenPGP, PIV): existing keys "
+           "may be replaced, use a disposable card only", flag=True),
 )
 
 TRUE_WORDS = ("1", "yes", "true", "on")
@@ -70,15 +77,22 @@ class Settings:
     keys: tuple[KeySpec, ...]
     clients: tuple[str, ...]
     clients_named: bool = False  # the user listed the clients: a missing one is an error
-    java_home: str | None = None
+    java_home: str | None = None  # the default JDK: the first --java
     java_p11_config: tuple[str, ...] = ()
+    java_homes: tuple[str, ...] = ()  # every --java, in order
     record: bool = True  # clients load the recording interposer
     spy: bool = False  # pkcs11-spy chained below the interposer
+    allow_slot_overwrite: bool = False  # the user accepts replacing keys of a fixed-slot card
+    named_module: str | None = None  # --p11-module tpm2: harness.named_modules
 
     def named_client(self, client: str) -> bool:
         """The user asked for this client (--p11-clients, or --java for the Java
         ones): a missing one is then an error, not a skip."""
         return self.clients_named or (client.startswith("java") and bool(self.java_home))
+
+    def client_options(self) -> ClientOptions:
+        """What the clients are built from (harness.clients.make_client)."""
+        return ClientOptions(java_homes=self.java_homes, java_p11_config=self.java_p11_config)
 
 
 def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
@@ -108,7 +122,9 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         raise ConfigError("--p11-module is empty: give the module's .so file, or leave the "
                           "option out for the throw-away SoftHSM2 token")
     raw = {o.name: _pick(o, cli, ini, env) for o in OPTIONS}
-    module = Path(raw["p11_module"]).expanduser() if raw["p11_module"] else None
+    # a named module (tpm2) brings up its own throw-away token: no file, label or PIN
+    named = raw["p11_module"] if is_named(raw["p11_module"] or "") else None
+    module = Path(raw["p11_module"]).expanduser() if raw["p11_module"] and not named else None
     if module is not None:
         if not module.exists():
             raise ConfigError(
@@ -128,20 +144,24 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
             raise ConfigError("--p11-profile works inside the interposer: drop --p11-no-record")
         if _flag(raw, "p11_spy"):
             raise ConfigError("--p11-spy is chained below the interposer: drop --p11-no-record")
-    if raw["p11_module"] and Path(raw["p11_module"]).expanduser().is_dir():
+    if module is not None and module.is_dir():
         raise ConfigError(f"--p11-module {raw['p11_module']} is a directory: give the module's "
                           ".so file")
     timeout = parse_timeout(raw["p11_timeout"] or "")
     reports = Path(raw["p11_reports"] or "reports").expanduser()
     check_reports_dir(base / reports if base is not None else reports)
+    java_homes = tuple(line.strip() for line in (raw["java"] or "").splitlines() if line.strip())
     return Settings(
-        java_home=raw["java"],
+        java_home=java_homes[0] if java_homes else None,
+        java_homes=java_homes,
         java_p11_config=tuple(line for line in (raw["java_p11_config"] or "").splitlines()
                               if line.strip()),
         record=not _flag(raw, "p11_no_record"),
         spy=_flag(raw, "p11_spy"),
+        allow_slot_overwrite=_flag(raw, "p11_allow_slot_overwrite"),
+        named_module=named,
         keys=parse_keys(raw["p11_keys"] or ""),
-        clients=parse_clients(raw["p11_clients"] or ""),
+        clients=parse_clients(raw["p11_clients"] or "", java_homes),
         clients_named=(raw["p11_clients"] or "all").strip() != "all",
         module=module,
         token_label=raw["p11_token_label"],
@@ -198,17 +218,19 @@ def parse_keys(text: str) -> tuple[KeySpec, ...]:
     return keys
 
 
-def parse_clients(text: str) -> tuple[str, ...]:
-    """`--p11-clients`: comma-separated client names, or `all`."""
-    from harness.clients import CLIENTS
+def parse_clients(text: str, java_homes: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """`--p11-clients`: comma-separated client names, or `all` (with one
+    java@N pair per further JDK found)."""
+    from harness.clients import client_names
 
+    known = client_names(java_homes)
     if text.strip() == "all":
-        return tuple(CLIENTS)
+        return known
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [n for n in names if n not in CLIENTS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise ConfigError(
             f"unknown client {', '.join(unknown) or '(none given)'} in --p11-clients: "
-            f"choose from {', '.join(CLIENTS)} or 'all'"
+            f"choose from {', '.join(known)} or 'all'"
         )
     return names

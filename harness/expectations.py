@@ -9,7 +9,10 @@ Files (TOML, `[[expect]]` entries, first matching entry wins):
 
 Every fact is keyed to the versions it was measured on: a file's top-level
 `[versions]` table (component = range, harness/versions.py) holds for all its
-entries, and an entry's own `versions = { ... }` adds to or overrides it. A
+entries, and an entry's own `versions = { ... }` adds to or overrides it;
+`[[also_measured_on]]` tables name further releases on which the file's
+"no entry: must succeed" rule was measured too (entries measured there carry
+their own `versions`). A
 fact holds for a case when every component of the case's client is named and
 inside its range (the module's components only when named). A case whose
 facts were measured on other versions still runs and reports what it saw,
@@ -47,6 +50,7 @@ DATA = Path(__file__).parent / "data"
 KNOWN_FAILURES = DATA / "known_failures.toml"
 EXPECTED_MECHANISMS = DATA / "expected_mechanisms.toml"
 OUTCOMES = DATA / "outcomes"
+MODULE_OUTCOMES = DATA / "modules"  # per named module (tpm2.toml), like a profile's outcomes
 
 # Mechanisms that take the whole message and hash (or, for EdDSA, sign) it on
 # the token: the token's input is then what the server verified.
@@ -78,7 +82,8 @@ class Expectation:
 
     def matches(self, case: Case) -> bool:
         return (
-            (self.clients is None or case.client in self.clients)
+            # a per-JDK client (java@21) is its base client on another version
+            (self.clients is None or case.client.split("@", 1)[0] in self.clients)
             and (self.keys is None or case.key.name in self.keys)
             and (self.tls is None or case.tls.value in self.tls)
             and (self.provisioning is None or case.provisioning.value in self.provisioning)
@@ -131,6 +136,11 @@ class FactTable:
     entries: tuple[Expectation, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    also_measured_on: tuple[dict[str, str], ...] = ()  # further releases of the no-entry rule
+
+    def no_entry_rule_holds(self, versions: Versions) -> bool:
+        return any(not mismatches(ranges, versions)
+                   for ranges in (self.versions, *self.also_measured_on))
 
     def __iter__(self) -> Iterator[Expectation]:
         return iter(self.entries)
@@ -159,11 +169,16 @@ def load_table(path: Path) -> FactTable:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    unknown_top = sorted(set(data) - {"expect", "versions"})
+    unknown_top = sorted(set(data) - {"expect", "versions", "also_measured_on"})
     if unknown_top:
         raise ConfigError(f"{path}: unknown top-level keys {unknown_top}; "
-                          "allowed: expect, versions")
+                          "allowed: expect, versions, also_measured_on")
     file_versions = _versions(data.get("versions", {}), f"{path}: [versions]")
+    also = data.get("also_measured_on", [])
+    if not isinstance(also, list):
+        raise ConfigError(f"{path}: also_measured_on must be [[also_measured_on]] tables")
+    also_measured_on = tuple(_versions(v, f"{path}: [[also_measured_on]] {i + 1}")
+                             for i, v in enumerate(also))
     allowed = {f.name for f in fields(Expectation)} - {"source"}
     result = []
     for i, entry in enumerate(data.get("expect", [])):
@@ -180,7 +195,7 @@ def load_table(path: Path) -> FactTable:
                                   for k, v in entry.items()}
         values["versions"] = {**file_versions, **_versions(entry.get("versions", {}), where)}
         result.append(Expectation(**values, source=str(path)))
-    return FactTable(tuple(result), file_versions, str(path))
+    return FactTable(tuple(result), file_versions, str(path), also_measured_on)
 
 
 def load_expectations(path: Path) -> list[Expectation]:
@@ -220,10 +235,11 @@ def decide(case: Case, table: FactTable, versions: Versions, what: str) -> Decis
     for entry in candidates:
         if not mismatches(entry.versions, versions):
             return Decision(entry, None)
-    ranges = candidates[0].versions if candidates else table.versions
-    if candidates or mismatches(ranges, versions):
-        return Decision(None, _unmeasured(what, ranges, versions))
-    return Decision(None, None)
+    if candidates:
+        return Decision(None, _unmeasured(what, candidates[0].versions, versions))
+    if table.no_entry_rule_holds(versions):
+        return Decision(None, None)
+    return Decision(None, _unmeasured(what, table.versions, versions))
 
 
 @dataclass(frozen=True)
@@ -260,11 +276,13 @@ class CaseExpectations:
     """Everything a run expects: known failures always; the default stack's
     mechanisms when `check_mechanisms`; a shipped profile's outcome table."""
 
-    def __init__(self, *, profile: str | None = None, check_mechanisms: bool = False) -> None:
+    def __init__(self, *, profile: str | None = None, check_mechanisms: bool = False,
+                 module: str | None = None) -> None:
         self.known = load_table(KNOWN_FAILURES)
         self.check_mechanisms = check_mechanisms
         self.mechanisms = load_table(EXPECTED_MECHANISMS) if check_mechanisms else FactTable()
-        outcome_file = OUTCOMES / f"{profile}.toml" if profile else None
+        outcome_file = (OUTCOMES / f"{profile}.toml" if profile
+                        else MODULE_OUTCOMES / f"{module}.toml" if module else None)
         self.outcomes = (load_table(outcome_file)
                          if outcome_file is not None and outcome_file.is_file() else None)
 

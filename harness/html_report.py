@@ -15,7 +15,9 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from harness.markdown_report import (
+from harness.explain.causes import Cause, failure_causes
+from harness.masking import mask_secrets
+from harness.matrix_layout import (
     MatrixTable,
     case_notes,
     cell_state,
@@ -111,6 +113,9 @@ def render_html(records: Sequence[HandshakeRecord], *, log_base: Path | None = N
             '<span style="color:#aaa">-</span>no such case.'
             " Click a cell for the case's calls and logs.</p>")
         tables = matrix_tables(records)
+        anchors = {r.case_id: f"g{number}-{_slug(r.case_id)}"
+                   for number, table in enumerate(tables, 1) for r in table.records}
+        body.append(_causes(failure_causes(records), anchors))
         if len(tables) > 1:  # say up front which table holds the failures
             body.append('<ul class="toc">')
             body += [f'<li><a href="#group-{number}">{escape(table.title)}</a>: '
@@ -123,6 +128,26 @@ def render_html(records: Sequence[HandshakeRecord], *, log_base: Path | None = N
             "<title>PKCS#11 TLS client-authentication matrix</title>\n"
             f"<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body)
             + "\n</body>\n</html>\n")
+
+
+def _causes(causes: Sequence[Cause], anchors: dict[str, str]) -> str:
+    """The causes of the run's failures, before the tables: each once, with
+    its cases (links to their cells) and the workaround."""
+    if not causes:
+        return ""
+    items = []
+    for cause in causes:
+        cases = ", ".join(f'<a href="#{escape(anchors[c])}">{escape(c)}</a>' if c in anchors
+                          else escape(c) for c in cause.cases)
+        parts = [f"<b>{escape(cause.title)}</b> — {len(cause.cases)} "
+                 f"case{'' if len(cause.cases) == 1 else 's'}: {cases}"]
+        if cause.example and cause.example != cause.title:
+            parts.append(f"<br>{escape(_cap(cause.example, 300))}")
+        if cause.workaround:
+            parts.append(f"<br><i>Workaround:</i> {escape(_cap(cause.workaround, 1000))}")
+        items.append(f"<li>{''.join(parts)}</li>")
+    return ('<section class="causes"><h2>Causes of the failures</h2><ol>'
+            + "".join(items) + "</ol></section>")
 
 
 def _table(table: MatrixTable, number: int, log_base: Path | None) -> str:
@@ -328,10 +353,6 @@ def _log(name: str, path_text: str, log_base: Path | None) -> str:
     return f"<h4>{escape(title)}</h4><pre>{escape(tail)}</pre>"
 
 
-_SECRET = re.compile(r"(?i)(\bpin-value=|\bpin=|\bpass:|--pin[= ]|-pin )[^\s;&\"']+")
-_HEXDUMP = re.compile(r"^\s*[0-9a-fA-F]{8}\s+(?:[0-9a-fA-F]{2}\s)+")
-_SECRET_DUMP_HEAD = re.compile(r"pPin\b|CKA_VALUE\b")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def log_tail(path: Path) -> tuple[str, bool]:
@@ -350,21 +371,6 @@ def log_tail(path: Path) -> tuple[str, bool]:
         lines = lines[1:]  # the first line is probably cut in the middle
     # a tail that starts inside a hex dump may start inside a PIN's
     return "\n".join(mask_secrets(lines[-LOG_TAIL_LINES:], in_dump=cut)), cut
-
-
-def mask_secrets(lines: list[str], *, in_dump: bool = False) -> list[str]:
-    """Mask PINs in command lines and the hex dumps pkcs11-spy prints after
-    `pPin` and `CKA_VALUE` (so a shared report never carries them)."""
-    out = []
-    for line in lines:
-        if _HEXDUMP.match(line):
-            if in_dump:
-                out.append("    ******** (masked)")
-                continue
-        else:
-            in_dump = bool(_SECRET_DUMP_HEAD.search(line))
-        out.append(_CONTROL.sub("?", _SECRET.sub(lambda m: m.group(1) + "***", line)))
-    return out
 
 
 def _cap(text: str, limit: int = MAX_FIELD_CHARS) -> str:

@@ -20,16 +20,20 @@ from typing import Any, Optional
 
 import pytest
 
-from harness import pin_masking
-from harness.clients import CLIENTS, check_clients
+from harness import masking as pin_masking
+from harness.clients import CLIENTS, check_clients, make_client
 from harness.compare import write_reports
 from harness.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
 from harness.matrix import cases
-from harness.process import tool_version
+from harness.locking import TokenLock
+from harness.locking import token_key as lock_name
+from harness.process import install_signal_handlers, tool_version
 from harness.profile import Profile, load_profile
 from harness.record import HandshakeRecord, write_results
 from harness.report import terminal_matrix
+from harness.rundir import new_run_id, publish, run_dir
+from harness.runner import STOPPED
 from harness.token import check_login, describe_token
 
 MARKERS = {
@@ -55,6 +59,10 @@ shared_key = pytest.StashKey[Path]()  # xdist: a directory the controller and wo
 MATRIX_FIXTURES = ("p11_case", "p11_runner", "p11_settings", "p11_record")
 TOKEN_FIXTURES = ("p11_case", "p11_runner")
 MATRIX_FLAG = "matrix-collected"  # in the shared directory: a worker collected matrix tests
+run_id_key = pytest.StashKey[str]()  # this run's id (reports/runs/<id>), shared with workers
+lock_key = pytest.StashKey[TokenLock]()  # the controller's lock on a named token
+runner_key = pytest.StashKey[Any]()  # this process's MatrixRunner, cleaned before reports
+session_key = pytest.StashKey[pytest.Session]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -110,6 +118,10 @@ def _activate(config: pytest.Config) -> Settings:
     ini = {o.name: config.getini(o.name) for o in OPTIONS}
     settings = resolve(cli, ini, os.environ, base=config.invocation_params.dir)
     pin_masking.register(settings.pin)
+    # SIGTERM/SIGHUP end the run like Ctrl-C, so the same unwinding cleans the
+    # token; later signals wait until it is clean
+    install_signal_handlers()
+    _run_id(config)
     # a bad profile or client configuration is a usage error before anything runs
     profile = load_profile(settings.profile) if settings.profile else None
     check_clients(settings)
@@ -118,8 +130,16 @@ def _activate(config: pytest.Config) -> Settings:
     config.stash[profile_key] = profile
     config.stash[settings_key] = settings
     if _is_controller(config):  # only the controller writes reports
-        config.pluginmanager.register(RecordCollector(settings), "p11tls-records")
+        config.pluginmanager.register(RecordCollector(settings, config), "p11tls-records")
     return settings
+
+
+def _run_id(config: pytest.Config) -> str:
+    """This run's id: the controller's, which xdist workers are given."""
+    if run_id_key not in config.stash:
+        worker = getattr(config, "workerinput", {}).get("p11tls_run_id")
+        config.stash[run_id_key] = worker or new_run_id()
+    return config.stash[run_id_key]
 
 
 def _check_java_config(settings: Settings) -> None:
@@ -129,7 +149,7 @@ def _check_java_config(settings: Settings) -> None:
     from harness.clients.java import JavaClient
 
     for name in settings.clients:
-        client = CLIENTS[name].from_settings(settings)
+        client = make_client(name, settings.client_options())
         if isinstance(client, JavaClient) and client.unavailable_reason() is None:
             client.check_extra_config()
             return
@@ -145,6 +165,7 @@ def _check_token_once(config: pytest.Config) -> None:
     settings = config.stash[settings_key]
     if settings.module is None:
         return
+    _lock_token(config, settings)
     profile = config.stash.get(profile_key, None)
     with tempfile.TemporaryDirectory(prefix="p11tls-check-") as tmp:
         module, env = settings.module, None
@@ -154,10 +175,31 @@ def _check_token_once(config: pytest.Config) -> None:
             env = write_interposer_config(settings.module, Path(tmp) / "calls.jsonl",
                                           Path(tmp) / "check.conf", profile.interposer_lines())
             module = build_interposer()
-        info = check_login(module, settings.token_label or "", settings.pin or "", env)
+        info = check_login(module, settings.token_label or "", settings.pin or "", env,
+                           scan_module=settings.module, own=_run_id(config))
     config.stash[token_key] = info
     if info.get("pin_warning"):
         _say(config, f"p11tls: warning: {info['pin_warning']}")
+    if info.get("leftovers"):
+        _say(config, info["leftovers"])
+    if not settings.allow_slot_overwrite:
+        from harness.provision import fixed_slot_reason
+
+        reason = fixed_slot_reason(info)  # the token as the clients see it
+        if reason is not None:
+            raise HarnessError(reason)
+
+
+def _lock_token(config: pytest.Config, settings: Settings) -> None:
+    """One run at a time on a named token: the controller holds the lock
+    until the run ends (its xdist workers then take turns case by case)."""
+    assert settings.module is not None
+    label = settings.token_label or ""
+    info = describe_token(settings.module, label)  # the serial, without a login
+    lock = TokenLock(lock_name(settings.module, str(info.get("serial", "")), label),
+                     f"token {label!r}")
+    lock.acquire(lambda line: _say(config, line))
+    config.stash[lock_key] = lock
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -205,6 +247,7 @@ def pytest_configure_node(node: Any) -> None:
     if shared_key not in config.stash:
         config.stash[shared_key] = Path(tempfile.mkdtemp(prefix="p11tls-xdist-"))
     node.workerinput["p11tls_shared"] = str(config.stash[shared_key])
+    node.workerinput["p11tls_run_id"] = _run_id(config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -221,6 +264,39 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shared = config.stash.get(shared_key, None)
     if shared is not None:
         shutil.rmtree(shared, ignore_errors=True)
+    lock = config.stash.get(lock_key, None)
+    if lock is not None:
+        try:
+            if shared is not None:  # a worker that was killed could not clean up
+                _clean_after_workers(config)
+        finally:
+            lock.release()
+
+
+def _clean_after_workers(config: pytest.Config) -> None:
+    """xdist: remove what workers of this run left (a worker killed before its
+    clean-up); its journal names it. In a child process, the lock still ours."""
+    import subprocess
+
+    from harness.journal import journal_dir, scan_journals
+
+    settings = config.stash[settings_key]
+    assert settings.module is not None
+    info = config.stash.get(token_key, None) or {}
+    runs, _ = scan_journals(journal_dir(settings.module, str(info.get("serial", "")),
+                                        settings.token_label or ""))
+    if not any(r.header.get("session") == _run_id(config) for r in runs):
+        return
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cleanup", "--p11-module", str(settings.module),
+         "--p11-token-label", settings.token_label or "", "--pin-stdin", "--yes",
+         "--session", _run_id(config), "--parent-holds-lock",
+         "--timeout", str(settings.timeout_s)],
+        input=settings.pin or "", capture_output=True, text=True, check=False,
+        timeout=settings.timeout_s * 4 + 30)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        _say(config, f"p11tls: after the workers: {line}" if not line.startswith("p11tls")
+             else line)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -262,7 +338,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def _header_lines(config: pytest.Config) -> list[str]:
     settings = config.stash[settings_key]
-    if settings.module is None:
+    if settings.named_module is not None:
+        module = f"named module {settings.named_module}: a throw-away token of its own"
+    elif settings.module is None:
         module = "embedded default: throw-away SoftHSM2 token"
         module += f" ({tool_version(['softhsm2-util', '--version'])})"
     else:
@@ -323,7 +401,8 @@ def p11_settings(pytestconfig: pytest.Config) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def p11_runner(p11_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def p11_runner(p11_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+               pytestconfig: pytest.Config) -> Iterator[Any]:
     """The session's MatrixRunner: token (throw-away SoftHSM2 by default), CA, keys.
 
     Each pytest-xdist worker gets its own. A bad module, token label or PIN
@@ -332,14 +411,44 @@ def p11_runner(p11_settings: Settings, tmp_path_factory: pytest.TempPathFactory)
     from harness.runner import MatrixRunner
 
     try:
-        runner = MatrixRunner(p11_settings, workdir=tmp_path_factory.mktemp("p11tls"))
+        runner = MatrixRunner(
+            p11_settings, workdir=tmp_path_factory.mktemp("p11tls"),
+            logs_dir=run_dir(p11_settings.reports, _run_id(pytestconfig)) / "logs",
+            run_lock_held=True, session_id=_run_id(pytestconfig))
     except HarnessError as exc:
         pytest.exit(f"p11tls: {exc}", returncode=3)
     pin_masking.register(runner.pin)  # the throw-away token's PIN is masked too
+    pytestconfig.stash[runner_key] = runner
     yield runner
-    runner.close()
+    _close_runner(pytestconfig)
     for recorder in runner.recorders.values():  # what the spy wrote outside any case
         recorder.scrub()
+
+
+def _close_runner(config: pytest.Config) -> str | None:
+    """Clean the token (once); the one-line error when objects were left."""
+    runner = config.stash.get(runner_key, None)
+    if runner is None:
+        return None
+    try:
+        runner.close()
+    except HarnessError as exc:
+        return f"p11tls: {exc}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The token is cleaned before anything else ends the session (reports,
+    fixture teardown): whatever ended the run."""
+    error = _close_runner(session.config)
+    if error is not None:
+        _say(session.config, error)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[session_key] = session
 
 
 @pytest.fixture
@@ -383,10 +492,12 @@ class RecordCollector:
     as they travel in report.user_properties), gives each pytest's verdict on
     its test, and writes the reports at the end."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config: pytest.Config) -> None:
         self.settings = settings
+        self.config = config
         self.records: list[HandshakeRecord] = []
         self._by_test: dict[str, HandshakeRecord] = {}
+        self.stopped: str | None = None  # a token stopped answering: the one line
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self._by_test.get(report.nodeid)
@@ -399,11 +510,28 @@ class RecordCollector:
                     break
         if record is not None:
             reconcile(record, report)
+            if (self.stopped is None and record.error
+                    and record.error.startswith(STOPPED)):
+                self.stopped = record.error  # the remaining cases end the run, once
+                _say(self.config, f"p11tls: {record.error}")
+                session = self.config.stash.get(session_key, None)
+                if session is not None:
+                    session.shouldstop = STOPPED
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.records:
-            write_results(self.records, self.settings.reports / "results.json")
-            write_reports(self.records, self.settings.reports)
+        """After the token's clean-up (the plugin's tryfirst hook): the run's
+        own directory, then the latest-run links and top-level copies."""
+        if not self.records:
+            return
+        reports = self.settings.reports
+        directory = run_dir(reports, _run_id(self.config))
+        try:
+            write_results(self.records, directory / "results.json")
+            write_reports(self.records, directory)
+            publish(reports, directory)
+        except (HarnessError, OSError) as exc:
+            _say(self.config, f"p11tls: the reports could not be written: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.records:

@@ -8,9 +8,14 @@ import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,15 @@ def run_logged(
         )
         assert proc.stdin is not None
         try:
-            proc.stdin.write(stdin_data)
-            proc.stdin.close()  # EOF: the clients end after the handshake
-        except BrokenPipeError:
-            pass  # it ended before reading: its exit status says why
-        timed_out = not wait_for(proc, timeout)
+            try:
+                proc.stdin.write(stdin_data)
+                proc.stdin.close()  # EOF: the clients end after the handshake
+            except BrokenPipeError:
+                pass  # it ended before reading: its exit status says why
+            timed_out = not wait_for(proc, timeout)
+        except BaseException:  # a signal turned into KeyboardInterrupt: no orphan client
+            kill_group(proc)
+            raise
         if timed_out:
             kill_group(proc)
     return ProcessResult(
@@ -132,3 +141,71 @@ def tool_version(argv: list[str]) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return ((out.stdout or out.stderr).splitlines() or ["unknown"])[0].strip()
+
+
+# -- signals ----------------------------------------------------------------------------
+# SIGTERM and SIGHUP end a run the way Ctrl-C does (KeyboardInterrupt), so the
+# same unwinding cleans the token; once the run is ending, further signals are
+# held back until the token is clean (a second Ctrl-C must not cut the
+# clean-up short).
+
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_state: dict[str, Any] = {"installed": False, "interrupted": False, "held": 0, "pending": None,
+                          "said": False}
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _state["held"] or _state["interrupted"]:
+        if _state["pending"] is None:
+            _state["pending"] = signum
+        if not _state["said"]:
+            _state["said"] = True
+            os.write(2, b"\np11tls: the run is ending; the token is cleaned up first "
+                        b"(further interrupts are held until then)\n")
+        return
+    _state["interrupted"] = True
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def install_signal_handlers() -> bool:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt once, then are held.
+    Only in the main thread (Python's rule); True when installed."""
+    if _state["installed"]:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for signum in ENDING_SIGNALS:
+        signal.signal(signum, _on_signal)
+    _state["installed"] = True
+    return True
+
+
+def interrupted() -> bool:
+    """A signal asked this run to end."""
+    return bool(_state["interrupted"])
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Within: ending signals are noted, not acted on (the token clean-up).
+    Outside the main thread or without the handlers installed it holds
+    nothing; a signal received within is raised as KeyboardInterrupt after,
+    unless the run is already ending."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = None
+    if not _state["installed"]:
+        previous = {s: signal.signal(s, _on_signal) for s in ENDING_SIGNALS}
+    _state["held"] += 1
+    try:
+        yield
+    finally:
+        _state["held"] -= 1
+        if previous is not None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        pending, _state["pending"] = _state["pending"], None
+        if pending is not None and not _state["held"] and not _state["interrupted"]:
+            _state["interrupted"] = True
+            raise KeyboardInterrupt(f"signal {signal.Signals(pending).name}")

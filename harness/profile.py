@@ -165,6 +165,14 @@ class PinRules:
 
 
 @dataclass(frozen=True)
+class TokenDescription:
+    """[token]: what C_GetTokenInfo says the token is (None: the real one's)."""
+
+    model: str | None = None  # at most 16 characters
+    manufacturer: str | None = None  # at most 32 characters
+
+
+@dataclass(frozen=True)
 class FailAfter:
     """After `calls` successful calls of `function`, every further one returns `rv`."""
 
@@ -196,6 +204,7 @@ class Profile:
     create_object: CreateObjectRules = CreateObjectRules()
     pin: PinRules = PinRules()
     faults: FaultRules = FaultRules()
+    token: TokenDescription = TokenDescription()
 
     @property
     def label(self) -> str:
@@ -229,6 +238,10 @@ class Profile:
             lines.append("token_pin_flags "
                          + " ".join(f"{PIN_FLAG_VALUES[f]:#x}" for f in self.pin.token_flags)
                          + f" # {' '.join(self.pin.token_flags)}")
+        if self.token.model:
+            lines.append(f"token_model {self.token.model}")
+        if self.token.manufacturer:
+            lines.append(f"token_manufacturer {self.token.manufacturer}")
         lines += [f"latency {fn} {ms}" for fn, ms in self.faults.latency_ms.items() if ms]
         lines += [f"fail_after {f.function} {f.calls} {RETURN_CODE_VALUES[f.rv]:#x} # {f.rv}"
                   for f in self.faults.fail_after]
@@ -257,6 +270,9 @@ class Profile:
                        "(counted per client process)")
         if self.pin.token_flags:
             out.append(f"reports {', '.join(self.pin.token_flags)} in its token flags")
+        if self.token.model or self.token.manufacturer:
+            out.append(f"says it is {self.token.model or '(the real model)'} by "
+                       f"{self.token.manufacturer or '(the real manufacturer)'}")
         for fn, ms in self.faults.latency_ms.items():
             out.append(f"takes {ms} ms longer for each {fn}")
         for f in self.faults.fail_after:
@@ -388,7 +404,7 @@ class _Reader:
 
     def profile(self, data: Mapping[str, Any]) -> Profile:
         self.keys(data, "", ("name", "emulates", "source", "mechanisms", "sign",
-                             "create_object", "pin", "faults"))
+                             "create_object", "pin", "faults", "token"))
         name = self.text(data.get("name", self.path.stem), "name")
         if not _NAME_RE.match(name):
             self.fail("name", f"{name!r} is not a plain name",
@@ -403,6 +419,7 @@ class _Reader:
             create_object=self.create_object(data),
             pin=self.pin(data),
             faults=self.faults(data),
+            token=self.token(data),
         )
         both = set(profile.mechanisms.hide) & set(profile.mechanisms.add_combined)
         if both:
@@ -479,6 +496,18 @@ class _Reader:
 
         flags = self.names(t.get("token_flags", []), "pin.token_flags", pin_flag)
         return PinRules(max_tries=tries, token_flags=tuple(dict.fromkeys(flags)))
+
+    def token(self, data: Mapping[str, Any]) -> TokenDescription:
+        t = self.table(data, "token", "token", ("model", "manufacturer"))
+        found: dict[str, str] = {}
+        for key, most in (("model", 16), ("manufacturer", 32)):
+            if key in t:
+                text = self.text(t[key], f"token.{key}")
+                if not 0 < len(text) <= most or not text.isprintable() or "#" in text:
+                    self.fail(f"token.{key}", f"{text!r} is not a {key}",
+                              f"1 to {most} printable characters without '#'")
+                found[key] = text
+        return TokenDescription(**found)
 
     def function(self, value: Any, key: str) -> str:
         return self.one_of(value, key, PKCS11_FUNCTIONS, "PKCS#11 function",

@@ -18,14 +18,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, ObjectClass
+from pkcs11 import DEFAULT, Attribute, CertificateType, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11exc
 from pkcs11.util.ec import encode_ec_public_key
 
 from harness.ca import PublicKey, TestCA, write_pem
 from harness.errors import TokenError
+from harness.journal import CleanupError, Journal, LeftObject, describe_object
 from harness.keys import Algorithm, KeySpec, Provisioning
-from harness.token import Token
+from harness.pkcs11 import exception_return_code
+from harness.token import Token, TokenTimeout
 
 RSA_EXPONENT = 65537
 
@@ -56,19 +58,8 @@ class ProvisioningRefused(TokenError):
 
 
 def ckr_name(exc: BaseException) -> str:
-    """CKR_ name for a python-pkcs11 exception (best effort)."""
-    name = type(exc).__name__
-    known = {
-        "GeneralError": "CKR_GENERAL_ERROR", "MechanismInvalid": "CKR_MECHANISM_INVALID",
-        "AttributeValueInvalid": "CKR_ATTRIBUTE_VALUE_INVALID",
-        "TemplateInconsistent": "CKR_TEMPLATE_INCONSISTENT",
-        "TemplateIncomplete": "CKR_TEMPLATE_INCOMPLETE",
-        "FunctionFailed": "CKR_FUNCTION_FAILED", "DeviceError": "CKR_DEVICE_ERROR",
-        "DeviceRemoved": "CKR_DEVICE_REMOVED", "FunctionNotSupported": "CKR_FUNCTION_NOT_SUPPORTED",
-        "AttributeTypeInvalid": "CKR_ATTRIBUTE_TYPE_INVALID", "KeySizeRange": "CKR_KEY_SIZE_RANGE",
-        "DomainParamsInvalid": "CKR_DOMAIN_PARAMS_INVALID",
-    }
-    return known.get(name, f"CKR_? ({name})")
+    """CKR_ name for a python-pkcs11 exception (harness.pkcs11's vocabulary)."""
+    return exception_return_code(exc) or f"CKR_? ({type(exc).__name__})"
 
 
 def _ec_point(public_key: Any) -> bytes:
@@ -85,12 +76,14 @@ def _int_bytes(n: int) -> bytes:
 class Provisioner:
     """Creates keys and certificates on one token and removes them again."""
 
-    def __init__(self, token: Token, ca: TestCA, workdir: Path, run_tag: str) -> None:
+    def __init__(self, token: Token, ca: TestCA, workdir: Path, run_tag: str,
+                 journal: Journal | None = None) -> None:
         self.token = token
         self.ca = ca
         self.workdir = workdir
         self.run_tag = run_tag
-        self.created: list[bytes] = []  # CKA_IDs of objects this run created
+        self.journal = journal  # a named token: what we create, written down first
+        self.created: list[tuple[bytes, str]] = []  # (CKA_ID, label) of what this run made
 
     def provision(self, spec: KeySpec, provisioning: Provisioning,
                   private_key: Any = None) -> ProvisionedKey:
@@ -102,14 +95,19 @@ class Provisioner:
         label = f"p11tls-{self.run_tag}-{spec.name}-{provisioning.value}"
         key_id = secrets.token_bytes(8)
         session = self.token.session
-        self.created.append(key_id)
+        if self.journal is not None:
+            self.journal.intend(label, key_id.hex())
+        self.created.append((key_id, label))
         host_key = None
         try:
             if provisioning is Provisioning.GENERATE:
-                public_key = self._generate(session, spec, label, key_id)
+                public_key = self.token.call(
+                    lambda: self._generate(session, spec, label, key_id), "C_GenerateKeyPair")
             else:
                 host_key = private_key if private_key is not None else new_private_key(spec)
-                public_key = self._import(session, spec, label, key_id, host_key)
+                public_key = self.token.call(
+                    lambda: self._import(session, spec, label, key_id, host_key),
+                    "C_CreateObject")
         except p11exc.PKCS11Error as exc:
             ckr = ckr_name(exc)
             raise ProvisioningRefused(
@@ -117,7 +115,7 @@ class Provisioner:
                 self._host_only(spec, provisioning, label, key_id, host_key),
             ) from None
         cert = self.ca.issue_client_cert(public_key, label)
-        session.create_object({
+        self.token.call(lambda: session.create_object({
             Attribute.CLASS: ObjectClass.CERTIFICATE,
             Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
             Attribute.TOKEN: True,
@@ -128,7 +126,7 @@ class Provisioner:
             Attribute.ISSUER: cert.issuer.public_bytes(),
             Attribute.SERIAL_NUMBER: _der_integer(cert.serial_number),
             Attribute.VALUE: cert.public_bytes(serialization.Encoding.DER),
-        })
+        }), "C_CreateObject")
         cert_pem = write_pem(cert, self.workdir / f"{label}.pem")
         return ProvisionedKey(spec, provisioning, label, key_id.hex(), cert_pem, host_key)
 
@@ -165,15 +163,24 @@ class Provisioner:
         params = session.create_domain_parameters(
             key_type, {Attribute.EC_PARAMS: bytes.fromhex(spec.ec_params_hex or "")}, local=True
         )
+        # python-pkcs11 would add CKA_ENCRYPT/CKA_DECRYPT false for EC keys; tpm2-pkcs11
+        # refuses a value that differs from its TPM key's (CKR_GENERAL_ERROR): the token decides.
+        unset = {Attribute.ENCRYPT: DEFAULT, Attribute.WRAP: DEFAULT}
         pub, _ = params.generate_keypair(
             store=True, id=key_id, label=label, mechanism=mechanism,
-            public_template=public, private_template=private,
+            public_template={**public, **unset},
+            private_template={**private, Attribute.DECRYPT: DEFAULT, Attribute.UNWRAP: DEFAULT},
         )
         if spec.algorithm is Algorithm.EDDSA:
             point = pub[Attribute.EC_POINT]
             raw = point[2:] if len(point) == 34 and point[0] == 0x04 else point
             return ed25519.Ed25519PublicKey.from_public_bytes(raw)
-        loaded = serialization.load_der_public_key(encode_ec_public_key(pub))
+        try:
+            loaded = serialization.load_der_public_key(encode_ec_public_key(pub))
+        except ValueError:  # e.g. tpm2-pkcs11 1.9.0: P-521 point with a short-form DER length
+            raise ProvisioningRefused(
+                f"the token's CKA_EC_POINT of the new {spec.name} key is not a DER OCTET STRING",
+                "malformed CKA_EC_POINT") from None
         assert isinstance(loaded, ec.EllipticCurvePublicKey)
         return loaded
 
@@ -230,17 +237,82 @@ class Provisioner:
         return public_key
 
     def remove_created(self) -> int:
-        """Destroy every object this run created (found by its CKA_ID); count them."""
+        """Destroy every object this run created (found by its CKA_ID and label);
+        count them. Raises CleanupError naming every object left behind."""
         removed = 0
-        session = self.token.session
-        for key_id in self.created:
-            for obj in list(session.get_objects({Attribute.ID: key_id})):
-                label = obj[Attribute.LABEL]
-                if label.startswith(f"p11tls-{self.run_tag}-"):  # ours, by construction
-                    obj.destroy()
+        left: list[LeftObject] = []
+        why = ""
+        prefix = f"p11tls-{self.run_tag}-"
+        for key_id, label in list(self.created):
+            try:
+                session = self.token.session
+                found = self.token.call(
+                    lambda k=key_id, s=session: list(  # type: ignore[misc]
+                        s.get_objects({Attribute.ID: k})),
+                    "C_FindObjects")
+            except (TokenError, p11exc.PKCS11Error) as exc:
+                why = why or _why(exc)
+                left.append(LeftObject(label, key_id.hex(), "key pair and certificate, if made"))
+                continue
+            for obj in found:
+                try:
+                    item = self.token.call(lambda o=obj: describe_object(o),  # type: ignore[misc]
+                                           "C_GetAttributeValue")
+                except (TokenError, p11exc.PKCS11Error) as exc:
+                    why = why or _why(exc)
+                    left.append(LeftObject(label, key_id.hex(), "CKO_?"))
+                    continue
+                if not item.label.startswith(prefix):  # ours by construction, nothing else
+                    continue
+                try:
+                    self.token.call(obj.destroy, "C_DestroyObject")
                     removed += 1
+                except (TokenError, p11exc.PKCS11Error) as exc:
+                    why = why or _why(exc)
+                    left.append(item)
         self.created.clear()
+        if self.journal is not None:
+            self.journal.close(clean=not left)
+        if left:
+            raise CleanupError(f"token {self.token.label!r}", left, why)
         return removed
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TokenTimeout):
+        return str(exc)
+    return ckr_name(exc) if isinstance(exc, p11exc.PKCS11Error) else str(exc)
+
+
+# Token descriptions of cards whose keys sit in fixed slots (OpenSC's OpenPGP
+# and PIV emulations, ykcs11): a new key there replaces the one in its slot.
+FIXED_SLOT_MARKERS = (
+    ("openpgp", "an OpenPGP card"),
+    ("piv_ii", "a PIV card (OpenSC)"),
+    ("piv", "a PIV card"),
+    ("yubikey", "a YubiKey"),
+    ("pkcs#15 emulated", "a card OpenSC emulates PKCS#15 for"),
+)
+
+
+def fixed_slot_reason(info: dict[str, Any]) -> str | None:
+    """Why the harness must not provision on this token (its keys sit in
+    fixed slots, or the token does not say what it is), else None."""
+    label = str(info.get("token_label") or "")
+    model = str(info.get("model") or "").strip()
+    maker = str(info.get("manufacturer") or "").strip()
+    hint = ("use a disposable card with --p11-allow-slot-overwrite (its keys may be replaced), "
+            "or test the keys already on it with --p11-existing (not yet available)")
+    if not model and not maker:
+        return (f"token {label!r} does not say what it is (no model, no manufacturer), so the "
+                f"harness cannot tell whether new keys would replace existing ones: {hint}")
+    text = f"{model} {maker} {label}".lower()
+    for marker, what in FIXED_SLOT_MARKERS:
+        if marker in text:
+            return (f"token {label!r} ({model} by {maker}) looks like {what}, whose keys sit in "
+                    f"fixed slots: new keys could replace the ones on it, so the harness does "
+                    f"not provision there; {hint}")
+    return None
 
 
 def new_private_key(spec: KeySpec) -> Any:

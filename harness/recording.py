@@ -8,18 +8,17 @@ offset before and after each handshake.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.calls import parse_records
 from harness.errors import ToolMissing
-from harness.explain.mask import mask_lines
 from harness.explain.model import LogFormat
 from harness.interposer import build_interposer, write_interposer_config
-from harness.pin_masking import mask_bytes
+from harness.masking import mask_bytes, mask_lines
 from harness.system import PKCS11_SPY, find_library
 
 
@@ -95,7 +94,7 @@ def scrub_spy_log(path: Path, offset: int) -> None:
 def mask_spy_bytes(raw: bytes) -> bytes:
     """A same-length mask of pkcs11-spy output: the lines explain's masker
     changes become '*' (pPin dumps, secret attribute values), and any known
-    PIN in any form (harness.pin_masking) as well."""
+    PIN in any form (harness.masking) as well."""
     text = raw.decode("latin-1")  # one char per byte: lengths stay put
     lines = text.split("\n")
     masked = mask_lines(lines, LogFormat.PKCS11_SPY)
@@ -109,14 +108,9 @@ def mask_spy_bytes(raw: bytes) -> bytes:
 
 
 def parse_calls(chunk: bytes) -> list[dict[str, Any]]:
-    """The JSON lines of a piece of a record file as dicts."""
-    calls = []
-    for line in chunk.decode(errors="replace").splitlines():
-        try:
-            calls.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crashing client: keep the others
-    return calls
+    """The call records of a piece of a record file, as their JSON objects
+    (harness.calls.parse_records reads them: torn lines are skipped)."""
+    return [call.to_json() for call in parse_records(chunk.decode(errors="replace"))]
 
 
 def size_of(path: Path | None) -> int:

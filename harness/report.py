@@ -1,7 +1,8 @@
 """The terminal matrix printed at the end of every run (and by `p11tls show`):
 one table per module/profile, rows key × provisioning, columns client × TLS
 version; the cells are the same as in matrix.html and matrix.md
-(markdown_report.cell_text), the verdicts pytest's. Under each table: the
+(matrix_layout.cell_text), the verdicts pytest's. First the causes of the
+run's failures (each once, its cases, the workaround). Under each table: the
 counts, the problems of every failed case and, once per distinct note, the
 facts not measured on the versions here."""
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.markdown_report import case_notes, cell_state, cell_text, matrix_tables
+from harness.explain.causes import causes_text, failure_causes
+from harness.matrix_layout import case_notes, cell_state, cell_text, matrix_tables
 from harness.record import HandshakeRecord
 
 _SUFFIX = {"known": " (known)", "unmeasured": " (unmeasured)"}
@@ -54,4 +56,7 @@ def terminal_matrix(records: Sequence[HandshakeRecord]) -> str:
         lines.insert(1, "  ".join("-" * w for w in widths))
         blocks.append("\n".join([table.title, *lines, table.counts(),
                                  *table_notes(table.records)]))
+    causes = failure_causes(records)
+    if causes:
+        blocks.insert(0, "\n".join(["Causes of the failures:", *causes_text(causes)]))
     return "\n\n".join(blocks)

@@ -4,6 +4,17 @@ Usable without pytest (the plugin wraps it in fixtures). One MatrixRunner per
 process: it loads the PKCS#11 module once, creates the throw-away SoftHSM2
 token when no module is configured, provisions each key the first time a
 case needs it, and removes what it created when closed.
+
+It is a context manager: everything it makes (temporary directories, the
+SoftHSM2 store, the token lock and journal, sessions, the TLS server, client
+processes) is closed on every path, a failed start included; the token is
+cleaned first, with ending signals held back meanwhile.
+
+Environment: python-pkcs11 has no way to hand a module its configuration, and
+SoftHSM2 (SOFTHSM2_CONF) and the interposer (its config variable) read theirs
+from this process's environment when the module is initialised. So those
+variables are set only around loading a module (`_module_environment`) and
+restored at once; child processes always get theirs explicitly (self.env).
 """
 
 from __future__ import annotations
@@ -13,23 +24,35 @@ import platform
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from harness.ca import TestCA
 from harness.calls import sign_summary
-from harness.clients import CLIENTS
+from harness.clients import make_client
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.software import NEEDS_IMPORT
 from harness.config import Settings
 from harness.errors import HarnessError
 from harness.expectations import CaseExpectations, has_outcomes
+from harness.explain.no_sign import explain_without_signing
 from harness.interposer import build_interposer, write_interposer_config
+from harness.journal import CleanupError, Journal, journal_dir
 from harness.keys import Algorithm, KeySpec, Provisioning
+from harness.locking import TokenLock, token_key
 from harness.matrix import SOFTWARE, Case
+from harness.named_modules import ModuleSetup, open_named_module
 from harness.padding import padding_file
 from harness.profile import load_profile
-from harness.provision import ProvisionedKey, Provisioner, ProvisioningRefused
+from harness.process import signals_held
+from harness.provision import (
+    ProvisionedKey,
+    Provisioner,
+    ProvisioningRefused,
+    fixed_slot_reason,
+)
 from harness.record import HandshakeRecord, Outcome
 from harness.recording import CallRecorder, parse_calls, read_from, size_of
 from harness.server import (
@@ -40,23 +63,67 @@ from harness.server import (
     ca_names_from,
 )
 from harness.softhsm import TemporarySoftHSM
-from harness.token import Token, TokenInfo
+from harness.token import Token, TokenInfo, TokenTimeout
 from harness.versions import command_version
 
 EMBEDDED_LABEL = "p11tls"
 # libp11 cannot enumerate a token holding an Ed25519 key, so on the embedded
 # default Ed25519 lives on a token of its own.
 EMBEDDED_EDDSA_LABEL = "p11tls-eddsa"
+# After this many cases in a row timed out on a token, the rest are not run.
+STOP_AFTER_TIMEOUTS = 3
+STOPPED = "token stopped answering"
+
+
+@contextmanager
+def _module_environment(variables: dict[str, str]) -> Iterator[None]:
+    """os.environ with `variables` while a module is loaded, then as before."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class MatrixRunner:
-    def __init__(self, settings: Settings, workdir: Path | None = None) -> None:
+    """`with MatrixRunner(settings) as runner:` (or call close())."""
+
+    def __init__(self, settings: Settings, workdir: Path | None = None, *,
+                 logs_dir: Path | None = None, run_lock_held: bool = False,
+                 session_id: str | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self._stack = ExitStack()  # what this runner made, closed in reverse order
+        self._closed = False
+        self.session_id = session_id  # the pytest run this runner belongs to (journal)
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="p11tls-"))
-        self._own_workdir = workdir is None
+        if workdir is None:
+            self._stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+        try:
+            self._start(logs_dir, run_lock_held, say)
+        except BaseException:
+            self.close(quiet=True)
+            raise
+
+    def __enter__(self) -> MatrixRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self, logs_dir: Path | None, run_lock_held: bool,
+               say: Callable[[str], None] | None) -> None:
+        settings = self.settings
+        self.logs_dir = logs_dir or settings.reports / "logs"
         self.run_tag = secrets.token_hex(3)
         self.softhsm: TemporarySoftHSM | None = None
         self.env: dict[str, str] = {}
+        self._module_env: dict[str, str] = {}  # what loading the module here needs
         self.tokens: dict[str, Token] = {}
         self.provisioners: dict[str, Provisioner] = {}
         self.keys: dict[tuple[str, Provisioning], ProvisionedKey | ProvisioningRefused] = {}
@@ -66,15 +133,29 @@ class MatrixRunner:
         self._mechanisms: dict[str, tuple[str, ...]] = {}  # token label -> mechanism names
         self.recorders: dict[str, CallRecorder] = {}
         self._server: HandshakeServer | None = None  # one TLS server for every case
+        self._timeouts: dict[str, int] = {}  # token label -> cases in a row that timed out
+        self.stopped: dict[str, str] = {}  # token label -> why its cases are not run
+        self.journal: Journal | None = None
+        self._case_lock: TokenLock | None = None  # xdist workers of one run, case by case
         # under a profile: the record of this process's own calls (provisioning)
         self.provision_record: Path | None = None
         self.provision_chunks: dict[tuple[str, Provisioning], bytes] = {}
         self.ca = TestCA(self.workdir / "ca")
         self.profile = load_profile(settings.profile) if settings.profile else None
-        if settings.module is None:
+        self.setup: ModuleSetup | None = None  # a named module's throw-away token (tpm2)
+        if settings.named_module is not None:
+            self.setup = self._stack.enter_context(
+                open_named_module(settings.named_module, self.workdir))
+            self.env = dict(self.setup.env)
+            self._module_env = dict(self.setup.env)
+            self.module, self.pin = self.setup.module, self.setup.pin
+            self.token_labels = {"main": self.setup.token_label,
+                                 "eddsa": self.setup.token_label}
+        elif settings.module is None:
             self.softhsm = TemporarySoftHSM(self.workdir / "softhsm")
-            self.softhsm.activate()  # python-pkcs11 in this process reads it too
+            self._stack.callback(self.softhsm.remove)
             self.env = dict(self.softhsm.env)
+            self._module_env = dict(self.softhsm.env)
             self.module = self.softhsm.module
             self.pin = secrets.token_hex(4)
             self.token_labels = {"main": EMBEDDED_LABEL, "eddsa": EMBEDDED_EDDSA_LABEL}
@@ -88,18 +169,54 @@ class MatrixRunner:
         # Under a profile this process, which provisions the keys, goes through
         # the emulation too: a refused import must be refused here.
         self.token_module = self._emulate_here() if self.profile else self.module
-        self.main_token = self._token("main")  # fails fast on a bad module/label/PIN
-        _ = self.main_token.session
+        self.main_token = self._load_token("main")
+        if settings.module is not None:  # a named token: one run at a time, a journal
+            self._guard_named_token(run_lock_held, say)
+        self._token("main")
+        _ = self.main_token.session  # fails fast on a bad PIN (after the lock: one login)
         self.expectations = CaseExpectations(
             profile=self.profile.name if self.profile else None,
-            check_mechanisms=self.checks_mechanisms)
+            check_mechanisms=self.checks_mechanisms,
+            module=self.setup.name if self.setup else None)
         # what every record says about the module: the real one, not the interposer
         self.module_summary: dict[str, Any] = {
             **self.token_info().as_dict(), "path": str(self.module),
             "host": platform.node(),  # which lab host, for merged reports
             "embedded": self.softhsm is not None,
+            **({"named": self.setup.name} if self.setup else {}),
             **({"emulates": self.profile.emulates} if self.profile else {}),
         }
+
+    def _guard_named_token(self, run_lock_held: bool, say: Callable[[str], None] | None) -> None:
+        """Before anything is written to a user's token: refuse fixed-slot cards,
+        wait for any other run on it, start this run's journal."""
+        token = self.main_token
+        info = self.token_info().as_dict()
+        if not self.settings.allow_slot_overwrite:
+            reason = fixed_slot_reason(info)
+            if reason is not None:
+                raise HarnessError(reason)
+        key = token_key(self.module, token.serial, token.label)
+        what = f"token {token.label!r}"
+        if run_lock_held:  # the pytest controller holds the run's lock; workers take turns
+            self._case_lock = TokenLock(key + ".case", what)
+        else:
+            lock = TokenLock(key, what)
+            lock.acquire(say)
+            self._stack.callback(lock.release)
+            if say is not None:
+                from harness.cleanup import leftovers_on
+
+                line = leftovers_on(token, self.module, self.run_tag)
+                if line:
+                    say(line)
+        self.journal = Journal(journal_dir(self.module, token.serial, token.label),
+                               self.run_tag, {"module": str(self.module),
+                                              "token_label": token.label,
+                                              "serial": token.serial,
+                                              "session": self.session_id})
+        # a journal left open (cleanup failed) keeps its entries for `p11tls cleanup`
+        self._stack.callback(self.journal.close, False)
 
     # -- tokens and keys ---------------------------------------------------------
     def _emulate_here(self) -> Path:
@@ -109,18 +226,27 @@ class MatrixRunner:
         directory = self.workdir / "interposer"
         directory.mkdir(parents=True, exist_ok=True)
         self.provision_record = directory / "calls-provision.jsonl"
-        os.environ.update(write_interposer_config(
+        self._module_env.update(write_interposer_config(
             self.module, self.provision_record,
             directory / "interposer-provision.conf", self.profile.interposer_lines()))
         return build_interposer()
 
-    def _token(self, role: str) -> Token:
+    def _load_token(self, role: str) -> Token:
         label = self.token_labels[role]
         if label not in self.tokens:
-            self.tokens[label] = Token(self.token_module, label, self.pin)
-            self.provisioners[label] = Provisioner(
-                self.tokens[label], self.ca, self.workdir, self.run_tag)
+            with _module_environment(self._module_env):
+                token = Token(self.token_module, label, self.pin,
+                              timeout_s=self.settings.timeout_s)
+            self.tokens[label] = token
+            self._stack.callback(token.close)
         return self.tokens[label]
+
+    def _token(self, role: str) -> Token:
+        token = self._load_token(role)
+        if token.label not in self.provisioners:
+            self.provisioners[token.label] = Provisioner(
+                token, self.ca, self.workdir, self.run_tag, self.journal)
+        return token
 
     def token_label_for(self, key: KeySpec) -> str:
         return self.token_labels["eddsa" if key.algorithm is Algorithm.EDDSA else "main"]
@@ -152,16 +278,19 @@ class MatrixRunner:
         needed = {Algorithm.EDDSA: "EDDSA"}.get(key.algorithm)
         if needed is None:
             return None
+        return None if needed in self.token_mechanisms(key) else f"CKM_{needed}"
+
+    def token_mechanisms(self, key: KeySpec) -> tuple[str, ...]:
+        """The mechanisms the token of `key` offers (as clients see them: under a
+        profile, the emulated list), read once per token."""
         token = self._token("eddsa" if key.algorithm is Algorithm.EDDSA else "main")
         if token.label not in self._mechanisms:
             self._mechanisms[token.label] = token.info().mechanisms
-        return None if needed in self._mechanisms[token.label] else f"CKM_{needed}"
+        return self._mechanisms[token.label]
 
     def client(self, name: str) -> Client:
         if name not in self.clients:
-            if name not in CLIENTS:
-                raise HarnessError(f"unknown client {name!r}: choose one of {', '.join(CLIENTS)}")
-            self.clients[name] = CLIENTS[name].from_settings(self.settings)
+            self.clients[name] = make_client(name, self.settings.client_options())
         return self.clients[name]
 
     def recorder(self, client: str) -> CallRecorder:
@@ -186,6 +315,8 @@ class MatrixRunner:
             if self.softhsm is not None:
                 self._components[client]["softhsm"] = command_version(
                     ["softhsm2-util", "--version"])
+            if self.setup is not None:
+                self._components[client].update(self.setup.versions)
         return dict(self._components[client])
 
     def judge(self, case: Case, record: HandshakeRecord) -> HandshakeRecord:
@@ -210,22 +341,69 @@ class MatrixRunner:
             profile=self.profile.name if self.profile else None,
             outcome=Outcome.ERROR.value, module=dict(self.module_summary),
         )
+        label = self.token_label_for(case.key)
+        if label in self.stopped:  # the token hung: do not wait out every case
+            record.outcome, record.error = Outcome.SKIP.value, self.stopped[label]
+            return record
         client = self.client(case.client)
         not_here = self._not_runnable(case, client)
         if not_here is not None:
             record.outcome, record.error = not_here
             return record
         record.client_version = self._client_version(client)
-        logs = self.settings.reports / "logs" / case.case_id
+        with self._turn():
+            timed_out = self._run_case(record, case, client)
+        self._timeouts[label] = self._timeouts.get(label, 0) + 1 if timed_out else 0
+        if self._timeouts[label] >= STOP_AFTER_TIMEOUTS:
+            self.stopped[label] = (
+                f"{STOPPED}: {STOP_AFTER_TIMEOUTS} cases in a row on token {label!r} timed "
+                f"out after {self.settings.timeout_s:g} s; its remaining cases are not run")
+        return record
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """xdist workers of one run use a named token one case at a time."""
+        if self._case_lock is None:
+            yield
+            return
+        self._case_lock.acquire()
+        try:
+            yield
+        finally:
+            self._case_lock.release()
+
+    def _run_case(self, record: HandshakeRecord, case: Case, client: Client) -> bool:
+        """Provisioning and handshake into record; True when the token or the
+        client did not answer in time."""
+        logs = self.logs_dir / case.case_id
+        self._between_cases()
         try:
             key = self.key(case.key, case.provisioning)
         except ProvisioningRefused as refused:
             if case.client != SOFTWARE or refused.host_key is None:
                 self._record_refusal(record, case, refused, logs)
-                return record
+                return False
             key = refused.host_key  # the software control needs no token
-        self._handshake(record, case, client, key, logs)
-        return record
+        except TokenTimeout as exc:  # the harness's own call on the token hung
+            record.outcome, record.error = Outcome.FAIL.value, f"provisioning: {exc}"
+            return True
+        self._between_cases()
+        return self._handshake(record, case, client, key, logs)
+
+    def _between_cases(self) -> None:
+        """A named module's hook before provisioning and before each handshake:
+        on a device with few slots and no resource manager (a TPM) nothing may
+        stay loaded: this process's sessions log out (tpm2-pkcs11 frees the TPM
+        only then), warm clients (a JVM) end, then the module's own clean-up
+        (flush what exited clients left)."""
+        if self.setup is None:
+            return
+        if self.setup.release_sessions:
+            for token in self.tokens.values():
+                token.release_session()
+            for client in self.clients.values():
+                client.close()
+        self.setup.after_case()
 
     def _not_runnable(self, case: Case, client: Client) -> tuple[str, str] | None:
         """(outcome, reason) when the case cannot run here, else None."""
@@ -268,7 +446,7 @@ class MatrixRunner:
                           log_path=log_path, timeout_s=self.settings.timeout_s)
 
     def _handshake(self, record: HandshakeRecord, case: Case, client: Client,
-                   key: ProvisionedKey, logs: Path) -> None:
+                   key: ProvisionedKey, logs: Path) -> bool:
         """Server + client (through the interposer), then what both saw, into record."""
         server = self.server()
         server_log = logs / "server.log"
@@ -292,12 +470,12 @@ class MatrixRunner:
         except HarnessError as exc:  # e.g. SunPKCS11 refused --java-p11-config
             record.error = str(exc)  # outcome stays "error": the harness could not run it
             self._collect_quietly(server)
-            return
+            return False
         try:
             seen = server.collect()
         except ServerError as exc:  # the harness's server broke: an error, not a token failure
             record.error = str(exc)
-            return
+            return bool(result.timed_out)
         record.logs = {"client": str(job.log_path), "server": str(server_log)}
         if recorder is not None:
             record.calls = recorder.collect(mark, logs)
@@ -314,11 +492,17 @@ class MatrixRunner:
         right_cert = seen.client_subject is not None and key.label in seen.client_subject
         if seen.accepted and right_cert:
             record.outcome = Outcome.OK.value
-            return
+            return False
         record.outcome = Outcome.FAIL.value
         record.error = failure_reason(result, seen, record.sign, self.settings.timeout_s)
         if recorder is not None:
             record.explanation = explain_calls(logs / "calls.jsonl")
+        if record.explanation is None and not (record.sign or {}).get("mechanism"):
+            # no signing call to explain: say why from what the harness knows
+            record.explanation = explain_without_signing(
+                self.token_mechanisms(case.key), case.key.name, f"TLS{case.tls.value}",
+                result.error, seen.error)
+        return bool(result.timed_out)
 
     @staticmethod
     def _collect_quietly(server: HandshakeServer) -> None:
@@ -328,21 +512,35 @@ class MatrixRunner:
         except ServerError:
             pass
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        for client in self.clients.values():
-            client.close()
-        for provisioner in self.provisioners.values():
-            if self.softhsm is None:  # a user's token: remove exactly what we made
-                provisioner.remove_created()
-        for token in self.tokens.values():
-            token.close()
-        if self.softhsm is not None:
-            self.softhsm.remove()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+    def close(self, quiet: bool = False) -> None:
+        """End the clients and the server, clean the token (signals held back
+        meanwhile), then release and remove everything else. Raises
+        CleanupError (unless `quiet`) naming every object left on the token."""
+        if self._closed:
+            return
+        self._closed = True
+        failure: CleanupError | None = None
+        with signals_held():
+            try:
+                server, self._server = getattr(self, "_server", None), None
+                if server is not None:
+                    server.stop()
+                for client in getattr(self, "clients", {}).values():
+                    try:
+                        client.close()
+                    except Exception:  # noqa: BLE001 - the token comes first
+                        pass
+                if getattr(self, "softhsm", None) is None and getattr(self, "setup", None) is None:
+                    # a user's token: exactly ours
+                    for provisioner in getattr(self, "provisioners", {}).values():
+                        try:
+                            provisioner.remove_created()
+                        except CleanupError as exc:
+                            failure = failure or exc
+            finally:
+                self._stack.close()
+        if failure is not None and not quiet:
+            raise failure
 
 
 def explain_calls(record_file: Path) -> dict[str, Any] | None:

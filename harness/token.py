@@ -10,17 +10,71 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pkcs11
 from pkcs11 import exceptions as p11exc
 from pkcs11.constants import TokenFlag
 
 from harness.errors import ConfigError, HarnessError, TokenError
+
+T = TypeVar("T")
+DEFAULT_CALL_TIMEOUT_S = 20.0
+
+
+class TokenTimeout(TokenError):
+    """The token did not answer one of the harness's own calls in time."""
+
+
+class TokenWorker:
+    """One daemon thread that makes every call this process sends a token, so
+    the caller can stop waiting after a timeout (and on Ctrl-C: the wait is
+    interruptible) while the token keeps the thread. Calls stay in order; once
+    one was abandoned, later calls fail at once until it has returned."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]] | None] = (
+            queue.Queue())
+        self._busy_with: str | None = None  # the abandoned call still running
+        self._thread = threading.Thread(target=self._serve, name=f"p11tls-token-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, answer = job
+            try:
+                answer.put((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                answer.put((False, exc))
+            self._busy_with = None
+
+    def call(self, fn: Callable[[], T], what: str, timeout_s: float) -> T:
+        if self._busy_with is not None:
+            raise TokenTimeout(f"the token is still busy with an abandoned {self._busy_with}; "
+                               f"{what} was not sent")
+        answer: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._busy_with = what
+        self._jobs.put((fn, answer))
+        try:
+            ok, value = answer.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TokenTimeout(f"the token did not answer {what} within {timeout_s:g} s"
+                               ) from None
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
 
 # Set after the first refused login in this process; every later attempt
 # raises at once instead of sending the PIN to the token again.
@@ -36,11 +90,13 @@ class TokenInfo:
     manufacturer: str
     firmware: str
     mechanisms: tuple[str, ...]
+    serial: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "path": self.module, "library": self.library, "token_label": self.label,
             "model": self.model, "manufacturer": self.manufacturer, "firmware": self.firmware,
+            "serial": self.serial,
         }
 
 
@@ -90,8 +146,11 @@ def pin_state(label: str, flags: int) -> tuple[str | None, str | None]:
 class Token:
     """A token found by label in a loaded module, with one logged-in session."""
 
-    def __init__(self, module: Path, label: str, pin: str) -> None:
+    def __init__(self, module: Path, label: str, pin: str,
+                 timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
         self.module_path = module
+        self.timeout_s = timeout_s
+        self.worker = TokenWorker(label)
         self.lib = load_module(module)
         try:
             self.token = self.lib.get_token(token_label=label)
@@ -125,7 +184,16 @@ class Token:
             manufacturer=_text(self.token.manufacturer_id),
             firmware=_version(getattr(slot, "firmware_version", "")),
             mechanisms=tuple(sorted(str(m.name) for m in slot.get_mechanisms())),
+            serial=self.serial,
         )
+
+    @property
+    def serial(self) -> str:
+        return _text(getattr(self.token, "serial", b""))
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """fn() on the token's worker thread, abandoned after the timeout."""
+        return self.worker.call(fn, what, self.timeout_s)
 
     @property
     def session(self) -> Any:
@@ -135,13 +203,15 @@ class Token:
             if _refused_login is not None:
                 raise TokenError(_refused_login)
             # the flags as they are now (C_GetTokenInfo), not at enumeration
-            flags = int(self.token.slot.get_token().flags)
+            flags = self.call(lambda: int(self.token.slot.get_token().flags),
+                              "C_GetTokenInfo")
             refusal, self.pin_warning = pin_state(self.label, flags)
             if refusal is not None:
                 _refused_login = refusal
                 raise TokenError(refusal)
             try:
-                self._session = self.token.open(rw=True, user_pin=self._pin)
+                self._session = self.call(
+                    lambda: self.token.open(rw=True, user_pin=self._pin), "C_Login")
             except (p11exc.PinIncorrect, p11exc.PinLenRange, p11exc.PinInvalid) as exc:
                 _refused_login = (
                     f"token {self.label!r} refused the PIN ({type(exc).__name__}); it was "
@@ -154,19 +224,35 @@ class Token:
                 raise TokenError(_refused_login) from None
         return self._session
 
-    def close(self) -> None:
+    def release_session(self) -> None:
+        """Close the session (a later use logs in again, with the same refusal
+        rules): tpm2-pkcs11 frees what a session loaded into the TPM only then."""
         if self._session is not None:
-            self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            self.call(session.close, "C_CloseSession")
+
+    def close(self) -> None:
+        try:
+            if self._session is not None:
+                session, self._session = self._session, None
+                self.call(session.close, "C_CloseSession")
+        except TokenTimeout:
+            pass  # the session goes with the process
+        finally:
+            self.worker.stop()
 
 
 def check_login(module: Path, label: str, pin: str,
-                env: dict[str, str] | None = None) -> dict[str, Any]:
+                env: dict[str, str] | None = None, *, scan_module: Path | None = None,
+                own: str = "") -> dict[str, Any]:
     """Log in once in a child process (this one must not load a module it will
     load again later) and return the token's description (with `pin_warning`);
     raise the same one-line error as Token does. `env` is added to the child's
-    environment (an interposer configuration)."""
-    return _child(["login", str(module), label], pin, env)
+    environment (an interposer configuration). With `scan_module` (the real
+    module, which keys the journals) the description has `leftovers`: the one
+    line about objects earlier runs left, or None."""
+    scan = [str(scan_module), own] if scan_module is not None else []
+    return _child(["login", str(module), label, *scan], pin, env)
 
 
 def describe_token(module: Path, label: str) -> dict[str, Any]:
@@ -191,9 +277,15 @@ def _child_main() -> int:
     as JSON."""
     try:
         token = Token(Path(sys.argv[2]), sys.argv[3], sys.stdin.read())
+        extra: dict[str, Any] = {}
         if sys.argv[1] == "login":
             _ = token.session
-        print(json.dumps({**token.info().as_dict(), "pin_warning": token.pin_warning}))
+            if len(sys.argv) > 5:
+                from harness.cleanup import leftovers_on
+
+                extra["leftovers"] = leftovers_on(token, sys.argv[4], sys.argv[5])
+        print(json.dumps({**token.info().as_dict(), "pin_warning": token.pin_warning,
+                          **extra}))
         token.close()
     except HarnessError as exc:
         print(exc, file=sys.stderr)

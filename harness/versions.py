@@ -26,15 +26,19 @@ from harness.errors import ConfigError
 
 # What a version range may be keyed to: the clients' parts and the module.
 COMPONENTS = {
-    "openssl": "OpenSSL (openssl-engine, openssl-provider)",
-    "libp11": "the libp11 engine (openssl-engine)",
-    "pkcs11-provider": "pkcs11-provider (openssl-provider)",
+    "openssl": "OpenSSL (openssl-engine, openssl-provider, curl)",
+    "libp11": "the libp11 engine (openssl-engine, curl)",
+    "pkcs11-provider": "pkcs11-provider (openssl-provider, curl from 8.12)",
     "gnutls": "GnuTLS (gnutls)",
-    "java": "the JDK (java, java-nocombined)",
+    "java": "the JDK (java, java-nocombined, and java@N for each further JDK)",
+    "nss": "NSS (nss: tstclnt from libnss3-tools)",
+    "curl": "curl (curl, with OpenSSL through the libp11 engine or pkcs11-provider)",
     "softhsm": "SoftHSM2, the embedded default module",
+    "tpm2-pkcs11": "tpm2-pkcs11, the module of --p11-module tpm2",
+    "swtpm": "swtpm, the software TPM below --p11-module tpm2",
 }
 # Parts of the module, not of a client: a fact need not name them.
-MODULE_COMPONENTS = frozenset({"softhsm"})
+MODULE_COMPONENTS = frozenset({"softhsm", "tpm2-pkcs11", "swtpm"})
 
 Versions = Mapping[str, "str | None"]  # component -> detected version (None: not detected)
 

@@ -53,7 +53,6 @@ import java.util.ArrayList;
 import java.util.Collection;
 import java.util.Collections;
 import java.util.HashMap;
-import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -197,11 +196,14 @@ public final class P11TlsClient {
         String host = req.get("host");
         int port = Integer.parseInt(req.get("port"));
         String tls = req.get("tls");
-        String protocolName = switch (tls) {
-            case "1.2" -> "TLSv1.2";
-            case "1.3" -> "TLSv1.3";
-            default -> throw new IllegalArgumentException("tls must be 1.2 or 1.3, got " + tls);
-        };
+        String protocolName;
+        if ("1.2".equals(tls)) {
+            protocolName = "TLSv1.2";
+        } else if ("1.3".equals(tls)) {
+            protocolName = "TLSv1.3";
+        } else {
+            throw new IllegalArgumentException("tls must be 1.2 or 1.3, got " + tls);
+        }
         int timeoutMs = Integer.parseInt(req.getOrDefault("timeout_ms", "20000"));
         System.err.println("p11tls: " + protocolName + " to " + host + ":" + port + " with key "
                 + req.get("label") + " (id " + req.get("id") + ")");
@@ -326,7 +328,7 @@ public final class P11TlsClient {
 
     private SSLContext contextFor(SelectedKey key, Path caPem) throws Exception {
         byte[] caBytes = Files.readAllBytes(caPem);
-        String cacheKey = key.alias + "\0" + HexFormat.of().formatHex(
+        String cacheKey = key.alias + "\0" + hex(
                 MessageDigest.getInstance("SHA-256").digest(caBytes));
         SSLContext context = contexts.get(cacheKey);
         if (context != null) {
@@ -348,7 +350,25 @@ public final class P11TlsClient {
 
     // -- helpers -----------------------------------------------------------------
 
-    private record SelectedKey(String alias, PrivateKey key, X509Certificate[] chain) {
+    // A plain class, not a record: the client compiles for Java 11 (--release 11).
+    private static final class SelectedKey {
+        final String alias;
+        final PrivateKey key;
+        final X509Certificate[] chain;
+
+        SelectedKey(String alias, PrivateKey key, X509Certificate[] chain) {
+            this.alias = alias;
+            this.key = key;
+            this.chain = chain;
+        }
+    }
+
+    private static String hex(byte[] bytes) {
+        StringBuilder text = new StringBuilder(bytes.length * 2);
+        for (byte b : bytes) {
+            text.append(String.format("%02x", b & 0xff));
+        }
+        return text.toString();
     }
 
     /** Offers exactly one key, whatever else is on the token. */
@@ -427,7 +447,7 @@ public final class P11TlsClient {
     }
 
     private static String fingerprint(X509Certificate cert) throws Exception {
-        return HexFormat.of().formatHex(
+        return hex(
                 MessageDigest.getInstance("SHA-256").digest(cert.getEncoded()));
     }
 

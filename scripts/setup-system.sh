@@ -9,11 +9,16 @@ required=(
   opensc                    # pkcs11-tool, pkcs11-spy
   libengine-pkcs11-openssl  # libp11 engine: the openssl-engine client
   gnutls-bin                # gnutls-cli: the gnutls client
+  libnss3-tools curl        # tstclnt: the nss client; curl: the curl client
   openssl
   gcc libc6-dev libp11-kit-dev libssl-dev  # building the C interposer
   python3 python3-venv python3-pip
 )
 optional=(pkcs11-provider)  # the openssl-provider client; Debian 13 and later
+# tpm2-pkcs11 on a software TPM (--p11-module tpm2, tox -e tpm2); the TCTI library is
+# libtss2-tcti-swtpm0t64 on Debian 13, where the old name is only a virtual package
+optional+=(swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools
+           libtss2-tcti-swtpm0t64 libtss2-tcti-swtpm0)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
@@ -60,7 +65,7 @@ for pkg in "${optional[@]}"; do
       fi
       as_root apt-get update -qq; updated=yes
     fi
-    if apt-cache show "$pkg" >/dev/null 2>&1; then
+    if apt-cache show "$pkg" 2>/dev/null | grep -q '^Package:'; then  # not a virtual one
       missing+=("$pkg")
     fi
   fi

@@ -47,7 +47,7 @@ def test_module_from_environment_with_label_and_pin(tmp_path):
         ({"p11_timeout": "-1"}, "positive"),
         ({"p11_keys": "p999"}, "unknown key type 'p999'"),
         ({"p11_keys": ","}, "--p11-keys is empty"),
-        ({"p11_clients": "curl"}, "unknown client curl"),
+        ({"p11_clients": "wolfssl"}, "unknown client wolfssl"),
         ({"p11_no_record": "yes", "p11_spy": "yes"}, "--p11-spy is chained below the interposer"),
         ({"p11_no_record": "yes", "p11_profile": "slow-card"}, "--p11-profile works inside"),
         ({"p11_spy": "maybe"}, "--p11-spy takes yes or no"),

@@ -25,11 +25,13 @@ from harness.versions import in_range
 PSS = {"hash": "CKM_SHA256", "mgf": "CKG_MGF1_SHA256", "salt_len": 32}
 GOOD_PSS = {"mechanism": "CKM_RSA_PKCS_PSS", "params": PSS, "parts": 0, "input_bytes": 32,
             "rv": "CKR_OK"}
-# What the facts were measured on (Debian 12), and Debian 13's versions.
+# What the facts were measured on (Debian 12 and 13), and a release no fact covers.
 DEBIAN12 = {"openssl": "3.0.19", "libp11": "0.4.12", "gnutls": "3.7.9", "java": "17.0.15",
             "softhsm": "2.6.1"}
-DEBIAN13 = {"openssl": "3.5.0", "libp11": "0.4.13", "gnutls": "3.8.9", "java": "21.0.8",
+DEBIAN13 = {"openssl": "3.5.9", "libp11": "0.4.13", "gnutls": "3.8.9", "java": "21.0.13",
             "pkcs11-provider": "1.0", "softhsm": "2.6.1"}
+UNMEASURED = {"openssl": "3.9.1", "libp11": "0.4.99", "gnutls": "3.9.2", "java": "99.0.1",
+              "pkcs11-provider": "9.0", "softhsm": "2.6.1"}
 PARTS = {"openssl-engine": ("openssl", "libp11"), "openssl-provider": ("openssl",
          "pkcs11-provider"), "gnutls": ("gnutls",), "java": ("java",),
          "java-nocombined": ("java",)}
@@ -74,17 +76,20 @@ def test_every_case_of_the_full_matrix_has_a_mechanism_or_a_known_failure():
     assert missing == []
 
 
-def test_every_debian12_case_is_measured_and_no_debian13_case_is():
+def test_every_debian12_and_13_case_is_measured_and_no_later_case_is():
     expectations = CaseExpectations(check_mechanisms=True)
     clients = ["openssl-engine", "gnutls", "java", "java-nocombined"]
-    for c in cases(clients, tuple(KEYS.values())):
+    for c in cases(clients, (KEYS["rsa2048"], KEYS["p256"], KEYS["p384"], KEYS["ed25519"])):
         ok = record(c, sign={"mechanism": "CKM_X", "rv": "CKR_OK"})
         assert expectations.verdict(c, ok, seen(c.client)).unmeasured == [], c.case_id
-        later = expectations.verdict(c, ok, seen(c.client, DEBIAN13))
-        assert later.unmeasured and later.problems == [], c.case_id  # no fact claims 13
-    provider = case("openssl-provider")  # pkcs11-provider was never measured
+        assert expectations.verdict(c, ok, seen(c.client, DEBIAN13)).unmeasured == [], c.case_id
+        later = expectations.verdict(c, ok, seen(c.client, UNMEASURED))
+        assert later.unmeasured and later.problems == [], c.case_id  # no fact claims it
+    provider = case("openssl-provider")  # pkcs11-provider: measured on Debian 13 only
     assert expectations.verdict(provider, record(provider),
-                                seen("openssl-provider", DEBIAN13)).unmeasured
+                                seen("openssl-provider", DEBIAN13)).unmeasured == []
+    assert expectations.verdict(provider, record(provider),
+                                seen("openssl-provider", UNMEASURED)).unmeasured
 
 
 def test_verdict_accepts_the_expected_call_and_reports_a_changed_one():
@@ -138,7 +143,8 @@ def test_known_failure_holds_only_on_the_versions_it_names():
     passed = expectations.verdict(c, record(c), newer)
     assert passed.word == "passed" and passed.unmeasured and passed.problems == []
     java = case("java", "ed25519")
-    assert expectations.failure_reason(java, seen("java", java="21.0.8")) is None
+    assert expectations.failure_reason(java, seen("java", java="25.0.1")) is None
+    assert "JDK 21" in (expectations.failure_reason(java, seen("java", java="21.0.8")) or "")
     # negative control: on JDK 17.0.x the reason "SunPKCS11 (JDK 17)" holds
     assert "JDK 17" in (expectations.failure_reason(java, seen("java", java="17.0.2")) or "")
 
@@ -153,9 +159,9 @@ def test_judge_puts_the_verdict_into_the_record():
     assert bad.verdict == "failed" and bad.problems == [
         "input_bytes: expected 32, token saw 48"]
     other = expectations.judge(c, record(c, sign={**GOOD_PSS, "input_bytes": 48}),
-                               seen(c.client, DEBIAN13))
+                               seen(c.client, UNMEASURED))
     assert other.verdict == "passed" and other.problems == []
-    assert any("openssl 3.5.0 (measured on 3.0)" in n and "libp11 0.4.13" in n
+    assert any("openssl 3.9.1 (measured on 3.0" in n and "libp11 0.4.99" in n
                for n in other.unmeasured)
     known = case(key="ed25519")
     xfail = expectations.judge(known, record(known, "fail", "x"), seen(known.client))
@@ -218,7 +224,7 @@ def test_token_and_server_must_agree_on_a_combined_mechanisms_input(mechanism):
         "covers 2200 bytes"]
     # also where no fact was measured: the two observers are no fact
     other = expectations.verdict(c, record(c, sign=sign, signed_bytes=2200),
-                                 seen("gnutls", DEBIAN13))
+                                 seen("gnutls", UNMEASURED))
     assert other.word == "failed" and other.unmeasured
     # no server count: the check does not apply
     assert expectations.verdict(c, record(c, sign=sign), seen("gnutls")).problems == []
@@ -309,13 +315,13 @@ def test_facts_of_an_unmeasured_run_load_back_and_make_it_measured(tmp_path):
 
     sign = {"mechanism": "CKM_ECDSA", "params": None, "parts": 0, "input_bytes": 32,
             "rv": "CKR_OK"}
-    records = judged_on(lambda client: seen(client, DEBIAN13), sign=sign)
+    records = judged_on(lambda client: seen(client, UNMEASURED), sign=sign)
     assert all(r.unmeasured for r in records)
     files, notes = new_facts(records)
     assert notes == [] and list(files) == ["expected_mechanisms.toml"]
     entries = files["expected_mechanisms.toml"]  # one per client: their versions differ
     assert sorted(e["versions"]["softhsm"] for e in entries) == ["2.6.1", "2.6.1"]
-    assert {"openssl": "3.5.0", "libp11": "0.4.13", "softhsm": "2.6.1"} in [
+    assert {"openssl": "3.9.1", "libp11": "0.4.99", "softhsm": "2.6.1"} in [
         e["versions"] for e in entries]
     path = tmp_path / "expected_mechanisms.toml"
     path.write_text(EXPECTED_MECHANISMS.read_text()
@@ -324,10 +330,10 @@ def test_facts_of_an_unmeasured_run_load_back_and_make_it_measured(tmp_path):
     expectations.mechanisms = load_table(path)
     for client in ("openssl-engine", "gnutls"):
         c = case(client)
-        now = expectations.verdict(c, record(c, sign=sign), seen(client, DEBIAN13))
+        now = expectations.verdict(c, record(c, sign=sign), seen(client, UNMEASURED))
         assert [n for n in now.unmeasured if "signing call" in n] == [], client
         wrong = expectations.verdict(c, record(c, sign={**sign, "input_bytes": 48}),
-                                     seen(client, DEBIAN13))
+                                     seen(client, UNMEASURED))
         assert wrong.word == "failed"  # the new fact is checked like any other
 
 
@@ -337,7 +343,7 @@ def test_facts_of_a_measured_run_are_none_and_failures_need_a_reason():
     sign = {"mechanism": "CKM_ECDSA", "params": None, "parts": 0, "input_bytes": 32,
             "rv": "CKR_OK"}
     assert new_facts(judged_on(lambda client: seen(client), sign=sign)) == ({}, [])
-    failed = judged_on(lambda client: seen(client, DEBIAN13), "fail",
+    failed = judged_on(lambda client: seen(client, UNMEASURED), "fail",
                        {**sign, "rv": "CKR_GENERAL_ERROR"}, error="CKR_GENERAL_ERROR")
     files, _ = new_facts(failed)
     (entry, *_) = files["known_failures.toml"]

@@ -29,10 +29,10 @@ from harness.explain import (
     detect_format,
     explain_file,
     explain_main,
-    mask_lines,
     parse_file,
     read_log,
 )
+from harness.masking import mask_lines
 from harness.system import OPENSC, P11_KIT_PROXY, PKCS11_SPY, find_library
 
 DATA = Path(__file__).parent / "data" / "explain"
@@ -80,6 +80,8 @@ class ToolRunner:
         (self.data / "32").write_bytes(bytes(range(32)))
         (self.data / "100").write_bytes(bytes(range(100)))
         (self.data / "5000").write_bytes(bytes(i % 251 for i in range(5000)))
+        for size in (48, 256, 1222, 1223):
+            (self.data / str(size)).write_bytes(bytes(i % 251 for i in range(size)))
 
     def env(self, **extra: str) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.store.env, **extra}
@@ -109,6 +111,11 @@ def _scenarios(data: Path, key_der: Path) -> dict[str, list[list[str]]]:
         "mech_invalid": [[*sign, "--id", "01", "-m", "ECDSA-SHA256", "-i", str(data / "32")]],
         "ecdsa_ok": [[*sign, "--id", "01", "-m", "ECDSA", "-i", str(data / "32")]],
         "ecdsa_long": [[*sign, "--id", "01", "-m", "ECDSA", "-i", str(data / "100")]],
+        "ecdsa48": [[*sign, "--id", "01", "-m", "ECDSA", "-i", str(data / "48")]],
+        # SoftHSM2: C_Sign -> CKR_GENERAL_ERROR; pkcs11-tool then tries C_SignUpdate
+        # with the single-part CKM_RSA_PKCS_PSS -> CKR_OPERATION_NOT_INITIALIZED
+        "pss_salt": [[*sign, "--id", "02", "-m", "RSA-PKCS-PSS", "--hash-algorithm", "SHA256",
+                      "--mgf", "MGF1-SHA256", "--salt-len", "1000", "-i", str(data / "32")]],
         "multipart_ok": [[*sign, "--id", "02", "-m", "SHA256-RSA-PKCS", "-i", str(data / "5000")]],
         "import_nologin": [["--write-object", str(key_der), "--type", "privkey", "--id", "09"]],
         "import_ok": [[*login, "--write-object", str(key_der), "--type", "privkey", "--id", "08"]],
@@ -238,6 +245,68 @@ def record_log(runner: ToolRunner, import_key: tuple[Path, bytes]) -> Path:
         for args in scenarios[name]:
             runner.run(interposer, args, env)
     return log
+
+
+# The harness's own interposer emulating a constrained token on top of SoftHSM2
+# (profile settings, see harness/interposer/interposer.c), driven by pkcs11-tool.
+EMULATED = {
+    "ecdsa_over_order": (
+        ["sign_max_input 32", "sign_limit_mechanism CKM_ECDSA",
+         "sign_over_limit_rv CKR_DATA_LEN_RANGE"],
+        [["--id", "01", "-m", "ECDSA", "-i", "48"]],
+    ),
+    "combined_small": (
+        ["add_combined CKM_ECDSA_SHA256", "sign_max_input 16",
+         "sign_over_limit_rv CKR_DEVICE_ERROR"],
+        [["--id", "01", "-m", "ECDSA-SHA256", "-i", "32"]],
+    ),
+    "limit_1223": (
+        ["add_combined CKM_ECDSA_SHA256", "sign_max_input 1222",
+         "sign_over_limit_rv CKR_DATA_INVALID"],
+        [["--id", "01", "-m", "ECDSA-SHA256", "-i", "1222"],
+         ["--id", "01", "-m", "ECDSA-SHA256", "-i", "1223"]],
+    ),
+    "limit_ok": (
+        ["add_combined CKM_ECDSA_SHA256", "sign_max_input 1222",
+         "sign_over_limit_rv CKR_DATA_INVALID"],
+        [["--id", "01", "-m", "ECDSA-SHA256", "-i", "1222"]],
+    ),
+    "x509_hidden": (["hide CKM_RSA_X_509"], [["--id", "02", "-m", "RSA-X-509", "-i", "256"]]),
+    "sign_fails": (
+        ["fail_after C_Sign 0 CKR_FUNCTION_FAILED"],
+        [["--id", "01", "-m", "ECDSA", "-i", "32"]],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def emulated_logs(runner: ToolRunner, import_key: tuple[Path, bytes]) -> dict[str, Path]:
+    try:
+        from harness.interposer import build_interposer, write_interposer_config
+
+        interposer = build_interposer()
+    except (ImportError, HarnessError) as exc:
+        pytest.skip(f"Requires the p11tls interposer: {exc}")
+    sign = ["--login", "--pin", PIN, "--sign", "-o", os.devnull]
+    runs = {name: (lines, [[*sign, *a[:-1], str(runner.data / a[-1])] for a in argvs])
+            for name, (lines, argvs) in EMULATED.items()}
+    runs["import_incomplete"] = (
+        ["refuse_create CKO_PRIVATE_KEY CKK_EC CKR_TEMPLATE_INCOMPLETE"],
+        [["--login", "--pin", PIN, "--write-object", str(import_key[0]), "--type", "privkey",
+          "--id", "0a"]],
+    )
+    runs["pin_flags"] = (
+        ["token_pin_flags CKF_USER_PIN_COUNT_LOW CKF_USER_PIN_FINAL_TRY"], [["-T"]])
+    logs = {}
+    for name, (lines, argvs) in runs.items():
+        log = runner.directory / f"emulated-{name}.jsonl"
+        env = runner.env(**write_interposer_config(
+            runner.store.module, log, runner.directory / f"emulated-{name}.conf", lines))
+        for args in argvs:
+            runner.run(interposer, args, env)
+        assert log.is_file(), name
+        logs[name] = log
+    return logs
 
 
 # --- parsers: seed excerpts -----------------------------------------------------------
@@ -406,8 +475,10 @@ def test_real_interposer_records(record_log):
         "CKK_EC",
         "P-256",
     )
+    # pin-flags: SoftHSM2 itself sets CKF_USER_PIN_COUNT_LOW after the wrong PIN
     assert {f.rule for f in explanation.findings} == {
         "pin",
+        "pin-flags",
         "mechanism-invalid",
         "ecdsa-input-too-long",
     }
@@ -462,6 +533,12 @@ def sign_records(mechanism: str, value: int, parts: list[int], final_rv: str, up
 
 
 RECORDS = {
+    # SoftHSM2's C_GetTokenInfo flags with no CKF_USER_PIN_* bit, then a good signature
+    "token_flags_clean": [
+        {"fn": "C_GetTokenInfo", "seq": 1, "rv": "CKR_OK", "token_flags": "0x42d"},
+        *[{**r, "seq": n} for n, r in enumerate(
+            sign_records("CKM_ECDSA", 0x1041, [32], "CKR_OK"), start=2)],
+    ],
     # Java SunPKCS11 on a token advertising CKM_ECDSA_SHA256: TLS 1.2 transcript in parts
     "combined_tls12_fail": sign_records(
         "CKM_ECDSA_SHA256", 0x1044, [1024, 1024, 989], "CKR_DEVICE_ERROR"
@@ -561,6 +638,18 @@ RULE_CASES = [
     ("ecdsa-input-too-long", "spy:ecdsa_long", "spy:ecdsa_ok"),
     ("ecdsa-input-too-long", "records:ecdsa_p256_sha384", "records:ecdsa_p384_sha384"),
     ("multipart-refused", "records:multipart_refused", "spy:multipart_ok"),
+    ("multipart-refused", "spy:pss_salt", "spy:ecdsa_ok"),
+    ("multipart-refused", "data:spy-opensc-0.20-multipart.log", "spy:ecdsa48"),
+    ("ecdsa-input-over-order", "emulated:ecdsa_over_order", "spy:ecdsa48"),
+    ("combined-mechanism-small-input", "emulated:combined_small", "emulated:limit_1223"),
+    ("input-size-limit", "emulated:limit_1223", "emulated:limit_ok"),
+    ("rsa-x509-refused", "emulated:x509_hidden", "spy:multipart_ok"),
+    ("pss-params", "spy:pss_salt", "spy:multipart_ok"),
+    ("ec-import-without-point", "emulated:import_incomplete", "data:seed000-spy.log"),
+    ("card-status", "data:picohsm-6f00-opensc.log", "data:seed001-opensc.log"),
+    ("pin-flags", "emulated:pin_flags", "records:token_flags_clean"),
+    ("failed-call", "emulated:sign_fails", "spy:ecdsa_ok"),
+    ("sunpkcs11-disabled", "data:sunpkcs11-showinfo-spy.log", "spy:ecdsa_ok"),
 ]
 
 
@@ -572,6 +661,8 @@ def _source(spec: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path:
         return write_records(tmp_path / f"{name}.jsonl", RECORDS[name])
     if kind == "opensc":
         return request.getfixturevalue("opensc_debug_log")
+    if kind == "emulated":
+        return request.getfixturevalue("emulated_logs")[name]
     return request.getfixturevalue(f"{kind}_logs")[name]
 
 
@@ -592,7 +683,7 @@ def test_rule(rule, source, expected, request, tmp_path):
 
 def test_every_rule_has_positive_and_negative_cases():
     assert {case[0] for case in RULE_CASES} == set(RULE_NAMES)
-    assert len(RULE_NAMES) == 8
+    assert len(RULE_NAMES) == 18
 
 
 def test_pin_retry_after_incorrect_is_reported_once(spy_logs):
@@ -624,7 +715,7 @@ def test_json_output_shape(capsys):
     rc, out, err = cli(capsys, str(DATA / "seed001-opensc.log"), "--json")
     assert rc == 0 and err == ""
     data = json.loads(out)
-    assert set(data) == {"format", "calls", "first_failure", "findings"}
+    assert set(data) == {"format", "calls", "first_failure", "findings", "problems"}
     assert data["format"] == "opensc-debug"
     assert data["calls"] == [
         {"fn": "C_SignInit", "mechanism": "CKM_ECDSA_SHA256", "input_bytes": None, "rv": "CKR_OK"},
@@ -636,7 +727,7 @@ def test_json_output_shape(capsys):
         },
     ]
     assert data["first_failure"] == 1
-    assert all(set(f) == {"rule", "summary", "call", "hint"} for f in data["findings"])
+    assert all(set(f) == {"rule", "summary", "call", "hint", "harmless"} for f in data["findings"])
     assert data["findings"][0]["rule"] == "combined-mechanism-large-input"
 
 
@@ -803,3 +894,83 @@ def test_explain_reads_a_pasted_log_from_standard_input():
     empty = subprocess.run([sys.executable, "-m", "harness.cli", "explain", "-"],
                            input=b"", capture_output=True, check=False)
     assert empty.returncode == 2 and b"is empty" in empty.stderr
+
+
+# --- generalising: every failure explained, probes ranked last, cut logs ----------------
+
+
+def test_every_failing_call_gets_a_finding(spy_logs, emulated_logs):
+    from harness.explain import parse_file as parse
+    from harness.explain.rules import failed
+
+    logs = [*spy_logs.values(), *emulated_logs.values(), *sorted(DATA.glob("*.log"))]
+    for log in logs:
+        parsed = parse(log)
+        explanation = explain_file(log)
+        failing = sum(1 for c in parsed.calls if failed(c))
+        assert len({f.call for f in explanation.findings}) >= failing > -1, log.name
+    # Control: a log without failures has no findings.
+    assert explain_file(spy_logs["ecdsa_ok"]).findings == ()
+
+
+def test_pico_hsm_debug_log_ranks_the_cause_first_and_ignores_noise():
+    explanation = explain_file(DATA / "picohsm-6f00-opensc.log")
+    first = explanation.calls[explanation.first_failure]
+    assert (first.fn, first.status_word, first.reader_error) == ("C_SignFinal", "6F00", None)
+    assert explanation.findings[0].rule == "combined-mechanism-large-input"
+    card = next(f for f in explanation.findings if f.rule == "card-status")
+    assert "6F 00" in card.summary and "no precise diagnosis" in card.summary
+    # SCardControl 0x8010001f and the ending C_Finalize make no finding at all
+    assert not any("SCardControl" in f.summary for f in explanation.findings)
+    assert all(explanation.calls[f.call].fn != "C_Finalize" for f in explanation.findings)
+    # Control: a real transmit failure is still a card-connection finding.
+    assert "apdu-transmit" in rules_found(DATA / "seed001-opensc.log")
+
+
+def test_harmless_probe_ranks_after_the_real_failure(tmp_path):
+    recs = [
+        {"fn": "C_FindObjectsInit", "seq": 1, "rv": "CKR_ATTRIBUTE_VALUE_INVALID"},
+        *sign_records("CKM_ECDSA", 0x1041, [32], "CKR_OK"),
+        {"fn": "C_SignInit", "seq": 9, "rv": "CKR_OK", "session": 1,
+         "mechanism": {"name": "CKM_ECDSA", "value": 0x1041}},
+        {"fn": "C_Sign", "seq": 10, "rv": "CKR_FUNCTION_FAILED", "session": 1, "in_len": 32},
+    ]
+    explanation = explain_file(write_records(tmp_path / "probe.jsonl", recs))
+    assert explanation.calls[explanation.first_failure].fn == "C_Sign"
+    assert [f.harmless for f in explanation.findings] == [False, True]
+    assert explanation.calls[explanation.findings[1].call].fn == "C_FindObjectsInit"
+    # Control: without the successful signature the same failure is not a probe.
+    alone = explain_file(write_records(tmp_path / "alone.jsonl", recs[:1]))
+    assert [f.harmless for f in alone.findings] == [False]
+
+
+def test_old_pkcs11_spy_spelling():
+    parsed = parse_file(DATA / "spy-opensc-0.20-multipart.log")
+    assert parsed.format is LogFormat.PKCS11_SPY
+    update = next(c for c in parsed.calls if c.fn == "C_SignUpdate")
+    assert (update.mechanism, update.input_bytes, update.rv) == (
+        "CKM_ECDSA", 1024, "CKR_MECHANISM_INVALID")
+
+
+@pytest.mark.parametrize("name", ["seed000-spy.log", "seed001-opensc.log",
+                                  "picohsm-6f00-opensc.log", "pkcs11-logger-rsa-no-pss.log"])
+def test_a_log_cut_anywhere_still_explains(name, tmp_path):
+    text = (DATA / name).read_text()
+    cut = tmp_path / name
+    for end in range(len(text) // 3, len(text), max(1, len(text) // 40)):
+        cut.write_text(text[:end])
+        try:
+            explanation = explain_file(cut)
+        except HarnessError as exc:
+            assert "no PKCS#11 calls" in str(exc) or "unknown log format" in str(exc)
+            continue
+        assert explanation.total_calls >= 1
+
+
+def test_cut_real_records_report_the_torn_line(record_log, tmp_path):
+    text = record_log.read_text()
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(text[: len(text) // 2])
+    explanation = explain_file(cut)
+    assert explanation.problems and "torn" in explanation.problems[0]
+    assert explain_file(record_log).problems == ()  # control: the whole file is clean

@@ -34,6 +34,7 @@ from harness.interposer import (
     _find_pkcs11_include,
     build_interposer,
     write_interposer_config,
+    write_names_header,
 )
 from harness.softhsm import TemporarySoftHSM
 from harness.system import OPENSC, PKCS11_SPY, find_library
@@ -695,7 +696,8 @@ def test_source_compiles_without_warnings(tmp_path: Path) -> None:
     cc = os.environ.get("CC") or "cc"
     if shutil.which(cc) is None:
         pytest.skip(f"Requires a C compiler ({cc})")
-    argv = [cc, "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
+    write_names_header(tmp_path)
+    argv = [cc, "-fsyntax-only", "-Wall", "-Wextra", "-Werror", f"-I{tmp_path}",
             f"-I{_find_pkcs11_include()}"]
     proc = subprocess.run([*argv, str(INTERPOSER_SOURCE)], capture_output=True, text=True,
                           timeout=60, check=False)

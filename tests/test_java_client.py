@@ -404,7 +404,7 @@ def test_missing_jdk_is_tool_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolMissing) as info:
         find_jdk()
-    assert str(info.value) == ("javac not found: install a JDK >= 17 "
+    assert str(info.value) == ("javac not found: install a JDK >= 11 "
                                "(openjdk-17-jdk-headless) or set JAVA_HOME / --java")
 
 

@@ -68,7 +68,7 @@ def test_run_writes_results_json_and_prints_the_matrix(matrix):
 def test_report_header_names_module_and_clients(matrix, softhsm_store):
     result = run(matrix, "--collect-only", "-q", "-m", "tls12", "-v")
     result.stdout.fnmatch_lines(["p11tls module: embedded default: throw-away SoftHSM2*",
-                                 "p11tls clients: OpenSSL*gnutls-cli*Java 1*python-pkcs11*"])
+                                 "p11tls clients: OpenSSL*gnutls-cli*Java *python-pkcs11*"])
     store, token = softhsm_store
     own = run(matrix, "--collect-only", "-q", "-v", f"--p11-module={store.module}",
               f"--p11-token-label={token.label}", f"--p11-pin={token.pin}", env=store.env)
@@ -83,7 +83,7 @@ def test_report_header_names_module_and_clients(matrix, softhsm_store):
         (["--p11-module=/nonexistent/libnone.so", "--p11-token-label=x", "--p11-pin=1"],
          "*PKCS#11 module /nonexistent/libnone.so does not exist*"),
         (["--p11-keys=rsa1024"], "*unknown key type 'rsa1024'*"),
-        (["--p11-clients=curl"], "*unknown client curl*"),
+        (["--p11-clients=wolfssl"], "*unknown client wolfssl*"),
     ],
     ids=["missing-module", "unknown-key", "unknown-client"],
 )
@@ -446,6 +446,7 @@ def test_pin_appears_in_no_output_report_log_or_temp_file(matrix, pkcs11_spy, tm
     reports, basetemp = matrix.path / "out", matrix.path / "bt"
     result = run(matrix, f"--p11-module={store.module}", "--p11-token-label=leaky",
                  f"--p11-pin={pin}", "--p11-spy", "-l", "--tb=long",
+                 "--p11-clients=gnutls,java,java-nocombined",  # not every JDK's java@N
                  f"--p11-reports={reports}", f"--junitxml={reports / 'junit.xml'}",
                  f"--basetemp={basetemp}",
                  "-k", "leaks or (p256 and generate and tls13 and (gnutls or java))",

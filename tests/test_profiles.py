@@ -22,7 +22,8 @@ from harness.profile import (
     shipped_profiles,
 )
 
-SHIPPED = ["nitrokey-start-opensc", "openpgp-card", "picohsm-opensc", "slow-card"]
+SHIPPED = ["combined-pss-only", "nitrokey-hsm-opensc", "nitrokey-start-opensc", "openpgp-card",
+           "picohsm-opensc", "slow-card"]
 
 # The example of issue 5, whole.
 ISSUE_EXAMPLE = '''
@@ -190,8 +191,9 @@ BAD = {
                    "CKR_GENERAL_ERROR"),
     "unknown-class": ('[create_object]\nrefuse = [{ class = "CKO_PRIVATE" }]\n',
                       "create_object.refuse[0].class: unknown object class 'CKO_PRIVATE'",
-                      ("CKO_CERTIFICATE, CKO_DATA, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, "
-                      "CKO_SECRET_KEY")),
+                      ("CKO_CERTIFICATE, CKO_DATA, CKO_DOMAIN_PARAMETERS, CKO_HW_FEATURE, "
+                       "CKO_MECHANISM, CKO_OTP_KEY, CKO_PRIVATE_KEY, CKO_PROFILE, "
+                       "CKO_PUBLIC_KEY, CKO_SECRET_KEY")),
     "unknown-key-type": (('[create_object]\nrefuse = [{ class = "CKO_PRIVATE_KEY", '
                          'key_type = "CKK_ECDSA" }]\n'),
                          "create_object.refuse[0].key_type: unknown key type 'CKK_ECDSA'",
@@ -260,6 +262,7 @@ def test_unreadable_files_and_unknown_names(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read emulation profile .*nope\.toml"):
         load_profile(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match=r"no shipped emulation profile 'picohsm' \(shipped: "
+                                          r"combined-pss-only, nitrokey-hsm-opensc, "
                                           r"nitrokey-start-opensc, openpgp-card, picohsm-opensc, "
                                           r"slow-card\); give a path"):
         load_profile("picohsm")

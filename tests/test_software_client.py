@@ -25,7 +25,7 @@ from harness.clients.base import HandshakeJob
 from harness.clients.software import NEEDS_IMPORT, SoftwareClient
 from harness.config import resolve
 from harness.keys import KEYS, Provisioning
-from harness.markdown_report import CLIENT_ORDER
+from harness.matrix_layout import CLIENT_ORDER
 from harness.matrix import FORCED_RSA_PKCS1, Case, cases
 from harness.plugin import MARKERS
 from harness.tls import TLSVersion

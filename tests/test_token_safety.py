@@ -147,7 +147,7 @@ def test_raw_spy_log_is_masked_in_place_keeping_every_offset(tmp_path):
 def test_registered_pin_is_masked_in_every_form():
     import base64
 
-    from harness import pin_masking
+    from harness import masking as pin_masking
 
     pin = "Lm4-reg-771"
     text = f"{pin} {pin.encode().hex()} {base64.b64encode(pin.encode()).decode()} keep"

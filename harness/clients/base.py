@@ -5,14 +5,24 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.clients.logs import client_error
 from harness.process import ProcessResult
 from harness.tls import TLSVersion
 
-if TYPE_CHECKING:
-    from harness.config import Settings
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """The few user options a client is built from (the rest of the settings,
+    module, token and PIN, reach it per handshake in a HandshakeJob)."""
+
+    java_homes: tuple[str, ...] = ()  # --java, repeatable: the first is the default JDK
+    java_p11_config: tuple[str, ...] = ()  # --java-p11-config lines
+
+    @property
+    def java_home(self) -> str | None:
+        return self.java_homes[0] if self.java_homes else None
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ class Client(abc.ABC):
     marker: str = ""  # pytest marker: openssl_engine, gnutls, ...
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Client:
+    def from_options(cls, options: ClientOptions) -> Client:
         """The client as the user configured it (most clients take no options)."""
         return cls()
 

@@ -3,8 +3,8 @@
 Formats: this harness's interposer records (JSON lines), OpenSC pkcs11-spy,
 p11-kit log-calls, Pkcs11Interop pkcs11-logger and OpenSC debug logs
 (including APDU sizes and reader errors). One module per format; `detect`
-picks the format, `rules` holds the diagnosis rules, `mask` keeps PINs and
-key values out of anything echoed.
+picks the format, `rules` holds the diagnosis rules; harness.masking keeps
+PINs and key values out of anything echoed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from harness.explain.cli import (
     render_text,
 )
 from harness.explain.detect import detect_format, read_log
-from harness.explain.mask import mask_lines
 from harness.explain.model import Call, Finding, LogFormat, ParsedLog
 from harness.explain.rules import RULE_NAMES, RULES, diagnose
 
@@ -36,7 +35,6 @@ __all__ = [
     "explain",
     "explain_file",
     "explain_main",
-    "mask_lines",
     "parse_file",
     "parse_log",
     "read_log",

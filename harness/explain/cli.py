@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -12,7 +13,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from harness.errors import ConfigError, HarnessError
-from harness.explain import detect, mask, opensc, p11kit, pkcs11_logger, records, rules, spy
+from harness import masking
+from harness.explain import (
+    detect,
+    java_log,
+    opensc,
+    p11kit,
+    pkcs11_logger,
+    records,
+    rules,
+    spy,
+)
 from harness.explain.model import Call, Finding, LogFormat, ParsedLog, operation_of
 
 PARSERS = {
@@ -61,6 +72,7 @@ class Explanation:
     total_calls: int
     # (line number, text) of the first failing call in the log, PINs and keys masked
     failure_excerpt: tuple[tuple[int, str], ...] = ()
+    problems: tuple[str, ...] = ()  # what the reader could not read (torn lines, gaps)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,9 +83,11 @@ class Explanation:
             ],
             "first_failure": self.first_failure,
             "findings": [
-                {"rule": f.rule, "summary": f.summary, "call": f.call, "hint": f.hint}
+                {"rule": f.rule, "summary": f.summary, "call": f.call, "hint": f.hint,
+                 "harmless": f.harmless}
                 for f in self.findings
             ],
+            "problems": list(self.problems),
         }
 
 
@@ -85,11 +99,28 @@ def matters(call: Call) -> bool:
     return kind is not None and (kind[1] == "init" or kind[0] in ("Sign", "Decrypt"))
 
 
+PIN_FLAG = re.compile(r"\bCKF_USER_PIN_(COUNT_LOW|FINAL_TRY|LOCKED)\b")
+
+
+def _with_pin_flags(call: Call, lines: Sequence[str]) -> Call:
+    """C_GetTokenInfo's PIN flags, as any text format prints them by name."""
+    if call.fn != "C_GetTokenInfo" or call.pin_flags or not lines:
+        return call
+    text = "\n".join(lines[call.line - 1 : call.end_line])
+    found = tuple(dict.fromkeys("CKF_USER_PIN_" + m for m in PIN_FLAG.findall(text)))
+    return call.replace(pin_flags=found) if found else call
+
+
 def explain(parsed: ParsedLog) -> Explanation:
     """Diagnose a parsed log."""
-    calls = list(parsed.calls)
+    calls = [_with_pin_flags(call, parsed.lines) for call in parsed.calls]
     findings = rules.diagnose(calls)
     first = rules.first_failure(calls)
+    disabled = java_log.disabled_mechanisms(parsed.lines)
+    if disabled and calls:
+        summary, hint = java_log.disabled_summary(disabled)
+        at = first if first is not None else 0
+        findings.append(Finding(rules.JAVA_RULE, summary, at, hint))
     cited = {f.call for f in findings}
     if first is not None:
         cited.add(first)
@@ -98,18 +129,20 @@ def explain(parsed: ParsedLog) -> Explanation:
     excerpt: tuple[tuple[int, str], ...] = ()
     if first is not None:
         start, end = calls[first].line, calls[first].end_line
-        masked = mask.mask_lines(parsed.lines[start - 1 : end], parsed.format)
+        masked = masking.mask_lines(parsed.lines[start - 1 : end], parsed.format)
         excerpt = tuple(zip(range(start, end + 1), masked))
     return Explanation(
         format=parsed.format,
         calls=tuple(calls[i] for i in shown),
         first_failure=position[first] if first is not None else None,
         findings=tuple(
-            Finding(rule=f.rule, summary=f.summary, call=position[f.call], hint=f.hint)
+            Finding(rule=f.rule, summary=f.summary, call=position[f.call], hint=f.hint,
+                    harmless=f.harmless)
             for f in findings
         ),
         total_calls=len(calls),
         failure_excerpt=excerpt,
+        problems=parsed.problems,
     )
 
 
@@ -200,15 +233,20 @@ def render_text(explanation: Explanation, source: str) -> str:
         )
         out.extend(_excerpt(e))
     out.append("")
+    for problem in e.problems:
+        out.append(f"Log problem: {problem}")
+    if e.problems:
+        out.append("")
     if not e.findings:
-        out.append("Findings: none of the rules matched.")
+        out.append("Findings: none (no call failed).")
     else:
         out.append(f"Findings ({len(e.findings)}):")
         wrap = textwrap.TextWrapper(
             width=100, initial_indent="     ", subsequent_indent="     ", break_on_hyphens=False
         )
         for n, finding in enumerate(e.findings, start=1):
-            out.append(f"  {n}. [{finding.rule}] call #{finding.call}")
+            probe = " (probably harmless: the client went on normally)" if finding.harmless else ""
+            out.append(f"  {n}. [{finding.rule}] call #{finding.call}{probe}")
             out.extend(wrap.wrap(finding.summary))
             out.extend(wrap.wrap("What to do: " + finding.hint))
     return "\n".join(out) + "\n"

@@ -20,7 +20,7 @@ SAMPLE_LINES = 5000  # enough to recognise any of the formats
 BINARY_MAGIC = (b"\x7fELF", b"\x1f\x8b", b"PK\x03\x04", b"%PDF", b"\x89PNG", b"MZ")
 
 SPY_HEADER = re.compile(r"^\d+: C_\w+\s*$")
-SPY_DETAIL = re.compile(r"^(\[(in|out)\] |Returned:\s+-?\d+ )")
+SPY_DETAIL = re.compile(r"^(\[(in|out)\] |Returned:\s+-?\d+ |pMechanism->type=)")
 P11KIT_START = re.compile(r"^C_\w+\s*$")
 P11KIT_DETAIL = re.compile(r"^(\s*(IN|OUT): \w+ = |C_\w+ = CKR_\w+\s*$)")
 LOGGER_LINE = re.compile(r"^(Calling C_\w+|Returning \d+ \(\w+\))\s*$")

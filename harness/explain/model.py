@@ -62,6 +62,10 @@ class Call:
     apdu_wire_bytes: int | None = None  # the same APDU with header, as the reader saw it
     reader_error: str | None = None  # PC/SC or transmit error during the call
     detail: str | None = None  # the module's own error message (OpenSC)
+    status_word: str | None = None  # last error status word the card answered ("6F00")
+    params: str | None = None  # mechanism parameters as the log shows them (PSS: salt …)
+    salt_len: int | None = None  # RSA-PSS sLen, when the log shows it
+    pin_flags: tuple[str, ...] = ()  # CKF_USER_PIN_* flags a C_GetTokenInfo showed
     inferred: bool = False  # fn guessed from module internals, no PKCS#11 line seen
 
     @property
@@ -79,16 +83,23 @@ class ParsedLog:
     format: LogFormat
     calls: tuple[Call, ...]
     lines: tuple[str, ...] = field(repr=False, default=())
+    problems: tuple[str, ...] = ()  # what the reader could not read (torn lines, gaps)
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One diagnosis: which rule, on which call, what it means, what to do."""
+    """One diagnosis: which rule, on which call, what it means, what to do.
+
+    `harmless`: the call failed but the log goes on normally after it (a probe
+    such as C_GetAttributeValue of an attribute the object lacks); such
+    findings come after the real ones.
+    """
 
     rule: str
     summary: str
     call: int  # index into the call list diagnosed (Explanation.calls after explain())
     hint: str
+    harmless: bool = False
 
 
 # --- operations: carry mechanism, key and totals from *Init to Update/Final -----
@@ -129,6 +140,8 @@ class _Operation:
     mechanism: str | None
     key_type: str | None
     curve: str | None
+    params: str | None = None
+    salt_len: int | None = None
     total: int = 0
     parts: int = 0
 
@@ -189,7 +202,8 @@ def link_operations(calls: list[Call]) -> list[Call]:
                 call = call.replace(key_type=key_type_for(call.mechanism))
             active.pop(slot, None)
             if call.rv in ("CKR_OK", None):
-                active[slot] = _Operation(call.mechanism, call.key_type, call.curve)
+                active[slot] = _Operation(call.mechanism, call.key_type, call.curve,
+                                          call.params, call.salt_len)
             out.append(call)
             continue
         if slot not in active and call.session is None:
@@ -201,6 +215,8 @@ def link_operations(calls: list[Call]) -> list[Call]:
                 mechanism=call.mechanism or state.mechanism,
                 key_type=call.key_type or state.key_type,
                 curve=call.curve or state.curve,
+                params=call.params or state.params,
+                salt_len=call.salt_len if call.salt_len is not None else state.salt_len,
             )
             if step == "update":
                 state.total += call.input_bytes or 0

@@ -35,6 +35,10 @@ APDU = re.compile(
     r"\bCLA:([0-9A-Fa-f]+), INS:([0-9A-Fa-f]+), P1:([0-9A-Fa-f]+), P2:([0-9A-Fa-f]+), data\((\d+)\)"
 )
 WIRE = re.compile(r"\b(Outgoing|Incoming) APDU \((\d+) bytes\)")
+HEX_BYTES = re.compile(r"^\s*(?:[0-9A-Fa-f]{4,8}:?\s+)?((?:[0-9A-Fa-f]{2}(?:\s|$))+)")
+# SCardControl 0x8010001F (SCARD_E_UNSUPPORTED_FEATURE): OpenSC probing a
+# reader feature (PIN pad, ...) the reader lacks; in nearly every log, harmless.
+SCARD_NOISE = {("SCardControl", 0x8010001F)}
 SCARD = re.compile(r"\b(SCard\w+(?:/\w+)?) failed: (0x[0-9a-fA-F]+)")
 SC_ERROR = re.compile(r"(-\d{3,4}) \(([^)]+)\)")
 CURVE = re.compile(r"Found known curve '([\w-]+)'")
@@ -88,11 +92,13 @@ class _Pending:
     apdu_wire: int | None = None
     reader_error: str | None = None
     errors: list[str] = field(default_factory=list)
+    status_word: str | None = None  # the last error SW of an incoming APDU
 
     @property
     def interesting(self) -> bool:
         return any(
-            (self.mechanism, self.input_bytes, self.apdu_bytes, self.reader_error, self.errors)
+            (self.mechanism, self.input_bytes, self.apdu_bytes, self.reader_error, self.errors,
+             self.status_word)
         )
 
 
@@ -100,10 +106,21 @@ def parse(lines: list[str]) -> ParsedLog:
     book = KeyBook()
     pending: _Pending | None = None
     last_line = 0
+    response: list[str] | None = None  # hex bytes of an incoming APDU being read
     for number, line in enumerate(lines, start=1):
         found = match(line)
         if not found:
+            if response is not None and (dump := HEX_BYTES.match(line)):
+                response.extend(dump.group(1).split())
             continue
+        if response is not None and pending is not None:
+            _status(pending, response)
+        response = None
+        wire = WIRE.search(found.group("msg"))
+        if wire and wire.group(1) == "Incoming":
+            # the dump follows on unprefixed lines (or after the colon)
+            tail = found.group("msg")[wire.end():].lstrip(": ")
+            response = tail.split() if HEX_BYTES.match(tail) else []
         msg = found.group("msg")
         func = found.group("func") or ""
         result = RESULT.search(msg)
@@ -123,6 +140,8 @@ def parse(lines: list[str]) -> ParsedLog:
             pending.fn = result.group(1)
             book.add(_call(pending, number, names.return_code_name(result.group(2))))
             pending = None
+    if response is not None and pending is not None:
+        _status(pending, response)
     if pending is not None:
         _flush(book, pending, last_line)
     return ParsedLog(format=LogFormat.OPENSC_DEBUG, calls=tuple(book.calls()), lines=tuple(lines))
@@ -142,7 +161,10 @@ def _absorb(pending: _Pending, msg: str) -> None:
     if m := CURVE.search(msg):
         pending.curve = names.curve_name(m.group(1))
     # SCardTransmit / SCardControl; SCardEstablishContext etc. only mean "no pcscd"
-    if (m := SCARD.search(msg)) and ("Transmit" in m.group(1) or "Control" in m.group(1)):
+    scard = SCARD.search(msg)
+    if scard and (scard.group(1).split("/")[0], int(scard.group(2), 16)) in SCARD_NOISE:
+        scard = None
+    if (m := scard) and ("Transmit" in m.group(1) or "Control" in m.group(1)):
         label = names.scard_error_name(int(m.group(2), 16))
         pending.reader_error = f"{m.group(1)} failed: {m.group(2)}" + (
             f" ({label})" if label else ""
@@ -156,6 +178,15 @@ def _absorb(pending: _Pending, msg: str) -> None:
             and not pending.reader_error
         ):
             pending.reader_error = msg.strip()
+
+
+def _status(pending: _Pending, response: list[str]) -> None:
+    """Keep the status word of a response unless it is a success (9000, 61xx)."""
+    if len(response) < 2:
+        return
+    sw = (response[-2] + response[-1]).upper()
+    if sw != "9000" and not sw.startswith("61"):
+        pending.status_word = sw
 
 
 def _detail(errors: list[str]) -> str | None:
@@ -183,6 +214,7 @@ def _call(pending: _Pending, end: int, rv: str | None, inferred: bool = False) -
         apdu_wire_bytes=pending.apdu_wire,
         reader_error=pending.reader_error,
         detail=_detail(pending.errors),
+        status_word=pending.status_word,
         inferred=inferred,
     )
 

@@ -1,9 +1,10 @@
 """This harness's own call records: one JSON object per line, written by the
 C interposer (harness/interposer/).
 
-Read here on purpose without importing the interposer's Python side, and
-tolerant of missing or extra fields: a record file from an older or newer
-interposer, or one cut off mid-line by a crash, still explains.
+Read with harness.calls.parse_records, the one reader of the format (line
+numbers are kept for the excerpt), and tolerant of missing or extra fields:
+a record file from an older or newer interposer, or one cut off mid-line by
+a crash, still explains; torn lines and seq gaps are reported.
 
 Fields used (see harness/calls.py for the full record): `fn`, `rv` (name,
 "0x…" or a number), `pid` + `session`, `mechanism` ({"name", "value"}, a name
@@ -18,8 +19,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from harness.calls import parse_records
 from harness.explain import names
 from harness.explain.model import Call, KeyBook, LogFormat, ParsedLog
+from harness.pkcs11.vocabulary import PIN_FLAGS
 
 
 def looks_like_record(line: str) -> bool:
@@ -93,19 +96,31 @@ def _curve(key: dict[str, Any]) -> str | None:
 
 
 def parse(lines: list[str]) -> ParsedLog:
+    """The calls of record lines, read by harness.calls.parse_records (the one
+    reader of this format); torn lines and seq gaps become `problems`."""
     book = KeyBook()
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            rec = json.loads(text)
-        except ValueError:
-            continue  # a torn last line after a crash
-        if not isinstance(rec, dict) or not str(rec.get("fn", "")).startswith("C_"):
-            continue
-        book.add(_call(rec, number))
-    return ParsedLog(format=LogFormat.HARNESS, calls=tuple(book.calls()), lines=tuple(lines))
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    for number, line in numbered:
+        read = parse_records(line)
+        if read:
+            book.add(_call(dict(read[0].raw), number))
+        elif _loose_record(line):  # a record of an older interposer (no seq/rv)
+            book.add(_call(json.loads(line), number))
+    problems = parse_records("\n".join(line for _, line in numbered)).problems
+    return ParsedLog(
+        format=LogFormat.HARNESS,
+        calls=tuple(book.calls()),
+        lines=tuple(lines),
+        problems=tuple(p for p in problems if "not a call record" not in p),
+    )
+
+
+def _loose_record(line: str) -> bool:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(rec, dict) and str(rec.get("fn", "")).startswith("C_")
 
 
 def _call(rec: dict[str, Any], number: int) -> Call:
@@ -139,11 +154,30 @@ def _call(rec: dict[str, Any], number: int) -> Call:
         curve=_curve(key) or _curve({"ec_params": values.get("CKA_EC_PARAMS")}),
         object_class=object_class,
         template=types,
-        user_type=names.USER_TYPES.get(user_type, str(user_type))
-        if isinstance(user_type, int)
-        else _str(user_type),
+        user_type=names.user_type_name(user_type)
+        if isinstance(user_type, (int, str))
+        else None,
         pin_len=_int(rec.get("pin_len")),
         mechanisms=tuple(m for m in (_mechanism(x) for x in mechanisms) if m)
         if isinstance(mechanisms, list)
         else None,
+        params=_params(rec.get("params")),
+        salt_len=_int((rec.get("params") or {}).get("salt_len"))
+        if isinstance(rec.get("params"), dict)
+        else None,
+        pin_flags=_pin_flags(rec.get("token_flags")),
     )
+
+
+def _params(raw: Any) -> str | None:
+    if not isinstance(raw, dict) or not raw:
+        return None
+    return ", ".join(f"{key}={value}" for key, value in raw.items())
+
+
+def _pin_flags(raw: Any) -> tuple[str, ...]:
+    """The CKF_USER_PIN_* bits of a recorded C_GetTokenInfo's flags ("0x…")."""
+    value = names.number(raw) if isinstance(raw, str) else None
+    if value is None:
+        return ()
+    return tuple(name for bit, name in sorted(PIN_FLAGS.names.items()) if value & bit)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from harness.explain import names
+from harness.explain import card, general, names
 from harness.explain.model import Call, Finding, operation_of
 
 # Results that are part of normal operation, not failures.
@@ -36,7 +36,11 @@ COMBINED = re.compile(
     r"^CKM_(ECDSA_SHA3?_?\d+|SHA3?_?\d+_RSA_PKCS(_PSS)?|SHA1_RSA_PKCS(_PSS)?|DSA_SHA\d+)$"
 )
 PSS = re.compile(r"^CKM_(SHA3?_?\d+_)?RSA_PKCS_PSS$")
-RAW_SIGN = {"CKM_ECDSA", "CKM_RSA_PKCS", "CKM_RSA_X_509", "CKM_RSA_PKCS_PSS", "CKM_DSA"}
+# Single-part only (PKCS#11 3.0: no C_SignUpdate/C_SignFinal with these)
+RAW_SIGN = {
+    "CKM_ECDSA", "CKM_RSA_PKCS", "CKM_RSA_X_509", "CKM_RSA_PKCS_PSS", "CKM_DSA", "CKM_EDDSA",
+}
+SIZE_REFUSED = {"CKR_DATA_LEN_RANGE", "CKR_DATA_INVALID"}
 PIN_FAILURES = {
     "CKR_PIN_INCORRECT",
     "CKR_PIN_LOCKED",
@@ -62,17 +66,56 @@ NOT_THE_TOKEN = {
 }
 
 
+# Calls that end a session or the library: without a return value in the log
+# they did not fail (an OpenSC log often ends inside C_Finalize's clean-up).
+CLEANUP = {"C_Finalize", "C_CloseSession", "C_CloseAllSessions", "C_Logout"}
+# Calls clients make to find out what the token has: a failure followed by
+# normal progress is a probe, not the cause.
+QUERIES = {
+    "C_GetAttributeValue", "C_GetMechanismInfo", "C_GetMechanismList", "C_GetTokenInfo",
+    "C_GetSlotInfo", "C_GetSlotList", "C_GetSessionInfo", "C_GetInfo", "C_FindObjectsInit",
+    "C_FindObjects", "C_FindObjectsFinal", "C_GetInterface", "C_GetInterfaceList",
+    "C_GetFunctionStatus", "C_WaitForSlotEvent", "C_GetOperationState", "C_SeedRandom",
+    "C_GetObjectSize",
+}
+# Successful calls that show a client going on normally after a failure.
+PROGRESS = {
+    "C_Sign", "C_SignFinal", "C_Decrypt", "C_Login", "C_CreateObject", "C_GenerateKeyPair",
+    "C_SignInit", "C_DecryptInit", "C_DeriveKey", "C_Verify", "C_Encrypt",
+}
+
+
 def failed(call: Call) -> bool:
     """True if the call failed in a way that matters (not a size or probe result)."""
     if call.rv is None:
-        return bool(call.reader_error or (call.inferred and call.detail))
+        if call.fn in CLEANUP:
+            return False
+        return bool(call.reader_error or call.status_word or (call.inferred and call.detail))
     if call.rv in ("CKR_OK", "CKR_BUFFER_TOO_SMALL"):
         return False
     return call.rv not in BENIGN.get(call.fn, ())
 
 
+def harmless(calls: Sequence[Call], index: int) -> bool:
+    """A failing call after which the client goes on normally: a query whose
+    failure was followed by a successful operation, or a call that a later
+    call of the same function repeated with success (a retry with other
+    arguments)."""
+    call = calls[index]
+    later = calls[index + 1 :]
+    if call.fn in QUERIES and any(c.ok and c.fn in PROGRESS for c in later):
+        return True
+    if call.fn in SIGNING or call.fn == "C_Login":
+        return False  # a failed signature or login is never a probe
+    return any(c.ok and c.fn == call.fn for c in later)
+
+
 def first_failure(calls: Sequence[Call]) -> int | None:
-    return next((i for i, call in enumerate(calls) if failed(call)), None)
+    """The first call that failed and is not a probe (else the first that failed)."""
+    failing = [i for i, call in enumerate(calls) if failed(call)]
+    real = [i for i in failing if not harmless(calls, i)]
+    chosen = real or failing
+    return chosen[0] if chosen else None
 
 
 def _rv(call: Call) -> str:
@@ -85,6 +128,11 @@ def _returned(call: Call) -> str:
 
 def _bytes(n: int | None) -> str:
     return f"{n} bytes" if n is not None else "an unknown number of bytes"
+
+
+def _data(call: Call) -> str:
+    size = call.operation_bytes or call.input_bytes
+    return f"{size} bytes" if size is not None else "an unknown amount of data"
 
 
 def _key(call: Call) -> str:
@@ -250,8 +298,8 @@ def check_mechanism_invalid(calls: Sequence[Call]) -> Iterator[tuple[int, str, s
         if not is_init or call.rv not in ("CKR_MECHANISM_INVALID", "CKR_MECHANISM_PARAM_INVALID"):
             continue
         mech = call.mechanism or "the requested mechanism"
-        if call.rv == "CKR_MECHANISM_INVALID" and call.mechanism and PSS.match(call.mechanism):
-            continue  # explained by tls13-rsa-without-pss
+        if call.mechanism and PSS.match(call.mechanism):
+            continue  # explained by tls13-rsa-without-pss / pss-params
         listed = next((c.mechanisms for c in calls[:i][::-1] if c.mechanisms), None)
         if call.rv == "CKR_MECHANISM_PARAM_INVALID":
             summary = (
@@ -422,13 +470,17 @@ def check_multipart_refused(calls: Sequence[Call]) -> Iterator[tuple[int, str, s
             continue
         raw = call.mechanism in RAW_SIGN
         refused = call.rv in ("CKR_FUNCTION_NOT_SUPPORTED", "CKR_MECHANISM_INVALID")
-        if not (refused or (raw and call.fn == "C_SignUpdate")):
+        if not (refused or raw):
             continue
         mech = call.mechanism or "this mechanism"
         summary = (
-            f"{call.fn} with {mech} was refused ({_rv(call)}): the module does not sign "
-            "in parts (C_SignUpdate/C_SignFinal) with this mechanism"
-            + ("; raw mechanisms are single-part only (PKCS#11: C_Sign)." if raw else ".")
+            f"{call.fn} with {mech} failed ({_rv(call)}) after {_data(call)}: the client "
+            "signs in parts (C_SignUpdate/C_SignFinal), and "
+            + (
+                f"{mech} is a single-part mechanism (PKCS#11 allows only C_Sign with it)."
+                if raw
+                else "the module does not sign in parts with this mechanism."
+            )
         )
         hint = (
             "Make the client call C_Sign once: Java SunPKCS11 signs in parts when it uses a "
@@ -436,6 +488,254 @@ def check_multipart_refused(calls: Sequence[Call]) -> Iterator[tuple[int, str, s
             "(`disabledMechanisms = { … }` in the provider configuration) so it hashes on the "
             "host and calls C_Sign with CKM_ECDSA / CKM_RSA_PKCS. OpenSSL and GnuTLS call "
             "C_Sign once. Or use a module that implements multi-part signing."
+        )
+        yield i, summary, hint
+
+
+# --- 9. raw ECDSA given more than the curve's order, curve not in the log -----------
+
+
+def check_ecdsa_input_over_order(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
+    for i, call in enumerate(calls):
+        if call.fn not in SIGNING or call.mechanism != "CKM_ECDSA" or call.curve:
+            continue
+        size = call.operation_bytes or call.input_bytes
+        if size is None or call.rv not in SIZE_REFUSED:
+            continue
+        if not 32 < size <= names.LARGEST_ECDSA_INPUT:
+            continue
+        smaller = [c for c, n in (("P-256", 32), ("P-384", 48)) if n < size]
+        summary = (
+            f"{call.fn} with raw CKM_ECDSA was given a {size}-byte digest and returned "
+            f"{call.rv}. That is longer than the order of a {' or '.join(smaller)} key; "
+            "PKCS#11 says the token should use the leftmost bits, but this token refuses it "
+            "(the log does not show the key's curve). Typical cause: TLS picked a signature "
+            f"scheme whose hash is longer than the key's curve (ecdsa_secp384r1_sha384 with a "
+            "P-256 key in TLS 1.2)."
+        )
+        hint = (
+            "Make the client hash with the curve's own size (SHA-256 for P-256, SHA-384 for "
+            "P-384) or truncate the digest to the curve's order before C_Sign; in TLS 1.2 "
+            "restrict the signature algorithms to the curve's (OpenSSL `-sigalgs "
+            "ECDSA+SHA256`, GnuTLS priority `-SIGN-ALL:+SIGN-ECDSA-SHA256`)."
+        )
+        yield i, summary, hint
+
+
+# --- 10. combined mechanism failing on a small input: the card's hashing ----------------
+
+
+def check_combined_small_input(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
+    for i, call in enumerate(calls):
+        if call.fn not in SIGNING or not call.mechanism or not COMBINED.match(call.mechanism):
+            continue
+        size = max(call.operation_bytes or 0, call.input_bytes or 0)
+        refused = call.rv in ("CKR_FUNCTION_NOT_SUPPORTED", "CKR_MECHANISM_INVALID")
+        if not failed(call) or size > LARGE_INPUT or refused or call.rv in NOT_THE_TOKEN:
+            continue
+        shown = f"only {size} bytes" if size else "a small input"
+        summary = (
+            f"{call.fn} with the combined hash-and-sign mechanism {call.mechanism}{_key(call)} "
+            f"failed ({_rv(call)}) on {shown}: not a size problem (a TLS 1.3 "
+            "CertificateVerify is about 130 bytes). This points at the token's own hashing: "
+            "the card (or its driver) advertises the combined mechanism but its hash-and-sign "
+            "does not work (wrong hash, unsupported in firmware, or a driver bug)."
+        )
+        hint = (
+            f"Hash on the host and use {_raw_for(call.mechanism)}: Java SunPKCS11 "
+            f"`disabledMechanisms = {_disable_list(call.mechanism)}`; OpenSSL and GnuTLS do "
+            "this already. Check the same mechanism with `pkcs11-tool --sign -m "
+            f"{call.mechanism.removeprefix('CKM_')} --input-file SMALL` and report it to the "
+            "module's maintainers."
+        )
+        yield i, summary, hint
+
+
+# --- 11. an input-size limit (CKR_DATA_LEN_RANGE / CKR_DATA_INVALID) ---------------------
+
+
+def check_input_size_limit(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
+    for i, call in enumerate(calls):
+        if call.fn not in SIGNING | {"C_Decrypt", "C_Encrypt"} or call.rv not in SIZE_REFUSED:
+            continue
+        size = call.operation_bytes or call.input_bytes
+        if call.mechanism == "CKM_ECDSA" or size is None:
+            continue  # raw ECDSA: ecdsa-input-too-long / ecdsa-input-over-order
+        ok_sizes = [
+            c.operation_bytes or c.input_bytes or 0
+            for c in calls
+            if c.ok and c.fn in SIGNING and c.mechanism == call.mechanism
+            and (c.operation_bytes or c.input_bytes or 0) < size
+        ]
+        bracket = (
+            f" The same mechanism signed {max(ok_sizes)} bytes in this log, so the token's "
+            f"limit lies between {max(ok_sizes)} and {size} bytes."
+            if ok_sizes
+            else ""
+        )
+        summary = (
+            f"{call.fn} with {call.mechanism or 'its mechanism'}{_key(call)} returned "
+            f"{call.rv} on {size} bytes: the token refuses an input of this size.{bracket}"
+            + (
+                " With a combined mechanism that is a buffer limit of the token's hashing "
+                "(a TLS 1.2 transcript grows with the certificate chain)."
+                if call.mechanism and COMBINED.match(call.mechanism)
+                else ""
+            )
+        )
+        hint = (
+            "Keep the input under the limit: hash on the host and use a raw mechanism "
+            "(CKM_ECDSA, CKM_RSA_PKCS, CKM_RSA_PKCS_PSS), or use TLS 1.3 (about 130 bytes "
+            "signed). `p11tls sweep` measures the exact limit."
+        )
+        yield i, summary, hint
+
+
+# --- 12. CKM_RSA_X_509 refused (host-side PSS padding for TLS 1.3) ----------------------
+
+
+def check_rsa_x509_refused(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
+    for i, call in enumerate(calls):
+        if call.mechanism != "CKM_RSA_X_509" or not failed(call) or call.rv in NOT_THE_TOKEN:
+            continue
+        if call.fn not in SIGNING | {"C_SignInit", "C_Decrypt", "C_DecryptInit"}:
+            continue
+        summary = (
+            f"{call.fn} with CKM_RSA_X_509 (raw RSA, no padding) returned {_rv(call)}: the "
+            "token refuses raw RSA. Clients use it to pad RSA-PSS on the host when the token "
+            "has no CKM_RSA_PKCS_PSS (pkcs11-provider, some Java set-ups), which is what TLS "
+            "1.3 needs for an RSA key; many cards forbid raw RSA on signing keys."
+        )
+        hint = (
+            "In TLS 1.3 an RSA key on this token cannot sign: use an EC key, or limit this "
+            "key to TLS 1.2 (PKCS#1 v1.5 via CKM_RSA_PKCS), or a token/firmware with "
+            "CKM_RSA_PKCS_PSS. Check the key's CKA_ALLOWED_MECHANISMS (`pkcs11-tool -O`)."
+        )
+        yield i, summary, hint
+
+
+# --- 13. RSA-PSS parameters (salt length) refused ---------------------------------------
+
+
+_HASH_LEN = {"SHA_1": 20, "SHA224": 28, "SHA256": 32, "SHA384": 48, "SHA512": 64}
+_PSS_HASH = re.compile(r"hash\w*=CKM_(SHA_1|SHA\d+)\b")
+
+
+def check_pss_salt(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
+    for i, call in enumerate(calls):
+        if not (call.mechanism and PSS.match(call.mechanism)) or not failed(call):
+            continue
+        params = call.params or ""
+        found = _PSS_HASH.search(params)
+        digest = _HASH_LEN.get(found.group(1)) if found else None
+        odd_salt = call.salt_len is not None and digest is not None and call.salt_len != digest
+        if call.rv != "CKR_MECHANISM_PARAM_INVALID" and not (
+            odd_salt and call.rv not in NOT_THE_TOKEN
+        ):
+            continue
+        salt = (
+            f" The salt length asked for was {call.salt_len} bytes"
+            + (f", the hash is {digest} bytes" if digest else "")
+            + "."
+            if call.salt_len is not None
+            else ""
+        )
+        summary = (
+            f"{call.fn} with {call.mechanism} returned {call.rv}: the token refuses these "
+            f"RSA-PSS parameters ({params or 'not shown in the log'}).{salt} TLS 1.3 "
+            "(RFC 8446) requires the salt length to equal the hash length and MGF1 with the "
+            "same hash; some tokens accept only one salt length or only MGF1-SHA1."
+        )
+        hint = (
+            "Use a salt as long as the hash (32 bytes for SHA-256). Check the token's PSS "
+            "support with `pkcs11-tool --sign -m RSA-PKCS-PSS --hash-algorithm SHA256 --mgf "
+            "MGF1-SHA256 --salt-len 32`; if it only takes other salt lengths, TLS 1.3 with "
+            "this RSA key cannot work: use an EC key or TLS 1.2."
+        )
+        yield i, summary, hint
+
+
+# --- 14. EC private key imported without CKA_EC_POINT ------------------------------------
+
+
+def check_ec_import_without_point(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
+    for i, call in enumerate(calls):
+        if call.fn != "C_CreateObject" or call.object_class != "CKO_PRIVATE_KEY":
+            continue
+        is_ec = call.key_type == "CKK_EC" or "CKA_EC_PARAMS" in call.template
+        if not is_ec or not failed(call) or not call.template or "CKA_EC_POINT" in call.template:
+            continue
+        about_point = "point" in (call.detail or "").lower()
+        if call.rv != "CKR_TEMPLATE_INCOMPLETE" and not about_point:
+            continue  # refused for another reason (import-refused says so)
+        summary = (
+            f"C_CreateObject of an EC private key{_key(call)} {_returned(call)}, and its "
+            "template has no CKA_EC_POINT. PKCS#11 does not require the public point on a "
+            "private key, but tokens that store the key pair together (OpenSC's PKCS#15 "
+            "cards, OpenPGP cards, several HSMs) need it to write the public part."
+        )
+        hint = (
+            "Add CKA_EC_POINT (the DER OCTET STRING of the uncompressed point) to the private "
+            "key's template, or import with `pkcs11-tool --write-object key.der --type "
+            "privkey`, which does; or generate the key on the token."
+        )
+        yield i, summary, hint
+
+
+# --- 15. the card's status word for the failing APDU -------------------------------------
+
+
+def check_card_status(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
+    for i, call in enumerate(calls):
+        if not call.status_word or not failed(call):
+            continue
+        sw = call.status_word
+        summary = (
+            f"During {call.fn} the card answered status word {sw[:2]} {sw[2:]}: "
+            f"{card.meaning(sw)}. The PKCS#11 call returned {_rv(call)}."
+            + (f" The APDU carried {call.apdu_bytes} data bytes." if call.apdu_bytes else "")
+        )
+        hint = (
+            "The card, not the host, refused the command. "
+            + (
+                "6F00 on a large APDU usually means the card ran out of buffer: send less "
+                "(hash on the host, raw mechanism). "
+                if sw == "6F00"
+                else ""
+            )
+            + "Compare with the card's documentation for this command, and try the operation "
+            "with `pkcs11-tool` and OPENSC_DEBUG=9 to see the same APDU."
+        )
+        yield i, summary, hint
+
+
+# --- 16. the token's PIN counter flags ---------------------------------------------------
+
+
+PIN_FLAG_TEXT = {
+    "CKF_USER_PIN_COUNT_LOW": "a wrong user PIN was entered since the last correct one",
+    "CKF_USER_PIN_FINAL_TRY": "one more wrong user PIN locks the PIN",
+    "CKF_USER_PIN_LOCKED": "the user PIN is locked",
+}
+
+
+def check_pin_flags(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
+    seen: set[tuple[str, ...]] = set()
+    for i, call in enumerate(calls):
+        flags = tuple(f for f in call.pin_flags if f in PIN_FLAG_TEXT)
+        if not flags or flags in seen:
+            continue
+        seen.add(flags)
+        summary = (
+            f"{call.fn} shows {' and '.join(flags)}: "
+            + "; ".join(PIN_FLAG_TEXT[f] for f in flags)
+            + ". Every further automatic login with a wrong PIN brings the token closer to "
+            "(or keeps it in) a locked PIN."
+        )
+        hint = (
+            "Stop clients that log in on their own until the PIN is checked; log in once "
+            "with the right PIN (`pkcs11-tool --login --test`) to reset the counter, or "
+            "unblock a locked PIN with the SO PIN / PUK."
         )
         yield i, summary, hint
 
@@ -470,18 +770,54 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "multipart-refused",
-        "a multi-part signing call refused (C_SignUpdate not supported)",
+        "a single-part mechanism used multi-part, or multi-part signing refused",
         check_multipart_refused,
     ),
+    Rule(
+        "ecdsa-input-over-order",
+        "raw CKM_ECDSA refusing a digest longer than the curve's order (curve not in the log)",
+        check_ecdsa_input_over_order,
+    ),
+    Rule(
+        "combined-mechanism-small-input",
+        "a combined mechanism failing on a small input (the token's own hashing)",
+        check_combined_small_input,
+    ),
+    Rule(
+        "input-size-limit",
+        "CKR_DATA_LEN_RANGE / CKR_DATA_INVALID for the size of the input",
+        check_input_size_limit,
+    ),
+    Rule("rsa-x509-refused", "raw RSA (CKM_RSA_X_509) refused", check_rsa_x509_refused),
+    Rule("pss-params", "RSA-PSS parameters (salt length, MGF) refused", check_pss_salt),
+    Rule(
+        "ec-import-without-point",
+        "an EC private key imported without CKA_EC_POINT",
+        check_ec_import_without_point,
+    ),
+    Rule("card-status", "the card's status word for the failing APDU", check_card_status),
+    Rule("pin-flags", "the token's PIN counter flags", check_pin_flags),
 )
-RULE_NAMES = tuple(rule.name for rule in RULES)
+GENERAL_RULE = "failed-call"
+JAVA_RULE = "sunpkcs11-disabled"  # from SunPKCS11's own lines (harness.explain.java_log)
+RULE_NAMES = (*(rule.name for rule in RULES), GENERAL_RULE, JAVA_RULE)
 
 
 def diagnose(calls: Sequence[Call]) -> list[Finding]:
-    """All findings of all rules, in call order (rule order within a call)."""
+    """The findings of all rules, and a general finding for every failing call
+    no rule explained. Real failures come first (in call order, rule order
+    within a call), then the harmless ones (probes the client went past)."""
     findings: list[Finding] = []
+    probe = {i: harmless(calls, i) for i, call in enumerate(calls) if failed(call)}
     for rule in RULES:
         for index, summary, hint in rule.check(calls):
-            findings.append(Finding(rule=rule.name, summary=summary, call=index, hint=hint))
+            findings.append(Finding(rule=rule.name, summary=summary, call=index, hint=hint,
+                                    harmless=probe.get(index, False)))
+    explained = {f.call for f in findings}
+    for index, is_probe in probe.items():
+        if index not in explained:
+            summary, hint = general.general_finding(calls[index], is_probe)
+            findings.append(Finding(rule=GENERAL_RULE, summary=summary, call=index, hint=hint,
+                                    harmless=is_probe))
     order = {name: rank for rank, name in enumerate(RULE_NAMES)}
-    return sorted(findings, key=lambda f: (f.call, order[f.rule]))
+    return sorted(findings, key=lambda f: (f.harmless, f.call, order[f.rule]))

@@ -3,6 +3,9 @@
 A call is a block: `NN: C_Name`, a time line (`P:…; T:… date time` in newer
 OpenSC, just `date time` in 0.23), `[in] …` / `[out] …` lines with hex dumps
 under pointer/length items and attribute templates, and `Returned:  N CKR_…`.
+OpenSC before 0.22 printed the mechanism without `[in]` and without spaces:
+`pMechanism->type=CKM_RSA_PKCS`. A log cut off inside a call keeps that call
+(without a return value).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ ITEM = re.compile(r"^\[(in|out)\] (.*?)\s*$")
 HEXDUMP = re.compile(r"^\s+([0-9a-fA-F]{8})  (.*)$")
 ATTRIBUTE = re.compile(r"^\s{2,}(CKA_\w+)\s*(.*?)\s*$")
 POINTER_LEN = re.compile(r"/ (\d+)\s*$")
+OLD_MECHANISM = re.compile(r"^pMechanism->type\s*=\s*(\S+)")  # OpenSC < 0.22
 MECH_LINE = re.compile(r"^ (CKM_\w+|Unknown Mechanism \([0-9a-fA-F]+\))\s*$")
 
 # [in] items whose length is the data handed to the token
@@ -74,6 +78,11 @@ def parse(lines: list[str]) -> ParsedLog:
         if item:
             context = _item(block, item.group(1), item.group(2))
             continue
+        old = OLD_MECHANISM.match(line)
+        if old:
+            block.items["in:pMechanism->type"] = old.group(1)
+            context = None
+            continue
         if context == "mechlist":
             mech = MECH_LINE.match(line)
             if mech and block.mechanisms is not None:
@@ -104,7 +113,7 @@ def parse(lines: list[str]) -> ParsedLog:
 
 def _item(block: _Block, direction: str, text: str) -> str | None:
     """Record one `[in]`/`[out]` item; return the parsing context it opens."""
-    # C_GetMechanismInfo prints `[in] type = CKM_X   [out] pInfo:` on one line.
+    # C_GetMechanismInfo prints `[in] type = CKM_ECDSA   [out] pInfo:` on one line.
     text = text.split("[out]", 1)[0].strip()
     if direction == "in" and text.startswith(DATA_ITEMS):
         length = POINTER_LEN.search(text)
@@ -159,6 +168,12 @@ def _finish(block: _Block, end: int, rv: str | None, book: KeyBook) -> Call:
                 key_type=names.key_type_name(template.attributes.get("CKA_KEY_TYPE")),
                 curve=names.curve_from_params(bytes(params)) if params else None,
             )
+    salt = items.get("in:pMechanism->pParameter->sLen")
+    param_text = ", ".join(
+        f"{key.rsplit('->', 1)[1]}={value}"
+        for key, value in items.items()
+        if key.startswith("in:pMechanism->pParameter->")
+    )
     return Call(
         fn=block.fn,
         line=block.line,
@@ -175,4 +190,13 @@ def _finish(block: _Block, end: int, rv: str | None, book: KeyBook) -> Call:
         user_type=items.get("in:userType"),
         pin_len=block.pin_len,
         mechanisms=tuple(block.mechanisms) if block.mechanisms is not None else None,
+        params=param_text or None,
+        salt_len=_int(salt),
     )
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = names.number(text.split()[0]) if text.split() else None
+    return value

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError, ToolMissing
+from harness.pkcs11.c_header import HEADER_NAME, header_text
 
 __all__ = [
     "CONF_ENV",
@@ -44,6 +45,7 @@ __all__ = [
     "cache_dir",
     "sanitize_requested",
     "write_interposer_config",
+    "write_names_header",
 ]
 
 CONF_ENV = "P11TLS_INTERPOSER_CONF"
@@ -76,10 +78,13 @@ def build_interposer(
     `sanitize` (None: $P11TLS_INTERPOSER_SANITIZE) builds with AddressSanitizer
     and UBSan, under a name of its own.
 
-    The file name carries a hash of the source and the compiler flags, so an
-    edited source gets a new file; an existing build is reused without looking
-    for a compiler. The build goes to a temporary name and is renamed into
-    place, so parallel pytest-xdist workers never see a half-written module.
+    The name tables come from harness.pkcs11: its generated header is
+    written next to the build and compiled in (`#include "p11tls_names.h"`).
+    The file name carries a hash of the source, that header and the compiler
+    flags, so an edited source or vocabulary gets a new file; an existing
+    build is reused without looking for a compiler. The build goes to a
+    temporary name and is renamed into place, so parallel pytest-xdist
+    workers never see a half-written module.
     """
     source = source or INTERPOSER_SOURCE
     cache = cache or cache_dir()
@@ -90,7 +95,10 @@ def build_interposer(
     if sanitize is None:
         sanitize = sanitize_requested()
     cflags = CFLAGS + SANITIZE_CFLAGS if sanitize else CFLAGS
-    digest = hashlib.sha256(code + "\0".join(cflags + LIBS).encode()).hexdigest()[:16]
+    names = header_text().encode()
+    digest = hashlib.sha256(
+        code + b"\0" + names + "\0".join(cflags + LIBS).encode()
+    ).hexdigest()[:16]
     target = cache / f"p11tls-interposer-{digest}{'-asan' if sanitize else ''}.so"
     if target.is_file():
         return target
@@ -108,7 +116,9 @@ def build_interposer(
         ) from None
     os.close(fd)
     tmp = Path(tmp_name)
-    argv = [*cc, *cflags, f"-I{include}", "-o", str(tmp), str(source), *LIBS]
+    generated = Path(tempfile.mkdtemp(prefix=f".{target.name}.h.", dir=cache))
+    write_names_header(generated)
+    argv = [*cc, *cflags, f"-I{generated}", f"-I{include}", "-o", str(tmp), str(source), *LIBS]
     try:
         try:
             proc = subprocess.run(
@@ -126,7 +136,16 @@ def build_interposer(
         os.replace(tmp, target)  # atomic: another worker may have done the same
     finally:
         tmp.unlink(missing_ok=True)
+        shutil.rmtree(generated, ignore_errors=True)
     return target
+
+
+def write_names_header(directory: Path) -> Path:
+    """Write the generated name tables interposer.c includes into `directory`
+    (compile with -I`directory`); returns the header's path."""
+    path = Path(directory) / HEADER_NAME
+    path.write_text(header_text())
+    return path
 
 
 def sanitize_requested() -> bool:

@@ -34,6 +34,9 @@
  *                              CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY,
  *                              CKF_USER_PIN_LOCKED (names or numbers); the
  *                              token only says so, C_Login is not changed
+ *   token_model TEXT           C_GetTokenInfo's model (1-16 characters, the rest
+ *   token_manufacturer TEXT    of the line) / manufacturerID (1-32): a token
+ *                              that says it is another device (fixed-slot cards)
  *   latency C_FN MS (*)        sleep MS before forwarding each C_FN call
  *                              (not a size query with a NULL output buffer)
  *   fail_after C_FN N CKR (*)  after N successful C_FN calls (size queries do
@@ -309,115 +312,14 @@ _Static_assert(sizeof(CK_FUNCTION_LIST_3_0)
 /* ------------------------------------------------------------------ names */
 
 struct name { CK_ULONG v; const char *n; };
-#define N(x) { x, #x }
 #define TABLE(t) t, COUNT(t)
 
-static const struct name rv_names[] = {
-    N(CKR_OK), N(CKR_CANCEL), N(CKR_HOST_MEMORY), N(CKR_SLOT_ID_INVALID),
-    N(CKR_GENERAL_ERROR), N(CKR_FUNCTION_FAILED), N(CKR_ARGUMENTS_BAD), N(CKR_NO_EVENT),
-    N(CKR_NEED_TO_CREATE_THREADS), N(CKR_CANT_LOCK), N(CKR_ATTRIBUTE_READ_ONLY),
-    N(CKR_ATTRIBUTE_SENSITIVE), N(CKR_ATTRIBUTE_TYPE_INVALID), N(CKR_ATTRIBUTE_VALUE_INVALID),
-    N(CKR_ACTION_PROHIBITED), N(CKR_DATA_INVALID), N(CKR_DATA_LEN_RANGE), N(CKR_DEVICE_ERROR),
-    N(CKR_DEVICE_MEMORY), N(CKR_DEVICE_REMOVED), N(CKR_ENCRYPTED_DATA_INVALID),
-    N(CKR_ENCRYPTED_DATA_LEN_RANGE), N(CKR_FUNCTION_CANCELED), N(CKR_FUNCTION_NOT_PARALLEL),
-    N(CKR_FUNCTION_NOT_SUPPORTED), N(CKR_KEY_HANDLE_INVALID), N(CKR_KEY_SIZE_RANGE),
-    N(CKR_KEY_TYPE_INCONSISTENT), N(CKR_KEY_NOT_NEEDED), N(CKR_KEY_CHANGED), N(CKR_KEY_NEEDED),
-    N(CKR_KEY_INDIGESTIBLE), N(CKR_KEY_FUNCTION_NOT_PERMITTED), N(CKR_KEY_NOT_WRAPPABLE),
-    N(CKR_KEY_UNEXTRACTABLE), N(CKR_MECHANISM_INVALID), N(CKR_MECHANISM_PARAM_INVALID),
-    N(CKR_OBJECT_HANDLE_INVALID), N(CKR_OPERATION_ACTIVE), N(CKR_OPERATION_NOT_INITIALIZED),
-    N(CKR_PIN_INCORRECT), N(CKR_PIN_INVALID), N(CKR_PIN_LEN_RANGE), N(CKR_PIN_EXPIRED),
-    N(CKR_PIN_LOCKED), N(CKR_SESSION_CLOSED), N(CKR_SESSION_COUNT),
-    N(CKR_SESSION_HANDLE_INVALID), N(CKR_SESSION_PARALLEL_NOT_SUPPORTED),
-    N(CKR_SESSION_READ_ONLY), N(CKR_SESSION_EXISTS), N(CKR_SESSION_READ_ONLY_EXISTS),
-    N(CKR_SESSION_READ_WRITE_SO_EXISTS), N(CKR_SIGNATURE_INVALID), N(CKR_SIGNATURE_LEN_RANGE),
-    N(CKR_TEMPLATE_INCOMPLETE), N(CKR_TEMPLATE_INCONSISTENT), N(CKR_TOKEN_NOT_PRESENT),
-    N(CKR_TOKEN_NOT_RECOGNIZED), N(CKR_TOKEN_WRITE_PROTECTED),
-    N(CKR_UNWRAPPING_KEY_HANDLE_INVALID), N(CKR_UNWRAPPING_KEY_SIZE_RANGE),
-    N(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT), N(CKR_USER_ALREADY_LOGGED_IN),
-    N(CKR_USER_NOT_LOGGED_IN), N(CKR_USER_PIN_NOT_INITIALIZED), N(CKR_USER_TYPE_INVALID),
-    N(CKR_USER_ANOTHER_ALREADY_LOGGED_IN), N(CKR_USER_TOO_MANY_TYPES),
-    N(CKR_WRAPPED_KEY_INVALID), N(CKR_WRAPPED_KEY_LEN_RANGE),
-    N(CKR_WRAPPING_KEY_HANDLE_INVALID), N(CKR_WRAPPING_KEY_SIZE_RANGE),
-    N(CKR_WRAPPING_KEY_TYPE_INCONSISTENT), N(CKR_RANDOM_SEED_NOT_SUPPORTED),
-    N(CKR_RANDOM_NO_RNG), N(CKR_DOMAIN_PARAMS_INVALID), N(CKR_CURVE_NOT_SUPPORTED),
-    N(CKR_BUFFER_TOO_SMALL), N(CKR_SAVED_STATE_INVALID), N(CKR_INFORMATION_SENSITIVE),
-    N(CKR_STATE_UNSAVEABLE), N(CKR_CRYPTOKI_NOT_INITIALIZED),
-    N(CKR_CRYPTOKI_ALREADY_INITIALIZED), N(CKR_MUTEX_BAD), N(CKR_MUTEX_NOT_LOCKED),
-    N(CKR_NEW_PIN_MODE), N(CKR_NEXT_OTP), N(CKR_EXCEEDED_MAX_ITERATIONS),
-    N(CKR_FIPS_SELF_TEST_FAILED), N(CKR_LIBRARY_LOAD_FAILED), N(CKR_PIN_TOO_WEAK),
-    N(CKR_PUBLIC_KEY_INVALID), N(CKR_FUNCTION_REJECTED),
-};
+/* rv_names, mech_names, attr_names, class_names, key_type_names, user_names,
+ * mgf_names, source_names, pin_flag_names: generated from the harness's one
+ * PKCS#11 vocabulary (harness/pkcs11/) into the build directory by
+ * harness/interposer/__init__.py. A value's canonical name comes first. */
+#include "p11tls_names.h"
 
-/* Where two names share a value, the first one listed wins. */
-static const struct name mech_names[] = {
-    N(CKM_RSA_PKCS_KEY_PAIR_GEN), N(CKM_RSA_PKCS), N(CKM_RSA_9796), N(CKM_RSA_X_509),
-    N(CKM_MD5_RSA_PKCS), N(CKM_SHA1_RSA_PKCS), N(CKM_RSA_PKCS_OAEP), N(CKM_RSA_X9_31),
-    N(CKM_RSA_PKCS_PSS), N(CKM_SHA1_RSA_PKCS_PSS), N(CKM_SHA224_RSA_PKCS),
-    N(CKM_SHA256_RSA_PKCS), N(CKM_SHA384_RSA_PKCS), N(CKM_SHA512_RSA_PKCS),
-    N(CKM_SHA224_RSA_PKCS_PSS), N(CKM_SHA256_RSA_PKCS_PSS), N(CKM_SHA384_RSA_PKCS_PSS),
-    N(CKM_SHA512_RSA_PKCS_PSS), N(CKM_DSA_KEY_PAIR_GEN), N(CKM_DSA), N(CKM_DSA_SHA1),
-    N(CKM_DSA_SHA224), N(CKM_DSA_SHA256), N(CKM_DSA_SHA384), N(CKM_DSA_SHA512),
-    N(CKM_DSA_PARAMETER_GEN), N(CKM_DH_PKCS_KEY_PAIR_GEN), N(CKM_DH_PKCS_DERIVE),
-    N(CKM_DH_PKCS_PARAMETER_GEN),
-    N(CKM_MD5), N(CKM_MD5_HMAC), N(CKM_SHA_1), N(CKM_SHA_1_HMAC), N(CKM_SHA224),
-    N(CKM_SHA224_HMAC), N(CKM_SHA256), N(CKM_SHA256_HMAC), N(CKM_SHA384), N(CKM_SHA384_HMAC),
-    N(CKM_SHA512), N(CKM_SHA512_HMAC), N(CKM_GENERIC_SECRET_KEY_GEN),
-    N(CKM_TLS_PRE_MASTER_KEY_GEN), N(CKM_TLS_MASTER_KEY_DERIVE), N(CKM_TLS_KEY_AND_MAC_DERIVE),
-    N(CKM_TLS_MASTER_KEY_DERIVE_DH), N(CKM_TLS_PRF), N(CKM_TLS12_MASTER_KEY_DERIVE),
-    N(CKM_TLS12_KEY_AND_MAC_DERIVE), N(CKM_TLS12_MASTER_KEY_DERIVE_DH), N(CKM_TLS12_KDF),
-    N(CKM_TLS_MAC), N(CKM_TLS_KDF),
-    N(CKM_EC_KEY_PAIR_GEN), N(CKM_ECDSA), N(CKM_ECDSA_SHA1), N(CKM_ECDSA_SHA224),
-    N(CKM_ECDSA_SHA256), N(CKM_ECDSA_SHA384), N(CKM_ECDSA_SHA512), N(CKM_ECDH1_DERIVE),
-    N(CKM_ECDH1_COFACTOR_DERIVE), N(CKM_EC_EDWARDS_KEY_PAIR_GEN), N(CKM_EDDSA),
-    N(CKM_DES_KEY_GEN), N(CKM_DES_ECB), N(CKM_DES_CBC), N(CKM_DES_CBC_PAD), N(CKM_DES2_KEY_GEN),
-    N(CKM_DES3_KEY_GEN), N(CKM_DES3_ECB), N(CKM_DES3_CBC), N(CKM_DES3_CBC_PAD), N(CKM_DES3_CMAC),
-    N(CKM_DES_ECB_ENCRYPT_DATA), N(CKM_DES_CBC_ENCRYPT_DATA), N(CKM_DES3_ECB_ENCRYPT_DATA),
-    N(CKM_DES3_CBC_ENCRYPT_DATA), N(CKM_AES_ECB_ENCRYPT_DATA), N(CKM_AES_CBC_ENCRYPT_DATA),
-    N(CKM_AES_KEY_GEN), N(CKM_AES_ECB), N(CKM_AES_CBC), N(CKM_AES_MAC), N(CKM_AES_CBC_PAD),
-    N(CKM_AES_CTR), N(CKM_AES_GCM), N(CKM_AES_CCM), N(CKM_AES_CMAC), N(CKM_AES_KEY_WRAP),
-    N(CKM_AES_KEY_WRAP_PAD),
-};
-
-static const struct name attr_names[] = {
-    N(CKA_CLASS), N(CKA_TOKEN), N(CKA_PRIVATE), N(CKA_LABEL), N(CKA_APPLICATION), N(CKA_VALUE),
-    N(CKA_OBJECT_ID), N(CKA_CERTIFICATE_TYPE), N(CKA_ISSUER), N(CKA_SERIAL_NUMBER),
-    N(CKA_TRUSTED), N(CKA_CERTIFICATE_CATEGORY), N(CKA_CHECK_VALUE), N(CKA_KEY_TYPE),
-    N(CKA_SUBJECT), N(CKA_ID), N(CKA_SENSITIVE), N(CKA_ENCRYPT), N(CKA_DECRYPT), N(CKA_WRAP),
-    N(CKA_UNWRAP), N(CKA_SIGN), N(CKA_SIGN_RECOVER), N(CKA_VERIFY), N(CKA_VERIFY_RECOVER),
-    N(CKA_DERIVE), N(CKA_START_DATE), N(CKA_END_DATE), N(CKA_MODULUS), N(CKA_MODULUS_BITS),
-    N(CKA_PUBLIC_EXPONENT), N(CKA_PRIVATE_EXPONENT), N(CKA_PRIME_1), N(CKA_PRIME_2),
-    N(CKA_EXPONENT_1), N(CKA_EXPONENT_2), N(CKA_COEFFICIENT), N(CKA_PUBLIC_KEY_INFO),
-    N(CKA_PRIME), N(CKA_SUBPRIME), N(CKA_BASE), N(CKA_VALUE_BITS), N(CKA_VALUE_LEN),
-    N(CKA_EXTRACTABLE), N(CKA_LOCAL), N(CKA_NEVER_EXTRACTABLE), N(CKA_ALWAYS_SENSITIVE),
-    N(CKA_KEY_GEN_MECHANISM), N(CKA_MODIFIABLE), N(CKA_COPYABLE), N(CKA_DESTROYABLE),
-    N(CKA_EC_PARAMS), N(CKA_EC_POINT), N(CKA_ALWAYS_AUTHENTICATE), N(CKA_WRAP_WITH_TRUSTED),
-    N(CKA_WRAP_TEMPLATE), N(CKA_UNWRAP_TEMPLATE), N(CKA_DERIVE_TEMPLATE),
-    N(CKA_ALLOWED_MECHANISMS), N(CKA_HW_FEATURE_TYPE),
-};
-
-static const struct name class_names[] = {
-    N(CKO_DATA), N(CKO_CERTIFICATE), N(CKO_PUBLIC_KEY), N(CKO_PRIVATE_KEY), N(CKO_SECRET_KEY),
-    N(CKO_HW_FEATURE), N(CKO_DOMAIN_PARAMETERS), N(CKO_MECHANISM), N(CKO_OTP_KEY),
-};
-
-static const struct name key_type_names[] = {
-    N(CKK_RSA), N(CKK_DSA), N(CKK_DH), N(CKK_EC), N(CKK_X9_42_DH), N(CKK_GENERIC_SECRET),
-    N(CKK_DES), N(CKK_DES2), N(CKK_DES3), N(CKK_AES), N(CKK_SHA_1_HMAC), N(CKK_SHA224_HMAC),
-    N(CKK_SHA256_HMAC), N(CKK_SHA384_HMAC), N(CKK_SHA512_HMAC), N(CKK_EC_EDWARDS),
-};
-
-static const struct name user_names[] = { N(CKU_SO), N(CKU_USER), N(CKU_CONTEXT_SPECIFIC) };
-
-static const struct name mgf_names[] = {
-    N(CKG_MGF1_SHA1), N(CKG_MGF1_SHA224), N(CKG_MGF1_SHA256), N(CKG_MGF1_SHA384),
-    N(CKG_MGF1_SHA512),
-};
-
-static const struct name source_names[] = { N(CKZ_DATA_SPECIFIED) };
-
-static const struct name pin_flag_names[] = {
-    N(CKF_USER_PIN_COUNT_LOW), N(CKF_USER_PIN_FINAL_TRY), N(CKF_USER_PIN_LOCKED),
-};
 #define PIN_FLAGS (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED)
 
 static const char *lookup(const struct name *t, size_t n, CK_ULONG v)
@@ -1177,6 +1079,7 @@ static struct {
     size_t n_refuse;
     CK_ULONG pin_max_tries;          /* 0: no PIN emulation */
     CK_FLAGS token_pin_flags;        /* ORed into C_GetTokenInfo's flags */
+    char token_model[16], token_manufacturer[32]; /* blank-padded; "" : the real one's */
     unsigned long latency_ms[FN_COUNT];
     struct fail_rule fail[FN_COUNT];
 } emu = { .over_limit_rv = CKR_GENERAL_ERROR };
@@ -1359,7 +1262,8 @@ static int config_error(const char *path, int line, const char *what, const char
 
 #define KNOWN_KEYS "module, record, hide, add_combined, sign_max_input, " \
                    "sign_limit_mechanism, sign_over_limit_rv, sign_multipart, refuse_create, " \
-                   "pin_max_tries, token_pin_flags, latency, fail_after"
+                   "pin_max_tries, token_pin_flags, token_model, token_manufacturer, latency, " \
+                   "fail_after"
 
 /* A whole word as an unsigned number (decimal or 0x-hex). */
 static int parse_number(const char *word, CK_ULONG *out)
@@ -1405,6 +1309,21 @@ static int parse_function(const char *word, enum fn_id *out)
  */
 static int parse_emulation(const char *key, char *value, const char **why)
 {
+    if (!strcmp(key, "token_model") || !strcmp(key, "token_manufacturer")) {
+        int model = !strcmp(key, "token_model");
+        size_t max = model ? sizeof emu.token_model : sizeof emu.token_manufacturer;
+        size_t len = strlen(value);
+        while (len && (value[len - 1] == ' ' || value[len - 1] == '\t'))
+            len--;
+        if (len > max) {
+            *why = model ? "more than 16 characters for key " : "more than 32 characters for key ";
+            return -1;
+        }
+        char *dst = model ? emu.token_model : emu.token_manufacturer;
+        memset(dst, ' ', max);
+        memcpy(dst, value, len);
+        return 0;
+    }
     char *w[5] = { 0 }, *save = NULL;
     int n = 0;
     for (char *tok = strtok_r(value, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
@@ -2411,6 +2330,13 @@ static CK_RV ip_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
             info->flags = pin_flags(info->flags);
         info->flags |= emu.token_pin_flags;
         c.emulated = EMU_PIN_FLAGS;
+    }
+    if (rv == CKR_OK && info && (emu.token_model[0] || emu.token_manufacturer[0])) {
+        if (emu.token_model[0])
+            memcpy(info->model, emu.token_model, sizeof info->model);
+        if (emu.token_manufacturer[0])
+            memcpy(info->manufacturerID, emu.token_manufacturer, sizeof info->manufacturerID);
+        c.emulated = "token_info";
     }
     if (rv == CKR_OK && info)
         j_hexflags(J, "token_flags", info->flags); /* as the client sees them */

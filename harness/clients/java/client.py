@@ -13,37 +13,32 @@ same PIN again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import queue
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
-from urllib.parse import quote_plus, unquote_plus
 
-from harness.clients.base import Client, ClientResult, HandshakeJob
+from harness.clients.base import Client, ClientOptions, ClientResult, HandshakeJob
+from harness.clients.java.build import MAIN_CLASS, build_classes, find_java_sources
+from harness.clients.java.jdk import JDK, find_jdk
+from harness.clients.java.jvm import (
+    JVMDied,
+    NoAnswer,
+    SlotRef,
+    WarmJVM,
+    decode_answer,
+    encode_request,
+    find_slot,
+)
 from harness.errors import ConfigError, HarnessError, TokenError, ToolMissing
 from harness.process import base_env, kill_group, tail
 from harness.versions import first_version
-
-if TYPE_CHECKING:
-    from harness.config import Settings
-
-__all__ = ["COMBINED_MECHANISMS", "JDK", "JavaClient", "JavaNoCombinedClient", "JavaResult",
-           "build_classes", "find_java_sources", "find_jdk"]
-
-MIN_JAVA = 17
-MAIN_CLASS = "P11TlsClient"
-JDK_HINT = "install a JDK >= 17 (openjdk-17-jdk-headless) or set JAVA_HOME / --java"
 
 # Every combined hash-and-sign mechanism SunPKCS11 (JDK 17) knows for RSA and
 # EC keys. Disabling them makes SunPKCS11 hash on the host and call the raw
@@ -81,323 +76,6 @@ class JavaResult(ClientResult):
     handshake_ms: float | None = None  # measured inside the JVM
 
 
-# -- the JDK ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JDK:
-    home: Path
-    java: Path
-    javac: Path
-    version: str  # java.runtime.version, e.g. 17.0.15+6-Debian-1deb12u1
-    runtime: str  # "OpenJDK Runtime Environment"
-    feature: int  # 17
-
-
-def _home_from(path: Path) -> Path:
-    """A JDK home from a home directory or from a bin/java(c) path."""
-    if path.is_file() or path.name in ("java", "javac"):
-        return path.resolve().parent.parent
-    return path
-
-
-def find_jdk(java_home: Path | str | None = None) -> JDK:
-    """The JDK from `java_home`, else $JAVA_HOME, else `javac` on PATH.
-
-    Raises ToolMissing naming what is missing and how to get it.
-    """
-    if java_home:
-        home, origin = _home_from(Path(java_home)), "--java"
-    elif os.environ.get("JAVA_HOME"):
-        home, origin = Path(os.environ["JAVA_HOME"]), "JAVA_HOME"
-    else:
-        found = shutil.which("javac")
-        if found is None:
-            raise ToolMissing(f"javac not found: {JDK_HINT}")
-        home, origin = Path(found).resolve().parent.parent, "PATH"
-    javac, java = home / "bin" / "javac", home / "bin" / "java"
-    if not os.access(javac, os.X_OK):
-        raise ToolMissing(f"javac not found in {home} (from {origin}): {JDK_HINT}")
-    if not os.access(java, os.X_OK):
-        raise ToolMissing(f"java not found in {home} (from {origin}): {JDK_HINT}")
-    try:
-        proc = subprocess.run([str(java), "-version"], capture_output=True, text=True,
-                              timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ToolMissing(f"{java} -version failed ({exc}): {JDK_HINT}") from None
-    feature, version, runtime = _parse_java_version(proc.stderr)
-    if feature is None:
-        raise ToolMissing(f"cannot read the version of {java}: {proc.stderr.strip()[:200]!r}")
-    if feature < MIN_JAVA:
-        raise ToolMissing(f"{java} is Java {feature} (from {origin}), too old: {JDK_HINT}")
-    return JDK(home=home, java=java, javac=javac, version=version, runtime=runtime,
-               feature=feature)
-
-
-def _parse_java_version(text: str) -> tuple[int | None, str, str]:
-    first = re.search(r'version "([^"]+)"', text)
-    if first is None:
-        return None, "", ""
-    short = first.group(1)
-    parts = short.split(".")
-    feature = int(parts[1] if parts[0] == "1" else re.match(r"\d+", parts[0]).group())  # type: ignore[union-attr]
-    build = re.search(r"^(.*Runtime Environment.*?)\s*\(build ([^)]+)\)", text, re.MULTILINE)
-    if build:
-        return feature, build.group(2), build.group(1).strip()
-    return feature, short, ""
-
-
-# -- the Java source and its compiled classes ------------------------------------
-
-
-def find_java_sources() -> Path:
-    """The directory holding P11TlsClient.java.
-
-    A source checkout has it at the repository root (java/); an installed
-    package has it as package data in harness/java_src/.
-    """
-    package = Path(__file__).resolve().parent.parent  # harness/
-    for candidate in (package.parent / "java", package / "java_src"):
-        if (candidate / f"{MAIN_CLASS}.java").is_file():
-            return candidate
-    raise HarnessError(
-        f"{MAIN_CLASS}.java not found in {package.parent / 'java'} or {package / 'java_src'}: "
-        "the installation is incomplete; reinstall pkcs11-tls-harness"
-    )
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "p11tls"
-
-
-def build_classes(jdk: JDK, sources: Path, cache_dir: Path | None = None) -> Path:
-    """Compile `sources` once into cache_dir/java-<hash of the sources>.
-
-    The hash covers every .java file, so an edited source gets a new directory.
-    javac writes into a private temporary directory that is renamed into place,
-    so parallel workers never see half-written classes.
-    """
-    cache_dir = cache_dir or default_cache_dir()
-    files = sorted(sources.glob("*.java"))
-    if not files:
-        raise HarnessError(f"no .java files in {sources}")
-    digest = hashlib.sha256(f"release={MIN_JAVA}\n".encode())
-    for file in files:
-        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
-    target = cache_dir / f"java-{digest.hexdigest()[:16]}"
-    if (target / f"{MAIN_CLASS}.class").is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=cache_dir))
-    try:
-        proc = subprocess.run(
-            [str(jdk.javac), "--release", str(MIN_JAVA), "-encoding", "UTF-8",
-             "-d", str(work), *map(str, files)],
-            capture_output=True, text=True, timeout=180, check=False,
-        )
-        if proc.returncode != 0:
-            raise HarnessError(
-                f"javac could not compile {sources}: {(proc.stderr or proc.stdout).strip()[:2000]}"
-            )
-        try:
-            os.rename(work, target)
-        except OSError:
-            if not (target / f"{MAIN_CLASS}.class").is_file():
-                raise
-            # another worker finished first; its classes are the same
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
-# -- finding the slot --------------------------------------------------------------
-
-# Run in a child Python: this process may already have SoftHSM (or the
-# interposer) loaded through python-pkcs11, and one process must load one
-# module path once. The child does what SunPKCS11 does with slotListIndex:
-# C_GetSlotList(FALSE), then C_GetTokenInfo per slot.
-_SLOT_LOOKUP = r"""
-import json, sys
-import pkcs11
-from pkcs11 import exceptions as e
-lib = pkcs11.lib(sys.argv[1])
-found, labels = [], []
-for index, slot in enumerate(lib.get_slots(token_present=False)):
-    try:
-        token = slot.get_token()
-    except (e.TokenNotPresent, e.TokenNotRecognised, e.DeviceRemoved):
-        continue
-    labels.append(token.label)
-    if token.label == sys.argv[2]:
-        found.append({"slot": slot.slot_id, "index": index})
-print(json.dumps({"found": found, "labels": labels}))
-"""
-
-
-@dataclass(frozen=True)
-class SlotRef:
-    slot_id: int
-    index: int  # position in C_GetSlotList(FALSE)
-
-    @property
-    def config_line(self) -> str:
-        # SunPKCS11 parses `slot` as a Java int; slotListIndex covers larger ids.
-        if 0 <= self.slot_id <= 0x7FFFFFFF:
-            return f"slot = {self.slot_id}"
-        return f"slotListIndex = {self.index}"
-
-
-def find_slot(module: Path, token_label: str, env: dict[str, str], timeout: float = 60) -> SlotRef:
-    """The slot holding the token labelled `token_label` (in a child process)."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _SLOT_LOOKUP, str(module), token_label],
-            env=env, capture_output=True, text=True, timeout=timeout, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise TokenError(f"listing the slots of {module} took over {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise TokenError(f"cannot list the slots of {module}: {last}")
-    data = json.loads(proc.stdout)
-    if not data["found"]:
-        present = ", ".join(map(repr, data["labels"])) or "none"
-        raise TokenError(f"no token labelled {token_label!r} in {module}; tokens present: "
-                         f"{present} (check --p11-token-label)")
-    if len(data["found"]) > 1:
-        raise TokenError(f"more than one token labelled {token_label!r} in {module}: "
-                         "the harness needs a unique label")
-    return SlotRef(int(data["found"][0]["slot"]), int(data["found"][0]["index"]))
-
-
-# -- the line protocol --------------------------------------------------------------
-
-
-def encode_request(verb: str, **fields: object) -> str:
-    """One request line: verb, then key=value with URL-encoded values."""
-    return " ".join([verb, *(f"{k}={quote_plus(str(v))}" for k, v in fields.items())])
-
-
-def decode_answer(line: str) -> tuple[str, dict[str, str]]:
-    words = line.strip().split(" ")
-    pairs = dict(w.split("=", 1) for w in words[1:] if "=" in w)
-    return words[0], {k: unquote_plus(v) for k, v in pairs.items()}
-
-
-# -- one warm JVM ------------------------------------------------------------------------
-
-
-_VERBS = {b"ready", b"fatal", b"ok", b"fail"}  # first words of the JVM's protocol lines
-
-
-class _Died(Exception):
-    pass
-
-
-class _NoAnswer(Exception):
-    pass
-
-
-class _WarmJVM:
-    """One running P11TlsClient process and its line protocol."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path,
-                 config_dir: Path) -> None:
-        self.log_path = log_path
-        self.config_dir = config_dir
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            log.write(("$ " + " ".join(argv) + "\n").encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                start_new_session=True,
-            )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,),
-                                        daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[bytes] | None) -> None:
-        assert stream is not None
-        with open(self.log_path, "ab") as log:
-            for raw in stream:
-                if raw.split(b" ", 1)[0].strip() in _VERBS:
-                    self._lines.put(raw.decode(errors="replace"))
-                else:
-                    # HotSpot prints its crash banner to stdout whatever the options
-                    log.write(raw)
-                    log.flush()
-        self._lines.put(None)
-
-    def drain(self, timeout: float) -> None:
-        """Wait until everything the JVM wrote to stdout has been read."""
-        self._reader.join(timeout)
-
-    def output_since(self, offset: int) -> str:
-        """What the JVM wrote to its own log after `offset` (stderr, crash banner)."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(offset)
-                return log.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def receive(self, timeout: float) -> tuple[str, dict[str, str]]:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise _NoAnswer from None
-        if line is None:
-            self._lines.put(None)  # stays dead for any later call
-            raise _Died
-        return decode_answer(line)
-
-    def ask(self, request: str, timeout: float) -> tuple[str, dict[str, str]]:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(request.encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            raise _Died from None
-        return self.receive(timeout)
-
-    def exit_status(self) -> str:
-        try:
-            code = self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            return "still running"
-        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            try:
-                self.proc.stdin.close()  # EOF: the JVM ends on its own
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            kill_group(self.proc)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        shutil.rmtree(self.config_dir, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class _ConfigKey:
     module: str
@@ -430,12 +108,17 @@ class JavaClient(Client):
         cache_dir: Path | None = None,
         java_options: Sequence[str] = DEFAULT_JAVA_OPTIONS,
         start_timeout_s: float = 60.0,
+        jdk_suffix: str | None = None,
     ) -> None:
         """java_home: a JDK home or its bin/java (else $JAVA_HOME, else PATH).
         extra_config: SunPKCS11 configuration lines added after the harness's own
         (`--java-p11-config`). cache_dir: where compiled classes go (default
         $XDG_CACHE_HOME/p11tls). java_options: JVM options (e.g. -Djavax.net.debug=all).
+        jdk_suffix: for a JDK other than the default one, the client is named
+        `java@SUFFIX` (jdk.jdk_variants); its marker stays `java`.
         """
+        if jdk_suffix:
+            self.name = f"{type(self).name}@{jdk_suffix}"
         self.java_home = java_home
         self.extra_config = tuple(extra_config)
         self.cache_dir = cache_dir
@@ -444,7 +127,7 @@ class JavaClient(Client):
         _check_extra_config(self.extra_config, self.name)
         self._jdk: JDK | None = None
         self._classes: Path | None = None
-        self._jvms: dict[_ConfigKey, _WarmJVM] = {}
+        self._jvms: dict[_ConfigKey, WarmJVM] = {}
         # (module, token, PIN) -> (login error, CKR): never the same PIN twice, even
         # when the environment (say, an interposer configuration) differs
         self._refused: dict[tuple[str, str, str], tuple[str, str]] = {}
@@ -453,8 +136,8 @@ class JavaClient(Client):
         self._jvm_count = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JavaClient:
-        return cls(java_home=settings.java_home, extra_config=settings.java_p11_config)
+    def from_options(cls, options: ClientOptions) -> JavaClient:
+        return cls(java_home=options.java_home, extra_config=options.java_p11_config)
 
     # -- Client API ---------------------------------------------------------------
     def unavailable_reason(self) -> str | None:
@@ -606,13 +289,13 @@ class JavaClient(Client):
             protocol=fields.get("protocol") or None, cipher=fields.get("cipher") or None,
         )
 
-    def _ask(self, jvm: _WarmJVM, key: _ConfigKey, job: HandshakeJob, request: str,
+    def _ask(self, jvm: WarmJVM, key: _ConfigKey, job: HandshakeJob, request: str,
              timeout: float) -> tuple[str, dict[str, str]] | JavaResult:
         """Send one request; a JVM that dies or hangs fails this case and is dropped."""
         offset = jvm.log_size()
         try:
             return jvm.ask(request, timeout)
-        except _Died:
+        except JVMDied:
             status = jvm.exit_status()
             jvm.drain(2.0)  # the crash banner arrives through stdout
             output = jvm.output_since(offset)
@@ -624,7 +307,7 @@ class JavaClient(Client):
             return JavaResult(client=self.name, returncode=jvm.proc.returncode,
                               timed_out=False, duration_s=0.0, log_path=job.log_path,
                               error=f"JVM died ({status}): {last_words}")
-        except _NoAnswer:
+        except NoAnswer:
             self._log(job, f"no answer from the JVM (pid {jvm.pid}) within {timeout:.0f} s: "
                            "killing its process group")
             kill_group(jvm.proc)
@@ -633,7 +316,7 @@ class JavaClient(Client):
                               duration_s=0.0, log_path=job.log_path,
                               error=f"timeout: no answer from the JVM within {timeout:.0f} s")
 
-    def _start(self, key: _ConfigKey, job: HandshakeJob) -> _WarmJVM:
+    def _start(self, key: _ConfigKey, job: HandshakeJob) -> WarmJVM:
         jdk, classes = self.jdk(), self.classes()
         env = base_env(job.env)
         env["JAVA_HOME"] = str(jdk.home)
@@ -653,11 +336,11 @@ class JavaClient(Client):
         error_file = jvm_log.parent / f"{self.name}-hs_err_pid%p.log"
         argv = [str(jdk.java), f"-XX:ErrorFile={error_file}", *self.java_options,
                 "-cp", str(classes), MAIN_CLASS, str(config)]
-        jvm = _WarmJVM(argv, env, jvm_log, config_dir)
+        jvm = WarmJVM(argv, env, jvm_log, config_dir)
         self._log(job, f"started JVM pid {jvm.pid} ({jvm_log.name}) with:\n{config.read_text()}")
         try:
             verb, fields = jvm.receive(self.start_timeout_s)
-        except (_Died, _NoAnswer):
+        except (JVMDied, NoAnswer):
             kill_group(jvm.proc)
             jvm.stop()
             raise HarnessError(

@@ -1,16 +1,26 @@
-"""Masking of PINs and key material before any log text is echoed.
+"""The one place secrets are masked before text is kept or shown.
 
-pkcs11-spy dumps the PIN of C_Login and the CKA_VALUE (and RSA private
-components) of C_CreateObject in hex; p11-kit prints the PIN as a quoted
-string; pkcs11-logger prints the PIN when its flag 0x08 is set and every
-attribute value in hex; an OpenSC debug log dumps VERIFY and PUT DATA APDUs,
-which carry PINs and imported keys. Each masker replaces those values and
-keeps the line count, so line numbers in the output still point into the
-original file.
+Three kinds of masking, one module:
+
+- the PINs this process knows (`register`), in any form (text, hex, base64),
+  out of any text or bytes (`mask_text`, `mask_bytes`): pytest's failure
+  reports, raw pkcs11-spy logs. Masks keep the length, so a log masked in
+  place keeps the offsets other readers hold into it. PINs shorter than
+  MIN_LEN are not masked in free text (every "1" would go);
+- by structure, in PKCS#11 call logs (`mask_lines`): pkcs11-spy dumps the PIN
+  of C_Login and the CKA_VALUE (and RSA private components) of C_CreateObject
+  in hex; p11-kit prints the PIN as a quoted string; pkcs11-logger prints the
+  PIN when its flag 0x08 is set and every attribute value in hex; an OpenSC
+  debug log dumps VERIFY and PUT DATA APDUs, which carry PINs and imported
+  keys. Each masker keeps the line count, so line numbers still point into the
+  original file;
+- in command lines and log tails shown in reports (`mask_secrets`):
+  `--pin 1234`, `pin-value=`, `pass:` and the hex dumps after pPin/CKA_VALUE.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Sequence
@@ -18,6 +28,60 @@ from collections.abc import Sequence
 from harness.explain import names, opensc, pkcs11_logger
 from harness.explain.model import LogFormat
 
+# --- the PINs of this run -----------------------------------------------------------
+MIN_LEN = 4
+_pins: set[str] = set()
+
+
+def register(pin: str | None) -> None:
+    """Remember a PIN of this run so later masking finds it."""
+    if pin:
+        _pins.add(pin)
+
+
+def known() -> frozenset[str]:
+    return frozenset(_pins)
+
+
+def forms(pin: str) -> list[bytes]:
+    """The ways a PIN shows up in logs and reports: as text, in hex (plain,
+    spaced, either case, as pkcs11-spy and tracebacks print it) and base64."""
+    raw = pin.encode()
+    hexed = raw.hex()
+    spaced = " ".join(f"{b:02x}" for b in raw)
+    found = {raw, hexed.encode(), hexed.upper().encode(), spaced.encode(),
+             spaced.upper().encode(), base64.b64encode(raw),
+             base64.b64encode(raw).rstrip(b"=")}
+    return sorted(found, key=len, reverse=True)  # longest first: hex before its digits
+
+
+def _pattern(pins: frozenset[str]) -> re.Pattern[bytes] | None:
+    alternatives = sorted({f for pin in pins if len(pin) >= MIN_LEN for f in forms(pin)},
+                          key=len, reverse=True)
+    if not alternatives:
+        return None
+    return re.compile(b"|".join(re.escape(a) for a in alternatives))
+
+
+def mask_bytes(data: bytes, pins: frozenset[str] | None = None) -> bytes:
+    """`data` with every form of every known PIN replaced by as many '*'."""
+    pattern = _pattern(known() if pins is None else pins)
+    if pattern is None:
+        return data
+    return pattern.sub(lambda m: b"*" * len(m.group(0)), data)
+
+
+def mask_text(text: str, pins: frozenset[str] | None = None) -> str:
+    """`text` with every form of every known PIN replaced by as many '*'."""
+    masked = mask_bytes(text.encode("utf-8", "surrogateescape"), pins)
+    return masked.decode("utf-8", "surrogateescape")
+
+
+def contains(text: str, pins: frozenset[str] | None = None) -> bool:
+    return mask_text(text, pins) != text
+
+
+# --- PKCS#11 call logs, by structure ------------------------------------------------
 MASK = "********"
 
 # --- pkcs11-spy -----------------------------------------------------------------
@@ -192,3 +256,26 @@ def mask_lines(lines: Sequence[str], fmt: LogFormat) -> list[str]:
     if len(masked) != len(lines):  # pragma: no cover - a masker bug must not shift lines
         raise RuntimeError("masking changed the number of lines")
     return masked
+
+
+# --- command lines and log tails in reports ---------------------------------------
+_SECRET = re.compile(r"(?i)(\bpin-value=|\bpin=|\bpass:|--pin[= ]|-pin )[^\s;&\"']+")
+_HEXDUMP = re.compile(r"^\s*[0-9a-fA-F]{8}\s+(?:[0-9a-fA-F]{2}\s)+")
+_SECRET_DUMP_HEAD = re.compile(r"pPin\b|CKA_VALUE\b")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def mask_secrets(lines: list[str], *, in_dump: bool = False) -> list[str]:
+    """Mask PINs in command lines and the hex dumps pkcs11-spy prints after
+    `pPin` and `CKA_VALUE` (so a shared report never carries them); control
+    characters become '?'. `in_dump`: the lines start inside a hex dump."""
+    out = []
+    for line in lines:
+        if _HEXDUMP.match(line):
+            if in_dump:
+                out.append("    ******** (masked)")
+                continue
+        else:
+            in_dump = bool(_SECRET_DUMP_HEAD.search(line))
+        out.append(_CONTROL.sub("?", _SECRET.sub(lambda m: m.group(1) + "***", line)))
+    return out

@@ -1,0 +1,88 @@
+"""What the nss and curl clients add to the default matrix's wall time.
+
+Runs `pytest tests/test_matrix.py` (the default matrix: rsa2048, p256, p384 x
+generate, import x every client x TLS 1.2, 1.3, plus the forced-scheme RSA
+cases) in fresh processes, with every available client and with the same
+clients less nss and curl, rounds interleaved, and prints the medians, their
+difference, and per new client its median handshake time from results.json.
+Run: .venv/bin/python bench/bench_clients.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.clients import client_names, make_client
+
+ROOT = Path(__file__).resolve().parent.parent
+NEW = ("nss", "curl")
+
+
+def run_matrix(reports: Path, clients: list[str]) -> tuple[float, str, bool]:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(ROOT / "tests" / "test_matrix.py"), f"--p11-reports={reports}",
+         f"--p11-clients={','.join(clients)}"],
+        cwd=ROOT, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    return elapsed, (proc.stdout.strip().splitlines() or ["?"])[-1], proc.returncode == 0
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a results.json (a list, or an object holding "records")."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return data.get("records", []) if isinstance(data, dict) else data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    available = [n for n in client_names() if make_client(n).unavailable_reason() is None]
+    missing = [n for n in NEW if n not in available]
+    if missing:
+        print(f"bench_clients: {', '.join(missing)} not available here", file=sys.stderr)
+        return 2
+    without = [n for n in available if n not in NEW]
+    with_s: list[float] = []
+    without_s: list[float] = []
+    per_case: dict[str, list[float]] = {n: [] for n in NEW}
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="p11tls-bench-clients-") as tmp:
+        for i in range(args.rounds):
+            reports = Path(tmp) / f"with-{i}"
+            elapsed, summary, passed = run_matrix(reports, available)
+            with_s.append(elapsed)
+            ok &= passed
+            for record in read_records(reports / "results.json"):
+                if record.get("client") in NEW and record.get("duration_s"):
+                    per_case[record["client"]].append(record["duration_s"])
+            elapsed, summary_without, passed = run_matrix(Path(tmp) / f"without-{i}", without)
+            without_s.append(elapsed)
+            ok &= passed
+    w, wo = statistics.median(with_s), statistics.median(without_s)
+    print(f"clients: {', '.join(available)}")
+    print(f"default matrix, every client, median of {args.rounds}: {w:.2f} s   [{summary}]")
+    print(f"the same without nss and curl: {wo:.2f} s   [{summary_without}]")
+    print(f"nss and curl add: {w - wo:.2f} s "
+          f"(runs: {', '.join(f'{a - b:+.2f}' for a, b in zip(with_s, without_s))})")
+    for name, durations in per_case.items():
+        if durations:
+            print(f"{name}: {len(durations) // args.rounds} cases, median handshake "
+                  f"{statistics.median(durations) * 1000:.1f} ms (client process, in the harness)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
