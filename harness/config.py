@@ -59,6 +59,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_allow_slot_overwrite", None,
            "provision on a token whose keys sit in fixed slots (OpenPGP, PIV): existing keys "
            "may be replaced, use a disposable card only", flag=True),
+    Option("p11_existing", "P11TLS_EXISTING",
+           "read-only: test the key pairs already on the token (those with a certificate of "
+           "the same CKA_ID); nothing is written to the token", flag=True),
+    Option("p11_key", None,
+           "read-only: test this key already on the token, an RFC 7512 URI "
+           "(pkcs11:object=LABEL;type=private or id=…); nothing is written", repeatable=True),
 )
 
 TRUE_WORDS = ("1", "yes", "true", "on")
@@ -84,6 +90,13 @@ class Settings:
     spy: bool = False  # pkcs11-spy chained below the interposer
     allow_slot_overwrite: bool = False  # the user accepts replacing keys of a fixed-slot card
     named_module: str | None = None  # --p11-module tpm2: harness.named_modules
+    existing: bool = False  # --p11-existing: every key pair with a certificate, read-only
+    key_uris: tuple[str, ...] = ()  # --p11-key: these keys, read-only
+
+    @property
+    def read_only(self) -> bool:
+        """The keys already on the token, in read-only sessions: nothing is written."""
+        return self.existing or bool(self.key_uris)
 
     def named_client(self, client: str) -> bool:
         """The user asked for this client (--p11-clients, or --java for the Java
@@ -151,7 +164,20 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
     reports = Path(raw["p11_reports"] or "reports").expanduser()
     check_reports_dir(base / reports if base is not None else reports)
     java_homes = tuple(line.strip() for line in (raw["java"] or "").splitlines() if line.strip())
+    key_uris = tuple(line.strip() for line in (raw["p11_key"] or "").splitlines()
+                     if line.strip())
+    existing = _flag(raw, "p11_existing")
+    if (existing or key_uris) and module is None:
+        raise ConfigError("--p11-existing and --p11-key test the keys already on a token: "
+                          "name it with --p11-module, --p11-token-label and the PIN")
+    if key_uris:
+        from harness.existing import parse_key_uri
+
+        for uri in key_uris:
+            parse_key_uri(uri)
     return Settings(
+        existing=existing,
+        key_uris=key_uris,
         java_home=java_homes[0] if java_homes else None,
         java_homes=java_homes,
         java_p11_config=tuple(line for line in (raw["java_p11_config"] or "").splitlines()

@@ -47,7 +47,8 @@ def target_file(record: HandshakeRecord) -> str:
 def fact_of(record: HandshakeRecord) -> dict[str, Any]:
     """One [[expect]] entry for exactly this case, keyed to its versions."""
     entry: dict[str, Any] = {
-        "clients": [record.client], "keys": [record.key], "tls": [record.tls],
+        # a per-JDK client (java@25) is matched as its base client keyed to its java version
+        "clients": [record.client.split("@", 1)[0]], "keys": [record.key], "tls": [record.tls],
         "provisioning": [record.provisioning],
     }
     if record.client_sigalgs:

@@ -29,14 +29,17 @@ from harness.locking import private_dir, state_dir, token_key
 LABEL_PREFIX = "p11tls-"
 
 
+LAB_PREFIX = "p11tls-lab-"  # harness.lab_provision: provisioned once, removed with --remove
+
+
 def journal_dir(module: Path | str, serial: str, label: str) -> Path:
     return state_dir() / "journal" / token_key(module, serial, label)
 
 
 def run_tag_of(label: str) -> str | None:
     """`p11tls-1a2b3c-p256-generate` -> `1a2b3c`."""
-    if not label.startswith(LABEL_PREFIX):
-        return None
+    if not label.startswith(LABEL_PREFIX) or label.startswith(LAB_PREFIX):
+        return None  # lab keys (`p11tls provision`) stay on purpose: no run's leftovers
     return label[len(LABEL_PREFIX):].split("-", 1)[0] or None
 
 

@@ -15,6 +15,7 @@ class Algorithm(enum.Enum):
 class Provisioning(enum.Enum):
     GENERATE = "generate"  # C_GenerateKeyPair on the token
     IMPORT = "import"  # made on the host, stored with C_CreateObject
+    EXISTING = "existing"  # already on the token: used read-only, nothing written
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,9 @@ def mask_lines(lines: Sequence[str], fmt: LogFormat) -> list[str]:
     lines of its own shape.
     """
     masked = list(lines)
-    for masker in [_MASKERS[fmt], *(m for f, m in _MASKERS.items() if f is not fmt)]:
+    # formats without a masker of their own (tpm2-pkcs11, NSS) log no PIN or key value
+    for masker in [*([_MASKERS[fmt]] if fmt in _MASKERS else []),
+                   *(m for f, m in _MASKERS.items() if f is not fmt)]:
         masked = masker(masked)
     if len(masked) != len(lines):  # pragma: no cover - a masker bug must not shift lines
         raise RuntimeError("masking changed the number of lines")

@@ -44,23 +44,38 @@ class Case:
                 self.client.split("@", 1)[0].replace("-", "_"))
 
 
+# The provisionings that make keys; EXISTING is the read-only axis of its own.
+MADE = (Provisioning.GENERATE, Provisioning.IMPORT)
+
+
 def provisionings(client: str) -> tuple[Provisioning, ...]:
-    """The provisionings a client runs with: all, but imported only for software."""
-    return (Provisioning.IMPORT,) if client == SOFTWARE else tuple(Provisioning)
+    """The provisionings a client runs with: both, but imported only for software."""
+    return (Provisioning.IMPORT,) if client == SOFTWARE else MADE
 
 
-def cases(clients: list[str], keys: tuple[KeySpec, ...]) -> list[Case]:
+def cases(clients: list[str], keys: tuple[KeySpec, ...], *,
+          existing: bool = False) -> list[Case]:
     """Every client × key × provisioning × TLS version, then for RSA keys the
     TLS 1.2 cases with the server forcing rsa_pkcs1_sha256 (on the generated
-    key; the software control, which has imported keys only, on the imported)."""
+    key; the software control, which has imported keys only, on the imported).
+
+    `existing`: `keys` are keys already on the token (harness.existing), each
+    with the one provisioning EXISTING; the software control has no host copy
+    of them and is left out."""
+    if existing:
+        clients = [c for c in clients if c != SOFTWARE]
+
+    def rows(client: str) -> tuple[Provisioning, ...]:
+        return (Provisioning.EXISTING,) if existing else provisionings(client)
+
     plain = [
         Case(client, key, prov, tls)
         for client in clients for key in keys
-        for prov in provisionings(client) for tls in TLSVersion
+        for prov in rows(client) for tls in TLSVersion
     ]
     forced = [
-        Case(client, key, Provisioning.IMPORT if client == SOFTWARE else Provisioning.GENERATE,
-             TLSVersion.TLS12, FORCED_RSA_PKCS1)
+        Case(client, key, rows(client)[0] if existing or client == SOFTWARE
+             else Provisioning.GENERATE, TLSVersion.TLS12, FORCED_RSA_PKCS1)
         for client, key in itertools.product(clients, keys)
         if key.algorithm is Algorithm.RSA
     ]

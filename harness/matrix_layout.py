@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.record import HandshakeRecord, problems_of, verdict_of
+from harness.record import IMPORT_UNSUPPORTED, HandshakeRecord, problems_of, verdict_of
 
 __all__ = [
     "FAILED",
@@ -93,7 +93,7 @@ def cell_text(record: HandshakeRecord) -> str:
     (`sign`); a record without one shows the signature scheme the server saw.
     """
     if verdict_of(record) == "skipped":
-        return "skip"
+        return "no import" if (record.error or "").startswith(IMPORT_UNSUPPORTED) else "skip"
     if record.outcome == "ok":
         head = "failed" if verdict_of(record) == "failed" else "ok"
     else:

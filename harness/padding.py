@@ -34,11 +34,15 @@ def _name(index: int, budget: int) -> x509.Name:
     for _ in range(_UNITS):
         if size() >= budget:
             break
-        length = _UNIT
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x" * length))
-        while size() > budget and length > 1:  # cut the last value to fit (DER
-            length = max(1, length - (size() - budget))  # lengths shrink too)
-            attrs[-1] = x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x" * length)
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x" * _UNIT))
+        # cut values to fit, the last first (DER lengths shrink too); a new
+        # value costs ~12 bytes even at one character, so the one before
+        # it gives way then: every budget is met to the byte
+        for at in range(len(attrs) - 1, 0, -1):
+            length = len(str(attrs[at].value))
+            while size() > budget and length > 1:
+                length = max(1, length - (size() - budget))
+                attrs[at] = x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x" * length)
     return x509.Name(attrs)
 
 

@@ -30,7 +30,7 @@ from harness.locking import TokenLock
 from harness.locking import token_key as lock_name
 from harness.process import install_signal_handlers, tool_version
 from harness.profile import Profile, load_profile
-from harness.record import HandshakeRecord, write_results
+from harness.record import IMPORT_UNSUPPORTED, HandshakeRecord, write_results
 from harness.report import terminal_matrix
 from harness.rundir import new_run_id, publish, run_dir
 from harness.runner import STOPPED
@@ -44,6 +44,7 @@ MARKERS = {
     "eddsa": "EdDSA keys (Ed25519)",
     "generate": "keys generated on the token (C_GenerateKeyPair)",
     "import": "keys imported into the token (C_CreateObject)",
+    "existing": "keys already on the token, used read-only (--p11-existing, --p11-key)",
     **{cls.marker: f"the {name} client" for name, cls in CLIENTS.items()},
 }
 RECORD_PROPERTY = "p11tls_record"
@@ -53,6 +54,7 @@ profile_key = pytest.StashKey[Optional[Profile]]()  # the emulation profile, par
 checked_key = pytest.StashKey[bool]()  # the one login check is done (or not needed)
 header_key = pytest.StashKey[bool]()  # the p11tls header lines were shown
 bad_key = pytest.StashKey[bool]()  # matrix tests were asked for, their settings are bad
+existing_key = pytest.StashKey[tuple[Any, ...]]()  # read-only mode: the keys on the token
 shared_key = pytest.StashKey[Path]()  # xdist: a directory the controller and workers share
 # Tests using these are matrix tests: they make the plugin act. The first two
 # need the token, so the one login check runs before them.
@@ -176,13 +178,14 @@ def _check_token_once(config: pytest.Config) -> None:
                                           Path(tmp) / "check.conf", profile.interposer_lines())
             module = build_interposer()
         info = check_login(module, settings.token_label or "", settings.pin or "", env,
-                           scan_module=settings.module, own=_run_id(config))
+                           scan_module=settings.module, own=_run_id(config),
+                           read_only=settings.read_only)
     config.stash[token_key] = info
     if info.get("pin_warning"):
         _say(config, f"p11tls: warning: {info['pin_warning']}")
     if info.get("leftovers"):
         _say(config, info["leftovers"])
-    if not settings.allow_slot_overwrite:
+    if not settings.allow_slot_overwrite and not settings.read_only:
         from harness.provision import fixed_slot_reason
 
         reason = fixed_slot_reason(info)  # the token as the clients see it
@@ -213,7 +216,9 @@ def _say(config: pytest.Config, line: str) -> None:
 def _start_matrix(config: pytest.Config, token: bool) -> None:
     """Matrix tests were collected: act (if not yet), check the token once."""
     try:
-        _activate(config)
+        settings = _activate(config)
+        if settings.read_only:
+            _existing_keys(config, settings)  # the one line when the keys could not be read
         if not config.stash.get(header_key, False):  # pytest's header came too early
             config.stash[header_key] = True
             for line in _header_lines(config):
@@ -388,10 +393,37 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     # Expected failures are not marked here: they hold for the versions they
     # were measured on, which the runner detects; the case xfails itself.
+    keys = settings.keys
+    if settings.read_only:
+        try:
+            keys = _existing_keys(metafunc.config, settings)
+        except HarnessError:
+            metafunc.config.stash[bad_key] = True
+            metafunc.parametrize("p11_case", [])
+            return
     params = [pytest.param(case, id=case.case_id,
                            marks=[getattr(pytest.mark, m) for m in case.markers])
-              for case in cases(list(settings.clients), settings.keys)]
+              for case in cases(list(settings.clients), keys, existing=settings.read_only)]
     metafunc.parametrize("p11_case", params)
+
+
+def _existing_keys(config: pytest.Config, settings: Settings) -> tuple[Any, ...]:
+    """Read-only mode: the KeySpecs of the keys on the token, read once without a
+    login; a failure is kept and raised again where it becomes the one-line error."""
+    if existing_key not in config.stash:
+        from harness.existing import existing_specs
+
+        assert settings.module is not None
+        try:
+            config.stash[existing_key] = existing_specs(
+                settings.module, settings.token_label or "", all_pairs=settings.existing,
+                uris=settings.key_uris)
+        except HarnessError as exc:
+            config.stash[existing_key] = (exc,)
+    found = config.stash[existing_key]
+    if found and isinstance(found[0], HarnessError):
+        raise found[0]
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -498,6 +530,7 @@ class RecordCollector:
         self.records: list[HandshakeRecord] = []
         self._by_test: dict[str, HandshakeRecord] = {}
         self.stopped: str | None = None  # a token stopped answering: the one line
+        self.no_import: str | None = None  # the token cannot import: said once
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self._by_test.get(report.nodeid)
@@ -517,6 +550,11 @@ class RecordCollector:
                 session = self.config.stash.get(session_key, None)
                 if session is not None:
                     session.shouldstop = STOPPED
+            if (self.no_import is None and record.error
+                    and record.error.startswith(IMPORT_UNSUPPORTED)):
+                self.no_import = record.error
+                _say(self.config, f"p11tls: {record.error}: its import cases are skipped "
+                     "with that reason (their calls stay in the records)")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """After the token's clean-up (the plugin's tryfirst hook): the run's
@@ -538,7 +576,33 @@ class RecordCollector:
             return
         terminalreporter.section("PKCS#11 TLS client-auth matrix")
         terminalreporter.write_line(terminal_matrix(self.records))
+        if self.settings.read_only:
+            for line in read_only_summary(self.records):
+                terminalreporter.write_line(line)
         reports = self.settings.reports
         terminalreporter.write_line(
             f"reports: {reports / 'results.json'}, {reports / 'matrix.html'}, "
             f"{reports / 'matrix.md'}")
+
+
+def read_only_summary(records: list[HandshakeRecord]) -> list[str]:
+    """A read-only run's keys (label, CKA_ID, type) and its proof that it wrote nothing."""
+    from harness.existing import writes_in
+
+    keys: list[dict[str, Any]] = next((r.module["existing_keys"] for r in records
+                                       if r.module.get("existing_keys")), [])
+    lines = ["read-only run on the keys already on the token:"]
+    lines += [f"  {k['label']!r} CKA_ID {k['id']} {k['type']}, "
+              + (f"certificate issued by {k['issuer']}" if k.get("issuer")
+                 else "no certificate on the token (one made in memory for file-certificate "
+                      "clients)") for k in keys]
+    calls = sum(len(r.calls or ()) for r in records)
+    writes = sorted({w for r in records for w in writes_in(r.calls)})
+    failed = [r.case_id for r in records if any("read-only run, yet" in p for p in r.problems)]
+    if writes or failed:
+        lines.append(f"the run WROTE to the token: {', '.join(writes) or 'see ' + failed[0]}")
+    else:
+        lines.append(f"the run wrote nothing: no C_CreateObject, C_GenerateKeyPair, "
+                     f"C_DestroyObject or C_SetAttributeValue among {calls} recorded client "
+                     "calls, nor among the harness's own")
+    return lines

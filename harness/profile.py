@@ -170,6 +170,7 @@ class TokenDescription:
 
     model: str | None = None  # at most 16 characters
     manufacturer: str | None = None  # at most 32 characters
+    firmware: str | None = None  # CK_TOKEN_INFO.firmwareVersion, "MAJOR.MINOR"
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,8 @@ class Profile:
             lines.append(f"token_model {self.token.model}")
         if self.token.manufacturer:
             lines.append(f"token_manufacturer {self.token.manufacturer}")
+        if self.token.firmware:
+            lines.append(f"token_firmware {self.token.firmware}")
         lines += [f"latency {fn} {ms}" for fn, ms in self.faults.latency_ms.items() if ms]
         lines += [f"fail_after {f.function} {f.calls} {RETURN_CODE_VALUES[f.rv]:#x} # {f.rv}"
                   for f in self.faults.fail_after]
@@ -273,6 +276,8 @@ class Profile:
         if self.token.model or self.token.manufacturer:
             out.append(f"says it is {self.token.model or '(the real model)'} by "
                        f"{self.token.manufacturer or '(the real manufacturer)'}")
+        if self.token.firmware:
+            out.append(f"says its firmware is {self.token.firmware}")
         for fn, ms in self.faults.latency_ms.items():
             out.append(f"takes {ms} ms longer for each {fn}")
         for f in self.faults.fail_after:
@@ -498,7 +503,7 @@ class _Reader:
         return PinRules(max_tries=tries, token_flags=tuple(dict.fromkeys(flags)))
 
     def token(self, data: Mapping[str, Any]) -> TokenDescription:
-        t = self.table(data, "token", "token", ("model", "manufacturer"))
+        t = self.table(data, "token", "token", ("model", "manufacturer", "firmware"))
         found: dict[str, str] = {}
         for key, most in (("model", 16), ("manufacturer", 32)):
             if key in t:
@@ -507,6 +512,13 @@ class _Reader:
                     self.fail(f"token.{key}", f"{text!r} is not a {key}",
                               f"1 to {most} printable characters without '#'")
                 found[key] = text
+        if "firmware" in t:
+            text = self.text(t["firmware"], "token.firmware")
+            parts = text.split(".")
+            if len(parts) != 2 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+                self.fail("token.firmware", f"{text!r} is not a version",
+                          "\"MAJOR.MINOR\", each 0 to 255, e.g. \"6.6\"")
+            found["firmware"] = text
         return TokenDescription(**found)
 
     def function(self, value: Any, key: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -28,6 +28,9 @@ from harness.journal import CleanupError, Journal, LeftObject, describe_object
 from harness.keys import Algorithm, KeySpec, Provisioning
 from harness.pkcs11 import exception_return_code
 from harness.token import Token, TokenTimeout
+
+if TYPE_CHECKING:
+    from harness.lab_ca import LabCA
 
 RSA_EXPONENT = 65537
 
@@ -44,6 +47,9 @@ class ProvisionedKey:
     # Imported keys only: the host's copy (a cryptography private key) for the
     # software control. Kept out of repr and comparisons so it is never printed.
     private_key: Any = field(default=None, repr=False, compare=False)
+    # A key already on the token (read-only mode): its certificate's subject, which
+    # the server must see (the label need not be in it); None: the label is the CN.
+    subject: str | None = None
 
 
 class ProvisioningRefused(TokenError):
@@ -76,7 +82,7 @@ def _int_bytes(n: int) -> bytes:
 class Provisioner:
     """Creates keys and certificates on one token and removes them again."""
 
-    def __init__(self, token: Token, ca: TestCA, workdir: Path, run_tag: str,
+    def __init__(self, token: Token, ca: TestCA | LabCA, workdir: Path, run_tag: str,
                  journal: Journal | None = None) -> None:
         self.token = token
         self.ca = ca
@@ -86,14 +92,17 @@ class Provisioner:
         self.created: list[tuple[bytes, str]] = []  # (CKA_ID, label) of what this run made
 
     def provision(self, spec: KeySpec, provisioning: Provisioning,
-                  private_key: Any = None) -> ProvisionedKey:
+                  private_key: Any = None, *, label: str | None = None,
+                  key_id: bytes | None = None) -> ProvisionedKey:
         """Put a key of `spec` and its certificate on the token.
 
         `private_key` (a cryptography key, import only) stores that key instead
         of a fresh one, e.g. to compare with a client using the same key from PEM.
+        `label`/`key_id`: a fixed name (lab keys, `p11tls provision`) instead of
+        this run's.
         """
-        label = f"p11tls-{self.run_tag}-{spec.name}-{provisioning.value}"
-        key_id = secrets.token_bytes(8)
+        label = label or f"p11tls-{self.run_tag}-{spec.name}-{provisioning.value}"
+        key_id = key_id or secrets.token_bytes(8)
         session = self.token.session
         if self.journal is not None:
             self.journal.intend(label, key_id.hex())
@@ -302,7 +311,7 @@ def fixed_slot_reason(info: dict[str, Any]) -> str | None:
     model = str(info.get("model") or "").strip()
     maker = str(info.get("manufacturer") or "").strip()
     hint = ("use a disposable card with --p11-allow-slot-overwrite (its keys may be replaced), "
-            "or test the keys already on it with --p11-existing (not yet available)")
+            "or test the keys already on it, read-only, with --p11-existing or --p11-key URI")
     if not model and not maker:
         return (f"token {label!r} does not say what it is (no model, no manufacturer), so the "
                 f"harness cannot tell whether new keys would replace existing ones: {hint}")

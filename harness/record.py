@@ -16,6 +16,11 @@ class Outcome(enum.Enum):
     SKIP = "skip"  # not run here (client missing, unsupported key)
 
 
+# A token without C_CreateObject for keys (OpenSC's sc-hsm driver): a property
+# of the token; its import cases are skipped with this reason, calls kept.
+IMPORT_UNSUPPORTED = "import not supported by the token"
+
+
 @dataclass
 class HandshakeRecord:
     """One case of the matrix. Field names are the results.json schema."""

@@ -26,16 +26,27 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.ca import TestCA
+from harness.ca import TestCA, write_pem
 from harness.calls import sign_summary
 from harness.clients import make_client
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.software import NEEDS_IMPORT
 from harness.config import Settings
 from harness.errors import HarnessError
+from harness.existing import (
+    CERT_FROM_FILE,
+    NO_CERT_ON_TOKEN,
+    ExistingKey,
+    canonical_spec,
+    discover,
+    has_private_key,
+    parse_key_uri,
+    writes_in,
+)
 from harness.expectations import CaseExpectations, has_outcomes
 from harness.explain.no_sign import explain_without_signing
 from harness.interposer import build_interposer, write_interposer_config
@@ -53,7 +64,7 @@ from harness.provision import (
     ProvisioningRefused,
     fixed_slot_reason,
 )
-from harness.record import HandshakeRecord, Outcome
+from harness.record import IMPORT_UNSUPPORTED, HandshakeRecord, Outcome
 from harness.recording import CallRecorder, parse_calls, read_from, size_of
 from harness.server import (
     HandshakeServer,
@@ -167,13 +178,18 @@ class MatrixRunner:
             assert settings.token_label is not None
             self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
         # Under a profile this process, which provisions the keys, goes through
-        # the emulation too: a refused import must be refused here.
-        self.token_module = self._emulate_here() if self.profile else self.module
+        # the emulation too: a refused import must be refused here. A read-only
+        # run records this process's own calls too: proof that it wrote nothing.
+        self.token_module = (self._emulate_here() if self.profile or settings.read_only
+                             else self.module)
         self.main_token = self._load_token("main")
         if settings.module is not None:  # a named token: one run at a time, a journal
             self._guard_named_token(run_lock_held, say)
         self._token("main")
         _ = self.main_token.session  # fails fast on a bad PIN (after the lock: one login)
+        self.existing: dict[str, ExistingKey] = {}  # read-only mode: name -> key on the token
+        if settings.read_only:
+            self.existing = self._discover_existing()
         self.expectations = CaseExpectations(
             profile=self.profile.name if self.profile else None,
             check_mechanisms=self.checks_mechanisms,
@@ -185,6 +201,9 @@ class MatrixRunner:
             "embedded": self.softhsm is not None,
             **({"named": self.setup.name} if self.setup else {}),
             **({"emulates": self.profile.emulates} if self.profile else {}),
+            **({"read_only": True,
+                "existing_keys": [k.describe() for k in self.existing.values()]}
+               if settings.read_only else {}),
         }
 
     def _guard_named_token(self, run_lock_held: bool, say: Callable[[str], None] | None) -> None:
@@ -192,7 +211,7 @@ class MatrixRunner:
         wait for any other run on it, start this run's journal."""
         token = self.main_token
         info = self.token_info().as_dict()
-        if not self.settings.allow_slot_overwrite:
+        if not self.settings.allow_slot_overwrite and not self.settings.read_only:
             reason = fixed_slot_reason(info)
             if reason is not None:
                 raise HarnessError(reason)
@@ -210,6 +229,8 @@ class MatrixRunner:
                 line = leftovers_on(token, self.module, self.run_tag)
                 if line:
                     say(line)
+        if self.settings.read_only:  # nothing will be created: nothing to write down
+            return
         self.journal = Journal(journal_dir(self.module, token.serial, token.label),
                                self.run_tag, {"module": str(self.module),
                                               "token_label": token.label,
@@ -220,15 +241,15 @@ class MatrixRunner:
 
     # -- tokens and keys ---------------------------------------------------------
     def _emulate_here(self) -> Path:
-        """Load the interposer with the profile in this process; its calls are
-        kept in interposer/calls-provision.jsonl."""
-        assert self.profile is not None
+        """Load the interposer (with the profile, if any) in this process; its
+        calls are kept in interposer/calls-provision.jsonl."""
         directory = self.workdir / "interposer"
         directory.mkdir(parents=True, exist_ok=True)
         self.provision_record = directory / "calls-provision.jsonl"
         self._module_env.update(write_interposer_config(
             self.module, self.provision_record,
-            directory / "interposer-provision.conf", self.profile.interposer_lines()))
+            directory / "interposer-provision.conf",
+            self.profile.interposer_lines() if self.profile else ()))
         return build_interposer()
 
     def _load_token(self, role: str) -> Token:
@@ -236,7 +257,8 @@ class MatrixRunner:
         if label not in self.tokens:
             with _module_environment(self._module_env):
                 token = Token(self.token_module, label, self.pin,
-                              timeout_s=self.settings.timeout_s)
+                              timeout_s=self.settings.timeout_s,
+                              read_only=self.settings.read_only)
             self.tokens[label] = token
             self._stack.callback(token.close)
         return self.tokens[label]
@@ -254,9 +276,45 @@ class MatrixRunner:
     def token_info(self) -> TokenInfo:
         return self.main_token.info()
 
+    def _discover_existing(self) -> dict[str, ExistingKey]:
+        """Read-only mode: the keys to test, found in the logged-in read-only session."""
+        uris = tuple(parse_key_uri(u) for u in self.settings.key_uris)
+        session = self.main_token.session
+        found = self.main_token.call(
+            lambda: discover(session, all_pairs=self.settings.existing, uris=uris),
+            "C_FindObjects")
+        return {k.name: k for k in found}
+
+    def _existing_key(self, spec: KeySpec) -> ProvisionedKey:
+        """A key already on the token: its certificate from the token, or one made
+        in memory (never stored) for a key that has none."""
+        existing = self.existing.get(spec.name)
+        if existing is None:
+            raise HarnessError(f"key {spec.name!r} was not found on the token again")
+        session = self.main_token.session
+        if not self.main_token.call(lambda: has_private_key(session, existing.id_hex),
+                                    "C_FindObjects"):
+            raise ProvisioningRefused(
+                f"no private key with CKA_ID {existing.id_hex} (label {existing.label!r}) is "
+                "visible after the login", "no private key")
+        cert = existing.certificate
+        if cert is None:
+            cert = self.ca.issue_client_cert(existing.public_key, existing.label)
+            subject = None
+        else:
+            subject = cert.subject.rfc4514_string()
+        path = write_pem(cert, self.workdir / f"existing-{existing.name}.pem")
+        return ProvisionedKey(spec, Provisioning.EXISTING, existing.cert_label or existing.label,
+                              existing.id_hex, path, subject=subject)
+
     def key(self, spec: KeySpec, provisioning: Provisioning) -> ProvisionedKey:
         """The provisioned key for (spec, provisioning), made on first use."""
         slot = (spec.name, provisioning)
+        if provisioning is Provisioning.EXISTING and slot not in self.keys:
+            try:
+                self.keys[slot] = self._existing_key(spec)
+            except ProvisioningRefused as refused:
+                self.keys[slot] = refused
         if slot not in self.keys:
             role = "eddsa" if spec.algorithm is Algorithm.EDDSA else "main"
             self._token(role)
@@ -321,8 +379,29 @@ class MatrixRunner:
 
     def judge(self, case: Case, record: HandshakeRecord) -> HandshakeRecord:
         """The record with its verdict: what the data files measured on the
-        versions here expect of the case (problems, unmeasured notes)."""
-        return self.expectations.judge(case, record, self.versions(case.client))
+        versions here expect of the case (problems, unmeasured notes). A key
+        already on the token has the facts of its key type; in a read-only run
+        any write call recorded for the case is a problem."""
+        facts_case = case
+        if case.provisioning is Provisioning.EXISTING:
+            canonical = canonical_spec(case.key)
+            if canonical is not None:
+                facts_case = replace(case, key=canonical)
+        judged = self.expectations.judge(facts_case, record, self.versions(case.client))
+        if self.settings.read_only:
+            for who, writes in (("the client", writes_in(record.calls)),
+                                ("the harness", self.harness_writes())):
+                if writes:
+                    judged.problems.append(f"read-only run, yet {who} called "
+                                           f"{', '.join(writes)}")
+                    judged.verdict = "failed"
+        return judged
+
+    def harness_writes(self) -> list[str]:
+        """Write functions among this process's own recorded calls (read-only proof)."""
+        if self.provision_record is None or not self.provision_record.exists():
+            return []
+        return writes_in(parse_calls(self.provision_record.read_bytes()))
 
     @property
     def checks_mechanisms(self) -> bool:
@@ -413,6 +492,11 @@ class MatrixRunner:
             return (Outcome.ERROR.value if named else Outcome.SKIP.value), reason
         if case.client == SOFTWARE and case.provisioning is not Provisioning.IMPORT:
             return Outcome.SKIP.value, NEEDS_IMPORT
+        existing = self.existing.get(case.key.name)
+        if (existing is not None and existing.cert_der is None
+                and case.client.split("@", 1)[0] not in CERT_FROM_FILE):
+            return Outcome.SKIP.value, NO_CERT_ON_TOKEN.format(label=existing.label,
+                                                               client=case.client)
         missing = self.missing_mechanism(case.key)
         if missing:  # e.g. Ed25519 "where the token supports it"
             return (Outcome.SKIP.value,
@@ -421,8 +505,13 @@ class MatrixRunner:
 
     def _record_refusal(self, record: HandshakeRecord, case: Case,
                         refused: ProvisioningRefused, logs: Path) -> None:
-        """The token would not take the key: the case fails before any handshake."""
+        """The token would not take the key: the case fails before any handshake
+        (a token that cannot import at all: the case is skipped, saying so)."""
         record.outcome, record.error = Outcome.FAIL.value, f"provisioning: {refused.ckr}"
+        if (case.provisioning is Provisioning.IMPORT
+                and refused.ckr == "CKR_FUNCTION_NOT_SUPPORTED"):
+            record.outcome = Outcome.SKIP.value
+            record.error = f"{IMPORT_UNSUPPORTED} (C_CreateObject -> {refused.ckr})"
         chunk = self.provision_chunks.get((case.key.name, case.provisioning))
         if chunk is not None:  # what the (emulated) token was asked, for the report
             logs.mkdir(parents=True, exist_ok=True)
@@ -442,8 +531,14 @@ class MatrixRunner:
     def _server_case(self, case: Case, log_path: Path) -> ServerCase:
         names = (None if case.padding_bytes is None
                  else ca_names_from(padding_file(self.workdir / "padding", case.padding_bytes)))
+        existing = self.existing.get(case.key.name)
+        cert = existing.certificate if existing is not None else None
+        # a certificate already on the token: whatever CA issued it, accepted
+        # (its CertificateVerify still checked) and its issuer named
+        issuers = (cert.issuer,) if cert is not None else None
         return ServerCase(tls=case.tls, client_sigalgs=case.client_sigalgs, ca_names=names,
-                          log_path=log_path, timeout_s=self.settings.timeout_s)
+                          log_path=log_path, timeout_s=self.settings.timeout_s,
+                          client_issuers=issuers)
 
     def _handshake(self, record: HandshakeRecord, case: Case, client: Client,
                    key: ProvisionedKey, logs: Path) -> bool:
@@ -489,7 +584,9 @@ class MatrixRunner:
         record.signature_scheme = seen.signature_scheme
         record.client_subject = seen.client_subject
         record.signed_bytes = seen.signed_bytes
-        right_cert = seen.client_subject is not None and key.label in seen.client_subject
+        right_cert = seen.client_subject is not None and (
+            seen.client_subject == key.subject if key.subject else
+            key.label in seen.client_subject)
         if seen.accepted and right_cert:
             record.outcome = Outcome.OK.value
             return False

@@ -109,6 +109,10 @@ class ServerCase:
     ca_names: tuple[x509.Name, ...] | None = None
     log_path: Path | None = None
     timeout_s: float = 20.0  # longest a connected client may take
+    # A certificate already on a token (read-only mode): accept its chain whatever
+    # CA issued it (the CertificateVerify is still verified against it) and name
+    # these issuers in the CertificateRequest too (Java and NSS choose by them).
+    client_issuers: tuple[x509.Name, ...] | None = None
 
 
 @dataclass
@@ -301,7 +305,7 @@ class HandshakeServer:
                     return None
 
     def _context(self, case: ServerCase) -> SSL.Context:
-        key = (case.tls, case.client_sigalgs, case.ca_names)
+        key = (case.tls, case.client_sigalgs, case.ca_names, case.client_issuers)
         if key not in self._contexts:
             self._contexts[key] = self._new_context(case)
         return self._contexts[key]
@@ -317,10 +321,16 @@ class HandshakeServer:
         assert store is not None
         for ca in self._trusted:
             store.add_cert(crypto.X509.from_cryptography(ca))
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+        mode = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        if case.client_issuers is not None:
+            ctx.set_verify(mode, accept_any_chain)
+        else:
+            ctx.set_verify(mode)
         ctx.set_options(SSL.OP_NO_TICKET)  # nothing to resume: no ticket after the handshake
-        set_ca_names(ctx, [c.subject for c in self._trusted] if case.ca_names is None
-                     else list(case.ca_names))
+        names = ([c.subject for c in self._trusted] if case.ca_names is None
+                 else list(case.ca_names))
+        names += [n for n in case.client_issuers or () if n not in names]
+        set_ca_names(ctx, names)
         if case.ca_names is not None:  # the sweep: only the padding grows the transcript
             ctx.set_mode(_SSL_MODE_NO_AUTO_CHAIN)
         if case.client_sigalgs:
@@ -433,6 +443,13 @@ class HandshakeServer:
                     return
         except (SSL.Error, OSError):
             pass  # the client has gone already
+
+
+def accept_any_chain(conn: Any, cert: Any, errnum: int, depth: int, ok: int) -> bool:
+    """Verify callback of the read-only mode: the token's certificate chains to a
+    CA the harness does not have; the chain is accepted, while OpenSSL still
+    checks the client's CertificateVerify signature with its public key."""
+    return True
 
 
 def own_scheme(key: Any) -> str:

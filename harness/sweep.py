@@ -4,6 +4,10 @@ accepted and the first size it refused.
 
 Used by `p11tls sweep` and by the tests; it drives the same MatrixRunner as
 the matrix, so every step is a real handshake with its calls recorded.
+
+A token that stops answering ends the sweep at that step (one timeout, not
+one per remaining step: a card that hung answers no later step either), and
+the sweep reports what it found up to there.
 """
 
 from __future__ import annotations
@@ -34,15 +38,33 @@ class SweepResult:
     steps: list[dict[str, object]] = field(default_factory=list)
     largest_ok_input: int | None = None
     first_failure: dict[str, object] | None = None
+    stopped: str | None = None  # why the sweep ended early: the token stopped answering
 
     def summary(self) -> str:
         ok = (f"largest accepted input {self.largest_ok_input} B"
               if self.largest_ok_input is not None else "no signature accepted")
+        if self.stopped is not None:
+            refused = ("" if self.first_failure is None else
+                       f"; smallest refused input so far {self.first_failure['input_bytes']} B")
+            return f"{self.client} {self.key}: {ok}{refused}; stopped: {self.stopped}"
         if self.first_failure is None:
             return f"{self.client} {self.key}: {ok}; no limit found"
         f = self.first_failure
         return (f"{self.client} {self.key}: {ok}; smallest refused input {f['input_bytes']} B "
                 f"({f['mechanism']}, +{f['padding_bytes']} B of CA names) -> {f['error']}")
+
+
+UNRESPONSIVE = ("client timed out after", "did not answer", "token stopped answering",
+                "still busy with an abandoned")
+
+
+def unresponsive(record: HandshakeRecord) -> bool:
+    """The step got no answer in time (from the token or the client on it)."""
+    return any(mark in (record.error or "") for mark in UNRESPONSIVE)
+
+
+class _Stopped(Exception):
+    pass
 
 
 def sweep(run: Callable[[Case], HandshakeRecord], client: str, key: str,
@@ -58,6 +80,12 @@ def sweep(run: Callable[[Case], HandshakeRecord], client: str, key: str,
         case = Case(client, key_spec(key), Provisioning.GENERATE, TLSVersion.TLS12,
                     padding_bytes=padding)
         record = run(case)
+        if unresponsive(record):
+            result.stopped = (f"no answer at +{padding} B of CA names ({record.error}); "
+                              "the token stopped answering, later steps were not run")
+            if progress:
+                progress(f"  +{padding:>5} B of CA names: {record.outcome:4} {record.error}")
+            raise _Stopped
         if record.outcome == "skip":
             raise ConfigError(f"{client} cannot run here: {record.error}")
         sign = record.sign or {}
@@ -81,22 +109,29 @@ def sweep(run: Callable[[Case], HandshakeRecord], client: str, key: str,
             result.first_failure = entry  # the smallest input refused so far
         return False
 
+    try:
+        _steps(step, steps_kib, bisect, resolution)
+    except _Stopped:
+        pass
+    return result
+
+
+def _steps(step: Callable[[int], bool], steps_kib: Sequence[int], bisect: bool,
+           resolution: int) -> None:
     last_ok: int | None = None
+    failing: int | None = None
     for kib in steps_kib:
         if not step(kib * 1024):
+            failing = kib * 1024
             break
         last_ok = kib * 1024
-    else:
-        return result
-    failing = result.first_failure["padding_bytes"] if result.first_failure else None
-    if bisect and last_ok is not None and isinstance(failing, int):
+    if bisect and last_ok is not None and failing is not None:
         while failing - last_ok > resolution:
             middle = (last_ok + failing) // 2
             if step(middle):
                 last_ok = middle
             else:
                 failing = middle
-    return result
 
 
 def sweep_main(argv: Sequence[str]) -> int:
@@ -130,10 +165,12 @@ def sweep_main(argv: Sequence[str]) -> int:
         print(f"p11tls sweep: {exc}", file=sys.stderr)
         return 2
     say = None if args.json else print
-    results = []
+    results: list[SweepResult] = []
     try:
         for client in args.clients.split(","):
             for key in args.keys.split(","):
+                if results and results[-1].stopped:
+                    break  # the token stopped answering: no later sweep gets an answer
                 if say:
                     say(f"{client} {key}, TLS 1.2:")
                 results.append(sweep(runner.run, client.strip(), key.strip(), steps, say,
@@ -148,4 +185,4 @@ def sweep_main(argv: Sequence[str]) -> int:
     else:
         for r in results:
             print(r.summary())
-    return 0
+    return 1 if any(r.stopped for r in results) else 0

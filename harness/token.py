@@ -88,15 +88,16 @@ class TokenInfo:
     label: str
     model: str
     manufacturer: str
-    firmware: str
+    firmware: str  # the token's (CK_TOKEN_INFO), what the device runs
     mechanisms: tuple[str, ...]
     serial: str = ""
+    slot_firmware: str = ""  # the slot's (CK_SLOT_INFO): the reader's, e.g. 0.0 via OpenSC
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "path": self.module, "library": self.library, "token_label": self.label,
             "model": self.model, "manufacturer": self.manufacturer, "firmware": self.firmware,
-            "serial": self.serial,
+            "slot_firmware": self.slot_firmware, "serial": self.serial,
         }
 
 
@@ -147,8 +148,9 @@ class Token:
     """A token found by label in a loaded module, with one logged-in session."""
 
     def __init__(self, module: Path, label: str, pin: str,
-                 timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_CALL_TIMEOUT_S, read_only: bool = False) -> None:
         self.module_path = module
+        self.read_only = read_only  # --p11-existing / --p11-key: a read-only session
         self.timeout_s = timeout_s
         self.worker = TokenWorker(label)
         self.lib = load_module(module)
@@ -182,7 +184,10 @@ class Token:
             label=self.label,
             model=_text(self.token.model),
             manufacturer=_text(self.token.manufacturer_id),
-            firmware=_version(getattr(slot, "firmware_version", "")),
+            # not the slot's: through OpenSC that is the reader (0.0 for a
+            # Pico HSM whose token says 6.6)
+            firmware=_version(getattr(self.token, "firmware_version", "")),
+            slot_firmware=_version(getattr(slot, "firmware_version", "")),
             mechanisms=tuple(sorted(str(m.name) for m in slot.get_mechanisms())),
             serial=self.serial,
         )
@@ -197,7 +202,8 @@ class Token:
 
     @property
     def session(self) -> Any:
-        """The read-write, logged-in session (opened on first use)."""
+        """The logged-in session (opened on first use): read-write, or
+        read-only for a read-only run."""
         global _refused_login
         if self._session is None:
             if _refused_login is not None:
@@ -211,7 +217,8 @@ class Token:
                 raise TokenError(refusal)
             try:
                 self._session = self.call(
-                    lambda: self.token.open(rw=True, user_pin=self._pin), "C_Login")
+                    lambda: self.token.open(rw=not self.read_only, user_pin=self._pin),
+                    "C_Login")
             except (p11exc.PinIncorrect, p11exc.PinLenRange, p11exc.PinInvalid) as exc:
                 _refused_login = (
                     f"token {self.label!r} refused the PIN ({type(exc).__name__}); it was "
@@ -244,7 +251,7 @@ class Token:
 
 def check_login(module: Path, label: str, pin: str,
                 env: dict[str, str] | None = None, *, scan_module: Path | None = None,
-                own: str = "") -> dict[str, Any]:
+                own: str = "", read_only: bool = False) -> dict[str, Any]:
     """Log in once in a child process (this one must not load a module it will
     load again later) and return the token's description (with `pin_warning`);
     raise the same one-line error as Token does. `env` is added to the child's
@@ -252,7 +259,8 @@ def check_login(module: Path, label: str, pin: str,
     module, which keys the journals) the description has `leftovers`: the one
     line about objects earlier runs left, or None."""
     scan = [str(scan_module), own] if scan_module is not None else []
-    return _child(["login", str(module), label, *scan], pin, env)
+    verb = "login-ro" if read_only else "login"  # a read-only run: a read-only session
+    return _child([verb, str(module), label, *scan], pin, env)
 
 
 def describe_token(module: Path, label: str) -> dict[str, Any]:
@@ -276,9 +284,10 @@ def _child_main() -> int:
     log in once (login) or not at all (info), print the token's description
     as JSON."""
     try:
-        token = Token(Path(sys.argv[2]), sys.argv[3], sys.stdin.read())
+        token = Token(Path(sys.argv[2]), sys.argv[3], sys.stdin.read(),
+                      read_only=sys.argv[1] == "login-ro")
         extra: dict[str, Any] = {}
-        if sys.argv[1] == "login":
+        if sys.argv[1] in ("login", "login-ro"):
             _ = token.session
             if len(sys.argv) > 5:
                 from harness.cleanup import leftovers_on

@@ -2,14 +2,16 @@
 # Runs a command of the project (default: ./run test) on the *other* Debian
 # release, in a minimal chroot, as a new user of that release would:
 #
-#   scripts/other-release.sh [--suite bookworm|trixie] [COMMAND ...]
+#   scripts/other-release.sh [--suite bookworm|trixie] [--worktree] [COMMAND ...]
 #
 # Debian 12 (bookworm) and 13 (trixie) ship different OpenSSL, GnuTLS, libp11,
 # p11-kit, JDK and Python; the harness must be right on both. The chroot is a
 # debootstrap "minbase" (no python3, gcc or git: ./run must install what it
 # needs), built once under $P11TLS_CHROOT_DIR (default /var/tmp/p11tls-SUITE)
 # and reused. The project's committed HEAD is cloned into it anew each time,
-# as CI clones main. Needs root; apt and pip inside use this machine's mirror,
+# as CI clones main; with --worktree the working tree's files (tracked and
+# untracked, not ignored) are copied instead, for trying a change before
+# committing it. Needs root; apt and pip inside use this machine's mirror,
 # proxy and CA settings. Exit status: the command's.
 set -euo pipefail
 
@@ -21,9 +23,14 @@ case "$this_suite" in
   trixie) suite=bookworm ;;
   *) suite="" ;;
 esac
-if [ "${1:-}" = --suite ]; then
-  suite=${2:-}; shift 2 || die "--suite needs a release name"
-fi
+worktree=no
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --suite) suite=${2:-}; shift 2 || die "--suite needs a release name" ;;
+    --worktree) worktree=yes; shift ;;
+    *) break ;;
+  esac
+done
 [ -n "$suite" ] || die "this machine is '$this_suite'; name the release with --suite"
 [ $# -gt 0 ] || set -- ./run test
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot, bind mounts)"
@@ -84,9 +91,17 @@ for fs in proc sys dev dev/pts dev/shm; do
 done
 
 rm -rf --one-file-system "$root/root/project"
-git clone -q "$project" "$root/root/project"
-echo "other-release: Debian $suite $(cat "$root/etc/debian_version"), project at" \
-     "$(git -C "$project" rev-parse --short HEAD): $*"
+if [ "$worktree" = yes ]; then
+  mkdir -p "$root/root/project"
+  # deleted-but-tracked files are listed too: skip what is not there
+  (cd "$project" && git ls-files -z -co --exclude-standard \
+     | tar --null --ignore-failed-read -cf - -T - 2>/dev/null) | tar -xf - -C "$root/root/project"
+  from="the working tree of $(git -C "$project" rev-parse --short HEAD)"
+else
+  git clone -q "$project" "$root/root/project"
+  from=$(git -C "$project" rev-parse --short HEAD)
+fi
+echo "other-release: Debian $suite $(cat "$root/etc/debian_version"), project at $from: $*"
 
 env_inside=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
             LANG=C.UTF-8 "CI=${CI:-}")

@@ -65,7 +65,8 @@ for pkg in "${optional[@]}"; do
       fi
       as_root apt-get update -qq; updated=yes
     fi
-    if apt-cache show "$pkg" 2>/dev/null | grep -q '^Package:'; then  # not a virtual one
+    # grep reads it all: with pipefail, grep -q's early exit fails apt-cache (SIGPIPE)
+    if apt-cache show "$pkg" 2>/dev/null | grep '^Package:' >/dev/null; then  # not virtual
       missing+=("$pkg")
     fi
   fi

@@ -349,3 +349,23 @@ def test_facts_of_a_measured_run_are_none_and_failures_need_a_reason():
     (entry, *_) = files["known_failures.toml"]
     assert entry["outcome"] == "fail" and entry["reason"].startswith("TODO")
     assert entry["error"] == "CKR_GENERAL_ERROR" and entry["rv"] == "CKR_GENERAL_ERROR"
+
+
+def test_profile_unmeasured_here_does_not_fall_back_to_the_default_stack(tmp_path):
+    """A profile changes what the token offers: where its table was measured on
+    other versions, the default stack's signing calls must not judge the case."""
+    table = tmp_path / "no-pss.toml"
+    table.write_text('[versions]\ngnutls = "3.7.9"\n'
+                     '[[expect]]\nclients = ["gnutls"]\nkeys = ["rsa2048"]\ntls = ["1.2"]\n'
+                     'mechanism = "CKM_RSA_PKCS"\ninput_bytes = 51\n')
+    expectations = CaseExpectations(check_mechanisms=True)
+    expectations.outcomes = load_table(table)
+    c = case("gnutls", "rsa2048")
+    pkcs1 = {"mechanism": "CKM_RSA_PKCS", "params": None, "parts": 0, "input_bytes": 51,
+             "rv": "CKR_OK"}
+    there = expectations.verdict(c, record(c, sign=pkcs1), seen("gnutls", DEBIAN13))
+    assert there.problems == [] and there.unmeasured and there.word == "passed"
+    # control: where the profile's table holds, its own entry judges the call
+    wrong = {**pkcs1, "input_bytes": 32}
+    here = expectations.verdict(c, record(c, sign=wrong), seen("gnutls"))
+    assert here.problems == ["input_bytes: expected 51, token saw 32"]

@@ -309,6 +309,116 @@ def emulated_logs(runner: ToolRunner, import_key: tuple[Path, bytes]) -> dict[st
     return logs
 
 
+# tpm2-pkcs11 on a throw-away swtpm (harness/tpm2.py): pkcs11-tool through the
+# interposer (records) with TPM2_PKCS11_LOG_LEVEL=2 (the module's log on stderr),
+# and once through pkcs11-spy. The TPM counts wrong PINs: "lockout" runs last.
+TPM2_SCENARIOS = {
+    "import": [["--write-object", "{der}", "--type", "privkey", "--id", "09"]],
+    "p521": [["--keypairgen", "--key-type", "EC:secp521r1", "--id", "05", "--label", "p521"],
+             ["--read-object", "--type", "pubkey", "--id", "05", "-o", os.devnull]],
+    "p256": [["--keypairgen", "--key-type", "EC:prime256v1", "--id", "06", "--label", "p256"],
+             ["--read-object", "--type", "pubkey", "--id", "06", "-o", os.devnull]],
+    "rsa": [["--keypairgen", "--key-type", "rsa:2048", "--id", "02", "--label", "rsa"]],
+    "pss_ok": [["--sign", "--id", "02", "-m", "RSA-PKCS-PSS", "--hash-algorithm", "SHA256",
+                "--mgf", "MGF1-SHA256", "--salt-len", "32", "-i", "{d32}", "-o", os.devnull]],
+    "lockout": [["-O"]] * 5,  # with wrong PINs
+}
+
+
+@pytest.fixture(scope="module")
+def tpm2_logs(tmp_path_factory: pytest.TempPathFactory,
+              import_key: tuple[Path, bytes]) -> dict[str, Path]:
+    """name -> log; "NAME" is the module's stderr, "NAME.jsonl" the interposer's records,
+    "pss_ok.spy" pkcs11-spy's log, "engine" the stderr of `openssl pkeyutl -engine pkcs11`."""
+    from harness import tpm2
+    from harness.interposer import build_interposer, write_interposer_config
+
+    missing = tpm2.unavailable_reason()
+    if missing:
+        pytest.skip(missing)
+    directory = tmp_path_factory.mktemp("explain-tpm2")
+    (directory / "d32").write_bytes(bytes(range(32)))
+    interposer = build_interposer()
+    tool = shutil.which("pkcs11-tool")
+    assert tool is not None
+    logs: dict[str, Path] = {}
+    with tpm2.tpm2_module(directory) as setup:
+        tpm = setup.device
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **setup.env,
+                "TPM2_PKCS11_LOG_LEVEL": "2"}
+
+        def run(name: str, module: Path, argv: list[str], env: dict[str, str], pin: str) -> None:
+            args = [a.format(der=import_key[0], d32=directory / "d32") for a in argv]
+            proc = subprocess.run(
+                [tool, "--module", str(module), "--token-label", setup.token_label,
+                 "--login", "--pin", "env:P11PIN", *args], env={**env, "P11PIN": pin},
+                capture_output=True, text=True, timeout=60, check=False)
+            with (directory / name).open("a") as out:
+                out.write(proc.stderr)
+            tpm.flush()
+
+        for name, runs in TPM2_SCENARIOS.items():
+            env = {**base, **write_interposer_config(
+                setup.module, directory / f"{name}.jsonl", directory / f"{name}.conf")}
+            for n, argv in enumerate(runs):
+                pin = setup.pin if name != "lockout" else f"{n}{n}{n}{n}"
+                run(name, interposer, argv, env, pin)
+            logs[name], logs[f"{name}.jsonl"] = directory / name, directory / f"{name}.jsonl"
+            if name == "pss_ok":
+                spy = _first(PKCS11_SPY, "OpenSC's pkcs11-spy.so (package opensc)")
+                spy_env = {**base, "PKCS11SPY": str(setup.module),
+                           "PKCS11SPY_OUTPUT": str(directory / "pss_ok.spy")}
+                run("pss_ok.spy-stderr", spy, runs[0], spy_env, setup.pin)
+                logs["pss_ok.spy"] = directory / "pss_ok.spy"
+            if name == "p256" and shutil.which("openssl"):
+                engine = subprocess.run(
+                    ["openssl", "pkeyutl", "-engine", "pkcs11", "-keyform", "engine", "-inkey",
+                     f"pkcs11:token={setup.token_label};id=%06;type=private", "-passin",
+                     "env:P11PIN", "-sign", "-in", str(directory / "d32"), "-out", os.devnull],
+                    env={**base, "P11PIN": setup.pin, "PKCS11_MODULE_PATH": str(setup.module)},
+                    capture_output=True, text=True, timeout=60, check=False)
+                (directory / "engine").write_text(engine.stderr)
+                logs["engine"] = directory / "engine"
+                tpm.flush()
+        tpm.clear_lockout()
+    return logs
+
+
+def test_tpm2_log_parser_reads_calls_return_codes_and_module_errors(tpm2_logs):
+    parsed = parse_file(tpm2_logs["import"])
+    assert parsed.format is LogFormat.TPM2_PKCS11
+    (create,) = [c for c in parsed.calls if c.fn == "C_CreateObject"]
+    assert (create.rv, create.object_class, create.key_type) == (
+        "CKR_ATTRIBUTE_VALUE_INVALID", "CKO_PRIVATE_KEY", "CKK_EC")
+    assert "Can only create" in create.detail
+    logins = [c for c in parse_file(tpm2_logs["lockout"]).calls if c.fn == "C_Login"]
+    assert [c.rv for c in logins] == ["CKR_PIN_INCORRECT"] * 3 + ["CKR_PIN_LOCKED"] * 2
+    assert "DA lockout" in logins[3].detail
+    # control: the successful PSS signature has no failure and no finding
+    ok = explain_file(tpm2_logs["pss_ok"])
+    assert ok.first_failure is None and ok.findings == ()
+    assert any(c.fn == "C_SignInit" and c.mechanism == "CKM_RSA_PKCS_PSS" for c in ok.calls)
+
+
+def test_tpm2_level_0_log_still_names_the_call(tpm2_logs, tmp_path):
+    """TPM2_PKCS11_LOG_LEVEL=0 writes only ERROR lines: the call is inferred from the
+    message, its return code from pkcs11-tool's own line."""
+    lines = tpm2_logs["import"].read_text().splitlines()
+    quiet = tmp_path / "level0.log"
+    quiet.write_text("\n".join(line for line in lines if not line.startswith("INFO")) + "\n")
+    explanation = explain_file(quiet)
+    first = explanation.calls[explanation.first_failure]
+    assert (first.fn, first.rv, first.inferred) == (
+        "C_CreateObject", "CKR_ATTRIBUTE_VALUE_INVALID", True)
+    assert explanation.findings[0].rule == "tpm2-import"
+
+
+def _pasted(tpm2_logs: dict[str, Path], tmp_path: Path, log: str, extra: str) -> Path:
+    path = tmp_path / f"{log}-pasted.log"
+    path.write_text(tpm2_logs[log].read_text() + "\n" + (DATA / extra).read_text())
+    return path
+
+
 # --- parsers: seed excerpts -----------------------------------------------------------
 
 
@@ -650,6 +760,15 @@ RULE_CASES = [
     ("pin-flags", "emulated:pin_flags", "records:token_flags_clean"),
     ("failed-call", "emulated:sign_fails", "spy:ecdsa_ok"),
     ("sunpkcs11-disabled", "data:sunpkcs11-showinfo-spy.log", "spy:ecdsa_ok"),
+    ("tpm2-import", "tpm2:import", "spy:import_nologin"),
+    ("tpm2-import", "tpm2:import", "data:seed000-spy.log"),
+    ("tpm2-lockout", "tpm2:lockout", "spy:wrong_pin"),
+    ("tpm2-lockout", "data:heldout/tpm2-stderr-lockout.log", "tpm2:pss_ok"),
+    ("tpm2-engine-session", "tpm2:engine", "tpm2:lockout"),
+    ("malformed-ec-point", "tpm2:p521.jsonl", "tpm2:p256.jsonl"),
+    ("malformed-ec-point", "tpm2:p521", "tpm2:p256"),
+    ("pss-salt-server", "tpm2+server:pss_ok.spy", "tpm2:pss_ok.spy"),
+    ("pss-salt-server", "tpm2+server:pss_ok.jsonl", "spy+server:ecdsa_ok"),
 ]
 
 
@@ -663,6 +782,12 @@ def _source(spec: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path:
         return request.getfixturevalue("opensc_debug_log")
     if kind == "emulated":
         return request.getfixturevalue("emulated_logs")[name]
+    if kind == "tpm2+server":  # a real client log with the (hand-written) server's error
+        return _pasted(request.getfixturevalue("tpm2_logs"), tmp_path, name,
+                       "openssl-server-pss-salt.txt")
+    if kind == "spy+server":
+        return _pasted(request.getfixturevalue("spy_logs"), tmp_path, name,
+                       "openssl-server-pss-salt.txt")
     return request.getfixturevalue(f"{kind}_logs")[name]
 
 
@@ -683,7 +808,7 @@ def test_rule(rule, source, expected, request, tmp_path):
 
 def test_every_rule_has_positive_and_negative_cases():
     assert {case[0] for case in RULE_CASES} == set(RULE_NAMES)
-    assert len(RULE_NAMES) == 18
+    assert len(RULE_NAMES) == 23
 
 
 def test_pin_retry_after_incorrect_is_reported_once(spy_logs):
@@ -974,3 +1099,72 @@ def test_cut_real_records_report_the_torn_line(record_log, tmp_path):
     explanation = explain_file(cut)
     assert explanation.problems and "torn" in explanation.problems[0]
     assert explain_file(record_log).problems == ()  # control: the whole file is clean
+
+
+# --- held-out field logs: configurations no other test uses -------------------------------
+
+HELDOUT = DATA / "heldout"
+
+
+@pytest.mark.parametrize("log", sorted(p.name for p in HELDOUT.iterdir()
+                                       if p.suffix in (".log", ".jsonl")))
+def test_heldout_log(log):
+    """Format, first failing call (function, return code, mechanism, size), a finding
+    for every failing call and the expected rules; expectations written from the
+    scenario that made the log (tests/data/explain/heldout/README.md)."""
+    import tomllib
+
+    from harness.explain import parse_file as parse
+    from harness.explain.rules import failed
+
+    expect = tomllib.loads((HELDOUT / log).with_suffix(".expect.toml").read_text())
+    explanation = explain_file(HELDOUT / log)
+    assert explanation.format.value == expect["format"]
+    wanted = expect.get("first_failure")
+    if wanted is None:
+        assert explanation.first_failure is None
+    else:
+        call = explanation.calls[explanation.first_failure]
+        assert (call.fn, call.rv) == (wanted["fn"], wanted["rv"])
+        assert call.mechanism == wanted.get("mechanism", call.mechanism)
+        if "size" in wanted:
+            assert (call.operation_bytes or call.input_bytes) == wanted["size"]
+            assert any(f"{wanted['size']} bytes" in f.summary for f in explanation.findings
+                       if f.call == explanation.first_failure)
+    found = {f.rule for f in explanation.findings}
+    assert set(expect["rules"]) <= found, found
+    parsed = parse(HELDOUT / log)
+    failing = sum(1 for c in parsed.calls if failed(c))
+    assert len({f.call for f in explanation.findings if not f.harmless}
+               | {f.call for f in explanation.findings if f.harmless}) >= failing
+    if "problem" in expect:
+        assert any(expect["problem"] in p for p in explanation.problems), explanation.problems
+    else:
+        assert explanation.problems == ()
+
+
+def test_heldout_set_covers_every_new_configuration():
+    formats = {tomllib_load(p)["format"] for p in HELDOUT.glob("*.expect.toml")}
+    assert {"pkcs11-spy", "p11-kit", "harness", "nss-debug", "tpm2-pkcs11"} <= formats
+    logs = {p.stem for p in HELDOUT.iterdir() if p.suffix in (".log", ".jsonl")}
+    assert logs == {p.name.removesuffix(".expect.toml") for p in HELDOUT.glob("*.expect.toml")}
+
+
+def tomllib_load(path: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads(path.read_text())
+
+
+def test_nss_debug_log_parser():
+    parsed = parse_file(HELDOUT / "nss-debug-p384-device-error.log")
+    assert parsed.format is LogFormat.NSS_DEBUG
+    assert detect_format(read_log(HELDOUT / "nss-debug-p384-device-error.log")) is (
+        LogFormat.NSS_DEBUG)
+    (login,) = [c for c in parsed.calls if c.fn == "C_Login"]
+    assert (login.user_type, login.rv) == ("CKU_USER", "CKR_OK") and login.pin_len
+    (sign,) = [c for c in parsed.calls if c.fn == "C_Sign"]
+    assert (sign.mechanism, sign.input_bytes, sign.curve, sign.rv) == (
+        "CKM_ECDSA", 48, "P-384", "CKR_DEVICE_ERROR")
+    # control: a log of another format is not read as NSS's
+    assert detect_format(read_log(DATA / "seed000-spy.log")) is LogFormat.PKCS11_SPY

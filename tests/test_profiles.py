@@ -81,7 +81,7 @@ def test_shipped_profiles_do_what_issue_5_says() -> None:
                                             "CKM_ECDSA_SHA256", "CKM_ECDSA_SHA384",
                                             "CKM_ECDSA_SHA512")
     assert (pico.sign.max_input_bytes, pico.sign.limit_mechanisms, pico.sign.over_limit_rv) == (
-        2048, ("CKM_ECDSA_SHA1", "CKM_ECDSA_SHA224", "CKM_ECDSA_SHA256"), "CKR_GENERAL_ERROR")
+        2029, ("CKM_ECDSA_SHA1", "CKM_ECDSA_SHA224", "CKM_ECDSA_SHA256"), "CKR_GENERAL_ERROR")
     assert "#123" in pico.source and "6039" in pico.source
 
     nitrokey = load_profile("nitrokey-start-opensc")
@@ -291,8 +291,8 @@ def test_profiles_shows_one_and_checks_a_users_file(
     assert profiles_main(["picohsm-opensc"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("picohsm-opensc: an emulation, not the device\n")
-    assert "fails a signing operation past 2048 input bytes with CKR_GENERAL_ERROR" in out
-    assert "    sign_max_input 2048\n" in out
+    assert "fails a signing operation past 2029 input bytes with CKR_GENERAL_ERROR" in out
+    assert "    sign_max_input 2029\n" in out
     bad = write(tmp_path, "[pin]\nmax_tries = 'three'\n")
     assert profiles_main([str(bad)]) == 2
     err = capsys.readouterr().err

@@ -1,11 +1,12 @@
 """The transcript-size sweep and the padding behind it: no limit on plain
-SoftHSM2, the 2048-byte limit under the picohsm-opensc emulation."""
+SoftHSM2, the firmware's 2029-byte limit under the picohsm-opensc emulation."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from cryptography import x509
@@ -60,8 +61,11 @@ def test_sweep_finds_the_picohsm_limit_and_none_without_combined_mechanisms(tmp_
                   f"--p11-reports={tmp_path / 'reports'}")
     assert proc.returncode == 0, proc.stderr
     java, nocombined = json.loads(proc.stdout)
-    assert java["largest_ok_input"] <= 2048 < java["first_failure"]["input_bytes"]
-    assert java["first_failure"]["input_bytes"] - java["largest_ok_input"] <= 32
+    # the firmware's 2029 bytes of APDU data; a Pico HSM 6.6 gave 2029 / 2032 B.
+    # Here the padding is narrowed to 4 bytes and the transcript varies by a few
+    # bytes (ECDSA signature lengths), so the pair lands within a few bytes of it
+    assert 2020 <= java["largest_ok_input"] <= 2029 < java["first_failure"]["input_bytes"]
+    assert java["first_failure"]["input_bytes"] <= 2036
     assert java["first_failure"]["mechanism"] == "CKM_ECDSA_SHA256"
     assert "CKR_GENERAL_ERROR" in java["first_failure"]["error"]
     assert nocombined["first_failure"] is None  # the workaround: CKM_ECDSA over a digest
@@ -76,3 +80,36 @@ def test_sweep_command_refuses_bad_input_in_one_line(args, message):
     proc = p11tls("sweep", *args)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _timed_sweep(*args: str) -> tuple[int, list[tuple[float, str]]]:
+    """`p11tls sweep ARGS` with each output line's arrival time."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "harness.cli", "sweep", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = [(time.monotonic(), line.rstrip("\n")) for line in proc.stdout]
+    proc.wait(timeout=300)
+    return proc.returncode, lines
+
+
+def test_sweep_on_a_token_that_stops_answering_ends_with_its_summary(tmp_path):
+    """A card that hangs (every signature waits 600 s) is found at the first
+    step: the sweep prints its summary within 2 x the timeout of starting,
+    instead of waiting out every later step; on an answering token the same
+    sweep runs every step."""
+    timeout = 4.0
+    hung = tmp_path / "hung.toml"
+    hung.write_text('name = "hung-card"\nemulates = "a card that stopped answering"\n'
+                    "[faults]\nlatency_ms = { C_Sign = 600000, C_SignFinal = 600000 }\n")
+    common = ("--clients", "openssl-engine", "--keys", "p256", "--steps", "0,1,2,4",
+              "--coarse", f"--p11-timeout={timeout:g}", f"--p11-reports={tmp_path / 'r'}")
+    status, lines = _timed_sweep("--p11-profile", str(hung), *common)
+    text = [line for _, line in lines]
+    assert status == 1, text
+    assert text[0] == "openssl-engine p256, TLS 1.2:" and len(text) == 3, text
+    assert "client timed out" in text[1]
+    assert "stopped:" in text[2] and "stopped answering" in text[2]
+    assert lines[-1][0] - lines[0][0] < 2 * timeout
+    status, lines = _timed_sweep(*common)  # negative control: every step, no stop
+    text = [line for _, line in lines]
+    assert status == 0 and len(text) == 6 and "no limit found" in text[-1], text

@@ -6,9 +6,17 @@ key by RFC 7512 URI, certificate from the PEM file: curl loads certificates
 from providers only as files); else the libp11 engine (`--engine pkcs11`, key
 and certificate by URI from the token, PKCS11_MODULE_PATH naming the module).
 
+curl loads the provider into a library context of its own, which (curl 8.14)
+reads no OpenSSL configuration file: an OPENSSL_CONF section never reaches the
+provider, which then falls back to p11-kit's proxy (bypassing the module under
+test) and prompts for the PIN on a terminal it has not. So the module comes
+from the provider's PKCS11_PROVIDER_MODULE variable and the PIN from a file
+named by the URI's RFC 7512 `pin-source` attribute.
+
 The PIN never reaches argv: curl reads it as `pass` from a config file (`-K`),
-which it hands to the engine's PIN prompt; the provider reads it from its own
-PIN file. Both files are 0600 in a private directory removed after the run.
+which it hands to the engine's PIN prompt; the provider reads it from the file
+`pin-source` names. Both files are 0600 in a private directory removed after
+the run.
 
 The harness's server closes the connection after the handshake without
 HTTP, so curl reports an error after a handshake that worked; the server's
@@ -22,11 +30,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
-from harness.clients.openssl_provider import CONFIG as PROVIDER_CONFIG
 from harness.clients.openssl_provider import find_provider
 from harness.process import base_env, run_logged
 from harness.system import LIBP11_ENGINE, find_library
@@ -110,11 +118,8 @@ class CurlClient(Client):
                 pin_file = Path(private) / "pin"
                 pin_file.touch(mode=0o600)
                 pin_file.write_text(job.pin)
-                conf = Path(private) / "openssl.cnf"
-                conf.write_text(PROVIDER_CONFIG.format(provider=find_provider(),
-                                                       module=job.module, pin_file=pin_file))
-                env["OPENSSL_CONF"] = str(conf)
-                argv += ["--key-type", "PROV", "--key", job.key_uri,
+                env["PKCS11_PROVIDER_MODULE"] = str(job.module)
+                argv += ["--key-type", "PROV", "--key", with_pin_source(job.key_uri, pin_file),
                          "--cert", str(job.cert_pem)]
             else:
                 config = Path(private) / "curlrc"
@@ -151,3 +156,9 @@ def curl_error(log_path: Path, fallback: str | None) -> str | None:
 
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def with_pin_source(uri: str, pin_file: Path) -> str:
+    """The key URI with RFC 7512's `pin-source` naming the PIN file (the path, never the PIN)."""
+    source = "pin-source=file:" + urllib.parse.quote(str(pin_file), safe="/")
+    return f"{uri}&{source}" if "?" in uri else f"{uri}?{source}"

@@ -1,8 +1,9 @@
 """`p11tls explain`: parse PKCS#11 call logs into one call model and diagnose them.
 
 Formats: this harness's interposer records (JSON lines), OpenSC pkcs11-spy,
-p11-kit log-calls, Pkcs11Interop pkcs11-logger and OpenSC debug logs
-(including APDU sizes and reader errors). One module per format; `detect`
+p11-kit log-calls, Pkcs11Interop pkcs11-logger, OpenSC debug logs
+(including APDU sizes and reader errors), tpm2-pkcs11's own log and NSS's
+module debug log (NSS_DEBUG_PKCS11_MODULE). One module per format; `detect`
 picks the format, `rules` holds the diagnosis rules; harness.masking keeps
 PINs and key values out of anything echoed.
 """

@@ -17,12 +17,14 @@ from harness import masking
 from harness.explain import (
     detect,
     java_log,
+    nss_log,
     opensc,
     p11kit,
     pkcs11_logger,
     records,
     rules,
     spy,
+    tpm2_log,
 )
 from harness.explain.model import Call, Finding, LogFormat, ParsedLog, operation_of
 
@@ -32,6 +34,8 @@ PARSERS = {
     LogFormat.P11_KIT: p11kit.parse,
     LogFormat.PKCS11_LOGGER: pkcs11_logger.parse,
     LogFormat.OPENSC_DEBUG: opensc.parse,
+    LogFormat.TPM2_PKCS11: tpm2_log.parse,
+    LogFormat.NSS_DEBUG: nss_log.parse,
 }
 MATTER = {"C_CreateObject", "C_Login", "C_GenerateKeyPair", "C_GenerateKey"}
 EXCERPT_LINES = 24
@@ -114,7 +118,7 @@ def _with_pin_flags(call: Call, lines: Sequence[str]) -> Call:
 def explain(parsed: ParsedLog) -> Explanation:
     """Diagnose a parsed log."""
     calls = [_with_pin_flags(call, parsed.lines) for call in parsed.calls]
-    findings = rules.diagnose(calls)
+    findings = rules.diagnose(calls, parsed.lines)
     first = rules.first_failure(calls)
     disabled = java_log.disabled_mechanisms(parsed.lines)
     if disabled and calls:
@@ -142,8 +146,24 @@ def explain(parsed: ParsedLog) -> Explanation:
         ),
         total_calls=len(calls),
         failure_excerpt=excerpt,
-        problems=parsed.problems,
+        problems=parsed.problems + _cut_inside(calls),
     )
+
+
+def _cut_inside(calls: Sequence[Call]) -> tuple[str, ...]:
+    """A log that ends inside a call (no return value): say so, with what it carried."""
+    if not calls:
+        return ()
+    last = calls[-1]
+    if last.rv is not None or last.fn in rules.CLEANUP or last.reader_error or last.inferred:
+        return ()
+    what = [m for m in (last.mechanism,) if m]
+    size = last.operation_bytes or last.input_bytes
+    if size is not None:
+        what.append(f"{size} bytes so far")
+    return (f"the log ends inside {last.fn}" + (f" ({', '.join(what)})" if what else "")
+            + f" at line {last.end_line}: its return value is not in the log (cut, or the "
+            "process died or hung there)",)
 
 
 def explain_file(path: Path) -> Explanation:
@@ -266,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="p11tls explain",
         description="Read a PKCS#11 call log (pkcs11-spy, p11-kit log-calls, pkcs11-logger, "
-        "OpenSC debug log or p11tls interposer records; the format is detected), show the "
+        "OpenSC debug log, tpm2-pkcs11's log, NSS's module debug log or p11tls interposer "
+        "records; the format is detected), show the "
         "calls that matter, the first failing call and the likely cause with workarounds. "
         "PINs and key values in the log are masked.",
     )

@@ -12,10 +12,13 @@ import sys
 from pathlib import Path
 
 from harness.errors import ConfigError
-from harness.explain import opensc, pkcs11_logger, records
+from harness.explain import nss_log, opensc, pkcs11_logger, records, tpm2_log
 from harness.explain.model import LogFormat
 
-FORMAT_NAMES = "pkcs11-spy, p11-kit log-calls, pkcs11-logger, OpenSC debug or p11tls record"
+FORMAT_NAMES = (
+    "pkcs11-spy, p11-kit log-calls, pkcs11-logger, OpenSC debug, tpm2-pkcs11, NSS module "
+    "debug or p11tls record"
+)
 SAMPLE_LINES = 5000  # enough to recognise any of the formats
 BINARY_MAGIC = (b"\x7fELF", b"\x1f\x8b", b"PK\x03\x04", b"%PDF", b"\x89PNG", b"MZ")
 
@@ -87,6 +90,10 @@ def scores(lines: list[str]) -> dict[LogFormat, int]:
             found[LogFormat.OPENSC_DEBUG] += 1
         if records.looks_like_record(line):
             found[LogFormat.HARNESS] += 3
+        if tpm2_log.looks_like(line):
+            found[LogFormat.TPM2_PKCS11] += 2  # `… on line: "N" in file: "…"` is its own
+        if nss_log.looks_like(line):
+            found[LogFormat.NSS_DEBUG] += 1
     return found
 
 

@@ -15,6 +15,8 @@ class LogFormat(enum.Enum):
     P11_KIT = "p11-kit"  # p11-kit `log-calls: yes`
     PKCS11_LOGGER = "pkcs11-logger"  # Pkcs11Interop's pkcs11-logger
     OPENSC_DEBUG = "opensc-debug"  # OPENSC_DEBUG / opensc.conf `debug = N`
+    TPM2_PKCS11 = "tpm2-pkcs11"  # tpm2-pkcs11's own log (TPM2_PKCS11_LOG_LEVEL)
+    NSS_DEBUG = "nss-debug"  # NSS_DEBUG_PKCS11_MODULE with NSPR_LOG_MODULES=nss_mod_log:4
 
     @property
     def title(self) -> str:
@@ -27,6 +29,8 @@ _TITLES = {
     LogFormat.P11_KIT: "p11-kit log-calls",
     LogFormat.PKCS11_LOGGER: "Pkcs11Interop pkcs11-logger",
     LogFormat.OPENSC_DEBUG: "OpenSC debug log",
+    LogFormat.TPM2_PKCS11: "tpm2-pkcs11 log",
+    LogFormat.NSS_DEBUG: "NSS PKCS#11 module debug log",
 }
 
 
@@ -66,6 +70,7 @@ class Call:
     params: str | None = None  # mechanism parameters as the log shows them (PSS: salt …)
     salt_len: int | None = None  # RSA-PSS sLen, when the log shows it
     pin_flags: tuple[str, ...] = ()  # CKF_USER_PIN_* flags a C_GetTokenInfo showed
+    ec_point_len: int | None = None  # length of a CKA_EC_POINT the call returned
     inferred: bool = False  # fn guessed from module internals, no PKCS#11 line seen
 
     @property

@@ -166,7 +166,18 @@ def _call(rec: dict[str, Any], number: int) -> Call:
         if isinstance(rec.get("params"), dict)
         else None,
         pin_flags=_pin_flags(rec.get("token_flags")),
+        ec_point_len=_ec_point_len(rec) if fn == "C_GetAttributeValue" and rv == "CKR_OK"
+        else None,
     )
+
+
+def _ec_point_len(rec: dict[str, Any]) -> int | None:
+    """The length of a CKA_EC_POINT the module returned (the value is not recorded)."""
+    template = rec.get("template")
+    for entry in template if isinstance(template, list) else ():
+        if isinstance(entry, dict) and entry.get("type") == "CKA_EC_POINT":
+            return _int(entry.get("len"))
+    return None
 
 
 def _params(raw: Any) -> str | None:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from harness.explain import card, general, names
+from harness.explain import card, general, names, tpm2_rules
 from harness.explain.model import Call, Finding, operation_of
 
 # Results that are part of normal operation, not failures.
@@ -140,14 +140,15 @@ def _key(call: Call) -> str:
     return f" ({' '.join(parts)} key)" if parts else ""
 
 
-RuleCheck = Callable[[Sequence[Call]], Iterator[tuple[int, str, str]]]
+RuleCheck = Callable[..., Iterator[tuple[int, str, str]]]
 
 
 @dataclass(frozen=True)
 class Rule:
     name: str
     description: str
-    check: RuleCheck
+    check: RuleCheck  # check(calls), or check(calls, lines) when `lines`
+    lines: bool = False  # the rule also reads the log's text (module, server errors)
 
 
 # --- 1. combined hash-and-sign mechanism given the TLS 1.2 transcript -------------
@@ -265,7 +266,7 @@ def check_import_refused(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]
             continue
         if not failed(call) or call.rv in NOT_THE_TOKEN:
             continue
-        why = f" OpenSC says: {call.detail}." if call.detail else ""
+        why = f" The module says: {call.detail}." if call.detail else ""
         gen = (
             f" Key generation on the token worked in this log (line {generated.line})."
             if generated is not None
@@ -284,7 +285,8 @@ def check_import_refused(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]
             "be imported, use the token vendor's tool (for OpenPGP cards: gpg `keytocard`), "
             "check which key types and curves the card accepts for import, and try the "
             "template without CKA_SENSITIVE/CKA_EXTRACTABLE or other attributes the card "
-            "does not support."
+            "does not support. A TPM (tpm2-pkcs11) takes private keys only through "
+            "`tpm2_ptool import`."
         )
         yield i, summary, hint
 
@@ -378,7 +380,8 @@ def check_pin(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
             hint = (
                 "Unblock it with the SO PIN / PUK (`pkcs11-tool --login --login-type so "
                 "--init-pin`, or the vendor's tool); a SoftHSM2 test token can simply be "
-                "initialised again."
+                "initialised again. A TPM (tpm2-pkcs11) locks the whole TPM instead: "
+                "`tpm2_dictionarylockout --clear-lockout`."
             )
             yield i, summary, hint
         elif call.rv in PIN_FAILURES:
@@ -741,6 +744,18 @@ def check_pin_flags(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule("tpm2-import", "tpm2-pkcs11 takes no private key through C_CreateObject",
+         tpm2_rules.check_import, lines=True),
+    Rule("tpm2-lockout", "the TPM's dictionary-attack lockout (CKR_PIN_LOCKED)",
+         tpm2_rules.check_lockout, lines=True),
+    Rule("tpm2-engine-session",
+         "an OpenSSL engine made default breaks tpm2-pkcs11's TPM session (C_Login)",
+         tpm2_rules.check_engine_session, lines=True),
+    Rule("malformed-ec-point", "a malformed CKA_EC_POINT (P-521 on tpm2-pkcs11)",
+         tpm2_rules.check_malformed_point, lines=True),
+    Rule("pss-salt-server",
+         "the server rejects a TPM's RSA-PSS signature (largest salt, not hash length)",
+         tpm2_rules.check_pss_salt_server, lines=True),
     Rule(
         "combined-mechanism-large-input",
         "a combined hash-and-sign mechanism failing on a large input (TLS 1.2 transcript)",
@@ -803,14 +818,16 @@ JAVA_RULE = "sunpkcs11-disabled"  # from SunPKCS11's own lines (harness.explain.
 RULE_NAMES = (*(rule.name for rule in RULES), GENERAL_RULE, JAVA_RULE)
 
 
-def diagnose(calls: Sequence[Call]) -> list[Finding]:
+def diagnose(calls: Sequence[Call], lines: Sequence[str] = ()) -> list[Finding]:
     """The findings of all rules, and a general finding for every failing call
     no rule explained. Real failures come first (in call order, rule order
-    within a call), then the harmless ones (probes the client went past)."""
+    within a call), then the harmless ones (probes the client went past).
+    `lines`, the log's text, is for rules that need more than the calls."""
     findings: list[Finding] = []
     probe = {i: harmless(calls, i) for i, call in enumerate(calls) if failed(call)}
     for rule in RULES:
-        for index, summary, hint in rule.check(calls):
+        found = rule.check(calls, lines) if rule.lines else rule.check(calls)
+        for index, summary, hint in found:
             findings.append(Finding(rule=rule.name, summary=summary, call=index, hint=hint,
                                     harmless=probe.get(index, False)))
     explained = {f.call for f in findings}

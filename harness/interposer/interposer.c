@@ -37,6 +37,7 @@
  *   token_model TEXT           C_GetTokenInfo's model (1-16 characters, the rest
  *   token_manufacturer TEXT    of the line) / manufacturerID (1-32): a token
  *                              that says it is another device (fixed-slot cards)
+ *   token_firmware MAJOR.MINOR C_GetTokenInfo's firmwareVersion (0-255 each)
  *   latency C_FN MS (*)        sleep MS before forwarding each C_FN call
  *                              (not a size query with a NULL output buffer)
  *   fail_after C_FN N CKR (*)  after N successful C_FN calls (size queries do
@@ -1080,6 +1081,8 @@ static struct {
     CK_ULONG pin_max_tries;          /* 0: no PIN emulation */
     CK_FLAGS token_pin_flags;        /* ORed into C_GetTokenInfo's flags */
     char token_model[16], token_manufacturer[32]; /* blank-padded; "" : the real one's */
+    int token_firmware_set;
+    CK_VERSION token_firmware;
     unsigned long latency_ms[FN_COUNT];
     struct fail_rule fail[FN_COUNT];
 } emu = { .over_limit_rv = CKR_GENERAL_ERROR };
@@ -1262,8 +1265,8 @@ static int config_error(const char *path, int line, const char *what, const char
 
 #define KNOWN_KEYS "module, record, hide, add_combined, sign_max_input, " \
                    "sign_limit_mechanism, sign_over_limit_rv, sign_multipart, refuse_create, " \
-                   "pin_max_tries, token_pin_flags, token_model, token_manufacturer, latency, " \
-                   "fail_after"
+                   "pin_max_tries, token_pin_flags, token_model, token_manufacturer, " \
+                   "token_firmware, latency, fail_after"
 
 /* A whole word as an unsigned number (decimal or 0x-hex). */
 static int parse_number(const char *word, CK_ULONG *out)
@@ -1322,6 +1325,18 @@ static int parse_emulation(const char *key, char *value, const char **why)
         char *dst = model ? emu.token_model : emu.token_manufacturer;
         memset(dst, ' ', max);
         memcpy(dst, value, len);
+        return 0;
+    }
+    if (!strcmp(key, "token_firmware")) {
+        unsigned major, minor;
+        char end;
+        if (sscanf(value, "%u.%u%c", &major, &minor, &end) != 2 || major > 255 || minor > 255) {
+            *why = "not MAJOR.MINOR (0-255 each) for key ";
+            return -1;
+        }
+        emu.token_firmware.major = (CK_BYTE)major;
+        emu.token_firmware.minor = (CK_BYTE)minor;
+        emu.token_firmware_set = 1;
         return 0;
     }
     char *w[5] = { 0 }, *save = NULL;
@@ -2336,6 +2351,10 @@ static CK_RV ip_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
             memcpy(info->model, emu.token_model, sizeof info->model);
         if (emu.token_manufacturer[0])
             memcpy(info->manufacturerID, emu.token_manufacturer, sizeof info->manufacturerID);
+        c.emulated = "token_info";
+    }
+    if (rv == CKR_OK && info && emu.token_firmware_set) {
+        info->firmwareVersion = emu.token_firmware;
         c.emulated = "token_info";
     }
     if (rv == CKR_OK && info)

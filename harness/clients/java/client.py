@@ -66,6 +66,10 @@ _OWN_KEYWORDS = ("name", "library", "slot", "slotListIndex", "nssArgs")
 DEFAULT_JAVA_OPTIONS: tuple[str, ...] = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 
+# What P11TlsClient answers when no KeyStore entry holds the case's certificate.
+KEY_NOT_SEEN = "no private key with certificate"
+
+
 @dataclass(frozen=True)
 class JavaResult(ClientResult):
     """A ClientResult with what the JVM itself reported."""
@@ -222,7 +226,7 @@ class JavaClient(Client):
             self._jvms.clear()
 
     # -- internals ------------------------------------------------------------------
-    def _handshake(self, job: HandshakeJob) -> JavaResult:
+    def _handshake(self, job: HandshakeJob, may_restart: bool = True) -> JavaResult:
         start = time.monotonic()
         key = _ConfigKey(str(job.module), job.token_label, job.pin,
                          tuple(sorted(job.env.items())))
@@ -246,12 +250,13 @@ class JavaClient(Client):
                           ckr=ckr or None)
 
         jvm = self._jvms.get(key)
+        warm = jvm is not None
         if jvm is not None and not jvm.alive():
             self._log(job, f"the warm JVM (pid {jvm.pid}) had ended since the last case "
                            f"({jvm.exit_status()}); starting a fresh one. Its last output:\n"
                            + tail(jvm.log_path, 20))
             self._drop(key)
-            jvm = None
+            jvm, warm = None, False
         if jvm is None:
             jvm = self._start(key, job)
             login = self._ask(jvm, key, job, encode_request("login", pin=job.pin,
@@ -283,6 +288,14 @@ class JavaClient(Client):
                           cipher=fields.get("cipher"),
                           handshake_ms=float(fields["ms"]) if "ms" in fields else None)
         ckr = fields.get("ckr", "")
+        if warm and may_restart and KEY_NOT_SEEN in fields.get("error", ""):
+            # Some modules list only the objects present when this process
+            # initialised them (OpenSC's sc-hsm: keys made since stay invisible,
+            # a KeyStore reload included): a fresh JVM sees them. Once per case.
+            self._log(job, f"the warm JVM (pid {jvm.pid}) does not see key {job.key_label} "
+                           "even after reloading its KeyStore: starting a fresh JVM, once")
+            self._drop(key)
+            return self._handshake(job, may_restart=False)
         return result(
             returncode=1, timed_out=fields.get("timeout") == "1",
             error=_error_text(ckr, fields.get("error", verb)), ckr=ckr or None,
