@@ -33,8 +33,52 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
+MATRIX_MODULE = "harness.matrix_test"  # the packaged matrix that `p11tls run` collects
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """`p11tls run`'s own options: the matrix's settings (harness.config.OPTIONS);
+    every other argument goes to pytest as it is (-m, -k, -x, -n 2, ...)."""
+    from harness.config import OPTIONS
+
+    parser = argparse.ArgumentParser(
+        prog="p11tls run", allow_abbrev=False,
+        description="Run the TLS matrix (pytest on the packaged harness.matrix_test) with "
+        "these settings; prints the matrix, writes the reports, exits with pytest's status.",
+        epilog="Any other argument is handed to pytest: -m tls12, -k gnutls, -x, -n 2.")
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        env = f" [env {option.env}]" if option.env else ""
+        if option.flag:
+            parser.add_argument(flag, action="store_const", const="yes", help=option.help + env)
+        else:
+            parser.add_argument(flag, action="append" if option.repeatable else "store",
+                                metavar="VALUE", help=option.help + env)
+    return parser
+
+
+def run_main(argv: Sequence[str]) -> int:
+    """`p11tls run [--p11-… options] [pytest arguments]`: the packaged matrix,
+    for people who do not use pytest; the same options and exit status."""
+    import pytest
+
+    _, rest = run_parser().parse_known_args(list(argv))
+    typo = next((a for a in rest if a.startswith(("--p11-", "--java"))), None)
+    if typo is not None:
+        print(f"p11tls run: unknown option {typo.split('=')[0]}: see p11tls run --help",
+              file=sys.stderr)
+        return 2
+    # the plugin arrives by its entry point; load it by name where autoload is off
+    plugin = ["-p", "harness.plugin"] if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") else []
+    # no .pytest_cache beside the installed package or in the caller's directory
+    return int(pytest.main([*plugin, "-p", "no:cacheprovider", "--pyargs", MATRIX_MODULE,
+                            *argv]))
+
+
 # Subcommands whose module parses its own arguments: name -> (module, function, help).
 DELEGATED = {
+    "run": ("harness.cli", "run_main",
+            "run the TLS matrix (the packaged pytest matrix) with --p11-… options"),
     "cleanup": ("harness.cleanup", "cleanup_main",
                 "list what earlier runs left on a named token; delete it with --yes"),
     "explain": ("harness.explain", "explain_main",
@@ -65,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p11tls",
         description="PKCS#11 TLS client-authentication harness. Run the matrix with "
-        "pytest (./run matrix); these commands work on its results and logs.",
+        "`p11tls run` (or pytest: ./run matrix); the other commands work on its results, "
+        "logs and tokens.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="print the matrix of a results.json "

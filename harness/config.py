@@ -62,6 +62,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_existing", "P11TLS_EXISTING",
            "read-only: test the key pairs already on the token (those with a certificate of "
            "the same CKA_ID); nothing is written to the token", flag=True),
+    Option("p11_lab", "P11TLS_LAB",
+           "a lab module named in p11tls.toml ([tool.p11tls] in pyproject.toml, or "
+           "P11TLS_LAB_FILE): its module, token, PIN source, mode and profile"),
     Option("p11_key", None,
            "read-only: test this key already on the token, an RFC 7512 URI "
            "(pkcs11:object=LABEL;type=private or id=…); nothing is written", repeatable=True),
@@ -135,6 +138,10 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         raise ConfigError("--p11-module is empty: give the module's .so file, or leave the "
                           "option out for the throw-away SoftHSM2 token")
     raw = {o.name: _pick(o, cli, ini, env) for o in OPTIONS}
+    if raw["p11_lab"]:  # the lab entry fills what the command line and ini leave open
+        from harness.lab import lab_options
+
+        raw.update(lab_options(raw["p11_lab"], cli, ini, env, base))
     # a named module (tpm2) brings up its own throw-away token: no file, label or PIN
     named = raw["p11_module"] if is_named(raw["p11_module"] or "") else None
     module = Path(raw["p11_module"]).expanduser() if raw["p11_module"] and not named else None

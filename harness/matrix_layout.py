@@ -28,6 +28,7 @@ __all__ = [
     "group_title",
     "matrix_tables",
     "mechanism_name",
+    "prediction_notes",
     "sign_summary",
     "verdict_counts",
     "worst_state",
@@ -108,7 +109,8 @@ def cell_text(record: HandshakeRecord) -> str:
         detail = f"{mechanism} {size}B" if isinstance(size, int) else mechanism
     else:
         detail = record.signature_scheme or ""
-    return f"{head} {detail}".strip()
+    mark = " !=predicted" if record.prediction_matched is False else ""
+    return f"{head} {detail}".strip() + mark
 
 
 def first_cause(record: HandshakeRecord) -> str | None:
@@ -138,9 +140,21 @@ def case_notes(record: HandshakeRecord) -> list[str]:
     failed case, the reason of an expected failure, the unmeasured notes."""
     state = cell_state(record)
     if state == "fail":
-        return problems_of(record)
+        return problems_of(record) + prediction_notes(record)
     notes = [str(record.expected)] if state == "known" and record.expected else []
-    return notes + [str(n) for n in record.unmeasured or ()]
+    return notes + [str(n) for n in record.unmeasured or ()] + prediction_notes(record)
+
+
+def prediction_notes(record: HandshakeRecord) -> list[str]:
+    """A case that was not what harness/predict.py said: the prediction."""
+    cell = record.predicted if isinstance(record.predicted, dict) else {}
+    if record.prediction_matched is not False or not cell:
+        return []
+    size = cell.get("bytes_min")
+    if size is not None and cell.get("bytes_max") not in (None, size):
+        size = f"{size}-{cell['bytes_max']}"
+    return [f"predicted {cell.get('outcome')} {mechanism_name(cell.get('mechanism')) or '-'}"
+            f"{f' {size}B' if size is not None else ''} ({cell.get('why') or cell.get('source')})"]
 
 
 # the state a cell with several cases (server-constraint variants) shows

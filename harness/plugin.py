@@ -25,6 +25,7 @@ from harness.clients import CLIENTS, check_clients, make_client
 from harness.compare import write_reports
 from harness.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
+from harness.lab import LabModuleMissing
 from harness.matrix import cases
 from harness.locking import TokenLock
 from harness.locking import token_key as lock_name
@@ -56,6 +57,7 @@ header_key = pytest.StashKey[bool]()  # the p11tls header lines were shown
 bad_key = pytest.StashKey[bool]()  # matrix tests were asked for, their settings are bad
 existing_key = pytest.StashKey[tuple[Any, ...]]()  # read-only mode: the keys on the token
 shared_key = pytest.StashKey[Path]()  # xdist: a directory the controller and workers share
+lab_missing_key = pytest.StashKey[str]()  # --p11-lab names a module not installed: the skip
 # Tests using these are matrix tests: they make the plugin act. The first two
 # need the token, so the one login check runs before them.
 MATRIX_FIXTURES = ("p11_case", "p11_runner", "p11_settings", "p11_record")
@@ -93,6 +95,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if _explicit(config):
         try:
             _activate(config)
+        except LabModuleMissing as exc:  # one skipped case saying what to install
+            config.stash[lab_missing_key] = str(exc)
         except HarnessError as exc:
             raise pytest.UsageError(str(exc)) from None
 
@@ -215,6 +219,8 @@ def _say(config: pytest.Config, line: str) -> None:
 
 def _start_matrix(config: pytest.Config, token: bool) -> None:
     """Matrix tests were collected: act (if not yet), check the token once."""
+    if lab_missing_key in config.stash:
+        return
     try:
         settings = _activate(config)
         if settings.read_only:
@@ -384,7 +390,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "p11_case" not in metafunc.fixturenames:
         return
     try:
+        if lab_missing_key in metafunc.config.stash:
+            raise LabModuleMissing(metafunc.config.stash[lab_missing_key])
         settings = _activate(metafunc.config)
+    except LabModuleMissing as exc:  # P11TLS_LAB alone reaches here first
+        metafunc.config.stash[lab_missing_key] = str(exc)
+        metafunc.parametrize("p11_case", [pytest.param(None, id="lab-module-not-installed",
+                                                       marks=pytest.mark.skip(reason=str(exc)))])
+        return
     except HarnessError:
         # no cases: pytest_collection_finish (or the xdist controller) stops the
         # run with the one-line error; raising here would print a traceback
@@ -576,6 +589,9 @@ class RecordCollector:
             return
         terminalreporter.section("PKCS#11 TLS client-auth matrix")
         terminalreporter.write_line(terminal_matrix(self.records))
+        line = prediction_summary(self.records)
+        if line:
+            terminalreporter.write_line(line)
         if self.settings.read_only:
             for line in read_only_summary(self.records):
                 terminalreporter.write_line(line)
@@ -583,6 +599,18 @@ class RecordCollector:
         terminalreporter.write_line(
             f"reports: {reports / 'results.json'}, {reports / 'matrix.html'}, "
             f"{reports / 'matrix.md'}")
+
+
+def prediction_summary(records: list[HandshakeRecord]) -> str | None:
+    """How many cells were what harness/predict.py said from the token's mechanisms."""
+    compared = [r for r in records if r.prediction_matched is not None]
+    if not compared:
+        return None
+    wrong = sorted(r.case_id for r in compared if not r.prediction_matched)
+    line = (f"prediction (p11tls doctor): {len(compared) - len(wrong)} of {len(compared)} "
+            f"cells as predicted")
+    return line + (f"; not as predicted: {', '.join(wrong[:8])}"
+                   + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "") if wrong else "")
 
 
 def read_only_summary(records: list[HandshakeRecord]) -> list[str]:

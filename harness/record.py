@@ -53,6 +53,9 @@ class HandshakeRecord:
     verdict: str | None = None  # pytest's word: passed / failed / xfailed / skipped
     problems: list[str] = field(default_factory=list)  # why the case failed its expectations
     unmeasured: list[str] = field(default_factory=list)  # facts not measured on these versions
+    # -- what harness/predict.py expected from the token's mechanisms (and profile) --
+    predicted: dict[str, Any] | None = None  # mechanism, bytes_min/max, outcome, why, source
+    prediction_matched: bool | None = None  # None: not compared (skipped, harness error)
 
     @property
     def row_label(self) -> str:

@@ -388,6 +388,7 @@ class MatrixRunner:
             if canonical is not None:
                 facts_case = replace(case, key=canonical)
         judged = self.expectations.judge(facts_case, record, self.versions(case.client))
+        self._predict(facts_case, judged)
         if self.settings.read_only:
             for who, writes in (("the client", writes_in(record.calls)),
                                 ("the harness", self.harness_writes())):
@@ -396,6 +397,25 @@ class MatrixRunner:
                                            f"{', '.join(writes)}")
                     judged.verdict = "failed"
         return judged
+
+    def _predict(self, case: Case, record: HandshakeRecord) -> None:
+        """What harness.predict expects of the case from the token's mechanisms
+        (and the profile's rules), and whether the record is that."""
+        from harness.keys import KEYS
+        from harness.predict import TokenFacts, predict
+
+        if case.key.name not in KEYS or case.padding_bytes is not None:
+            return  # a key by label, or a sweep step: no cell of the matrix
+        try:
+            token = TokenFacts.of(self.token_mechanisms(case.key), self.profile).seen_by(
+                case.client, self.settings.java_p11_config)
+        except HarnessError:
+            return
+        cell = predict(case.client, case.key.name, case.tls.value, token,
+                       self.versions(case.client), sigalgs=case.client_sigalgs,
+                       provisioning=case.provisioning.value)
+        record.predicted = cell.to_json()
+        record.prediction_matched = cell.matches(record)
 
     def harness_writes(self) -> list[str]:
         """Write functions among this process's own recorded calls (read-only proof)."""

@@ -1,24 +1,10 @@
-"""The TLS client-auth matrix: key × provisioning × client × TLS version.
+"""The TLS client-auth matrix (`./run matrix`): the packaged test,
+harness/matrix_test.py, collected here under this file's name.
 
-Parametrized by the p11tls plugin (`p11_case`); select with markers, e.g.
-`pytest -m tls12`, `pytest -m "ecdsa and gnutls"`. What each case must do
-comes from data files keyed to the versions they were measured on
-(harness/expectations.py): the library judges the record (passed, failed with
-its problems, an expected failure with its reason, notes where nothing was
-measured on the versions here), and the test gives pytest the same verdict.
+Select with markers, e.g. `pytest tests/test_matrix.py -m tls12`; an installed
+copy runs the same test with `pytest --pyargs harness.matrix_test` or `p11tls run`.
 """
 
-import pytest
+from harness.matrix_test import test_handshake
 
-
-def test_handshake(p11_runner, p11_case, p11_record):
-    record = p11_runner.judge(p11_case, p11_runner.run(p11_case))
-    p11_record(record)
-    if record.verdict == "skipped":
-        pytest.skip(record.error)
-    assert not record.problems, (
-        f"{record.case_id}: {'; '.join(record.problems)} (logs: {record.logs.get('client')})"
-    )
-    if record.verdict == "xfailed":
-        pytest.xfail(record.expected or "; ".join(record.unmeasured))
-    assert record.verdict == "passed", record.verdict
+__all__ = ["test_handshake"]
