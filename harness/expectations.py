@@ -228,18 +228,19 @@ class Decision:
 
 
 def decide(case: Case, table: FactTable, versions: Versions, what: str) -> Decision:
-    """The first entry for the case that holds on `versions`; else, when entries
-    exist only for other versions, or the file's own versions do not hold
-    (its "no entry" rule), a note saying so."""
+    """The first entry for the case that holds on `versions`; else the file's
+    "no entry" rule where it was measured on these versions; else a note that
+    nothing was measured here."""
     candidates = [e for e in table if e.matches(case)]
     for entry in candidates:
         if not mismatches(entry.versions, versions):
             return Decision(entry, None)
-    if candidates:
-        return Decision(None, _unmeasured(what, candidates[0].versions, versions))
+    # Entries measured on other releases say nothing here; where the file's
+    # "no entry" rule was measured on these versions, it decides.
     if table.no_entry_rule_holds(versions):
         return Decision(None, None)
-    return Decision(None, _unmeasured(what, table.versions, versions))
+    ranges = candidates[0].versions if candidates else table.versions
+    return Decision(None, _unmeasured(what, ranges, versions))
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,8 @@ def test_known_failure_holds_only_on_the_versions_it_names():
     passed = expectations.verdict(c, record(c), newer)
     assert passed.word == "passed" and passed.unmeasured and passed.problems == []
     java = case("java", "ed25519")
-    assert expectations.failure_reason(java, seen("java", java="25.0.1")) is None
+    assert expectations.failure_reason(java, seen("java", java="26.0.1")) is None  # unmeasured
+    assert "JDK 25" in (expectations.failure_reason(java, seen("java", java="25.0.1")) or "")
     assert "JDK 21" in (expectations.failure_reason(java, seen("java", java="21.0.8")) or "")
     # negative control: on JDK 17.0.x the reason "SunPKCS11 (JDK 17)" holds
     assert "JDK 17" in (expectations.failure_reason(java, seen("java", java="17.0.2")) or "")
@@ -369,3 +370,20 @@ def test_profile_unmeasured_here_does_not_fall_back_to_the_default_stack(tmp_pat
     wrong = {**pkcs1, "input_bytes": 32}
     here = expectations.verdict(c, record(c, sign=wrong), seen("gnutls"))
     assert here.problems == ["input_bytes: expected 51, token saw 32"]
+
+
+def test_an_entry_for_another_release_leaves_this_releases_no_entry_rule(tmp_path):
+    """A failure measured on Debian 13 only: on Debian 12, where the file's
+    "cases with no entry succeed" was measured too, the case must succeed."""
+    table = tmp_path / "known.toml"
+    table.write_text('[versions]\ngnutls = "3.7.9"\n[[also_measured_on]]\ngnutls = "3.8"\n'
+                     '[[expect]]\nclients = ["gnutls"]\nkeys = ["p256"]\n'
+                     'versions = { gnutls = "3.8" }\noutcome = "fail"\nreason = "only on 3.8"\n')
+    expectations = CaseExpectations()
+    expectations.outcomes = load_table(table)
+    c = case("gnutls")
+    assert expectations.failure_reason(c, seen("gnutls", DEBIAN13)) == "only on 3.8"
+    on12 = expectations.verdict(c, record(c, "fail", "boom"), seen("gnutls"))
+    assert on12.unmeasured == [] and on12.word == "failed"  # must succeed on 3.7.9
+    later = expectations.verdict(c, record(c, "fail", "boom"), seen("gnutls", UNMEASURED))
+    assert later.unmeasured and later.word == "xfailed"  # control: measured nowhere

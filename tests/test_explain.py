@@ -378,7 +378,10 @@ def tpm2_logs(tmp_path_factory: pytest.TempPathFactory,
                     env={**base, "P11PIN": setup.pin, "PKCS11_MODULE_PATH": str(setup.module)},
                     capture_output=True, text=True, timeout=60, check=False)
                 (directory / "engine").write_text(engine.stderr)
-                logs["engine"] = directory / "engine"
+                # Debian 12 (libp11 0.4.12, tpm2-pkcs11 1.9.0): the login breaks;
+                # Debian 13 (libp11 0.4.13, tpm2-pkcs11 1.9.1): the engine signs
+                if engine.returncode != 0:
+                    logs["engine"] = directory / "engine"
                 tpm.flush()
         tpm.clear_lockout()
     return logs
@@ -802,6 +805,9 @@ def _source(spec: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     ],
 )
 def test_rule(rule, source, expected, request, tmp_path):
+    if source == "tpm2:engine" and "engine" not in request.getfixturevalue("tpm2_logs"):
+        pytest.skip("the libp11 engine logs in to tpm2-pkcs11 on this release: no failure "
+                    "to explain (the held-out engine log covers the rule)")
     found = rules_found(_source(source, request, tmp_path))
     assert (rule in found) is expected, found
 

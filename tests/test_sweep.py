@@ -62,10 +62,12 @@ def test_sweep_finds_the_picohsm_limit_and_none_without_combined_mechanisms(tmp_
     assert proc.returncode == 0, proc.stderr
     java, nocombined = json.loads(proc.stdout)
     # the firmware's 2029 bytes of APDU data; a Pico HSM 6.6 gave 2029 / 2032 B.
-    # Here the padding is narrowed to 4 bytes and the transcript varies by a few
-    # bytes (ECDSA signature lengths), so the pair lands within a few bytes of it
-    assert 2020 <= java["largest_ok_input"] <= 2029 < java["first_failure"]["input_bytes"]
-    assert java["first_failure"]["input_bytes"] <= 2036
+    # Here the padding is narrowed to a few bytes and the transcript varies
+    # between handshakes (ECDSA signature lengths; and a CA name's size grows in
+    # steps), so the pair brackets 2029 within a few dozen bytes: measured
+    # 2027 / 2032 B with JDK 17 (Debian 12) and up to 2050 B refused with JDK 21
+    assert 2000 <= java["largest_ok_input"] <= 2029 < java["first_failure"]["input_bytes"]
+    assert java["first_failure"]["input_bytes"] <= 2064
     assert java["first_failure"]["mechanism"] == "CKM_ECDSA_SHA256"
     assert "CKR_GENERAL_ERROR" in java["first_failure"]["error"]
     assert nocombined["first_failure"] is None  # the workaround: CKM_ECDSA over a digest
