@@ -331,6 +331,9 @@ class CaseExpectations:
             problems += sign_entry.sign_problems(record.sign)
         if not record.signature_scheme:
             problems.append("the server saw no CertificateVerify")
+        elif record.negotiated_version is None or record.signed_bytes is None:
+            problems.append("the server did not report the negotiated version and the "
+                            "bytes the CertificateVerify covers")
         return Verdict(None, problems, notes)
 
     def judge(self, case: Case, record: HandshakeRecord, versions: Versions) -> HandshakeRecord:

@@ -36,10 +36,10 @@ def tool(store, token, *args: str, login: bool = True) -> str:
                           env={**os.environ, **store.env}).stdout
 
 
-def foreign_cert(public_der: bytes, name: str) -> bytes:
+def foreign_cert(public_der: bytes, name: str, ca_name: str) -> bytes:
     """A client certificate from a CA the harness does not know."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    issuer = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, FOREIGN_CA)])
+    issuer = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
@@ -56,7 +56,8 @@ def foreign_cert(public_der: bytes, name: str) -> bytes:
 @pytest.fixture
 def users_token(softhsm_store, tmp_path):
     """The spare token with what a user has on a card: two key pairs with
-    certificates (P-256 id 01, RSA-2048 id 02) and a P-256 key without one (id 03)."""
+    certificates from two different CAs (P-256 id 01, RSA-2048 id 02) and a
+    P-256 key without one (id 03)."""
     store, token = softhsm_store
     for key_id, label, key_type, with_cert in (("01", "signing key", "EC:prime256v1", True),
                                                ("02", "rsa-auth", "rsa:2048", True),
@@ -68,7 +69,8 @@ def users_token(softhsm_store, tmp_path):
             tool(store, token, "--read-object", "--type", "pubkey", "--id", key_id,
                  "--output-file", str(public))
             cert = tmp_path / f"{key_id}.der"
-            cert.write_bytes(foreign_cert(public.read_bytes(), f"User {label}"))
+            cert.write_bytes(foreign_cert(public.read_bytes(), f"User {label}",
+                                          f"{FOREIGN_CA} {key_id}"))
             tool(store, token, "--write-object", str(cert), "--type", "cert", "--id", key_id,
                  "--label", label)
     return store, token
@@ -98,7 +100,7 @@ def test_existing_keys_run_read_only_and_the_token_is_unchanged(pytester, users_
     store, token = users_token
     before = tool(store, token, "--list-objects")
     result = run_matrix(pytester, store, token, "--p11-existing",
-                        "--p11-clients=openssl-engine,gnutls,java")
+                        "--p11-clients=openssl-engine,gnutls,java,nss")
     after = tool(store, token, "--list-objects")
     assert after == before  # nothing created, destroyed or changed
     got = records(pytester)
@@ -106,10 +108,12 @@ def test_existing_keys_run_read_only_and_the_token_is_unchanged(pytester, users_
     assert {r["key"] for r in got.values()} == {"signing_key", "rsa-auth"}
     assert all(r["provisioning"] == "existing" for r in got.values())
     ok = [r for r in got.values() if r["outcome"] == "ok"]
-    # every client takes the foreign-CA certificate; Java chose it by the issuer named
-    assert {r["client"] for r in ok} == {"openssl-engine", "gnutls", "java"}
-    assert {r["client_subject"] for r in ok} == {"O=Users,CN=User signing key",
-                                                 "O=Users,CN=User rsa-auth"}
+    # every client takes the foreign-CA certificate of the key under test; Java
+    # and NSS chose it by the issuer the server named (two CAs: only that key's issuer)
+    assert {r["client"] for r in ok} == {"openssl-engine", "gnutls", "java", "nss"}
+    for r in ok:
+        label = "signing key" if r["key"] == "signing_key" else "rsa-auth"
+        assert r["client_subject"] == f"O=Users,CN=User {label}", r["case_id"]
     for record in got.values():
         functions = {c["fn"] for c in record["calls"] or ()}
         assert "C_Sign" in functions or "C_SignInit" in functions, record["case_id"]
@@ -119,7 +123,8 @@ def test_existing_keys_run_read_only_and_the_token_is_unchanged(pytester, users_
     described = {k["label"]: k for k in module["existing_keys"]}
     assert described["signing key"]["id"] == "01" and described["signing key"]["type"] == "p256"
     assert described["rsa-auth"]["type"] == "rsa2048"
-    assert FOREIGN_CA in described["rsa-auth"]["issuer"]
+    assert f"{FOREIGN_CA} 02" in described["rsa-auth"]["issuer"]
+    assert f"{FOREIGN_CA} 01" in described["signing key"]["issuer"]
     assert "the run wrote nothing" in result.stdout.str()
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("passed", 0) >= 10, outcomes

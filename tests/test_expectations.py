@@ -47,12 +47,18 @@ def case(client="openssl-engine", key="p256", tls=TLSVersion.TLS12, sigalgs=None
     return Case(client, KEYS[key], Provisioning.GENERATE, tls, sigalgs)
 
 
-def record(c: Case, outcome="ok", error=None, sign=None, signed_bytes=None) -> HandshakeRecord:
+SERVER_COUNT = 130  # what the server reports an ok TLS 1.3 CertificateVerify covers
+
+
+def record(c: Case, outcome="ok", error=None, sign=None,
+           signed_bytes: int | None = SERVER_COUNT) -> HandshakeRecord:
+    ok = outcome == "ok"
     return HandshakeRecord(case_id=c.case_id, client=c.client, key=c.key.name,
                            provisioning=c.provisioning.value, tls=c.tls.value,
                            outcome=outcome, error=error, sign=sign,
-                           signature_scheme="ecdsa_secp256r1_sha256" if outcome == "ok" else None,
-                           signed_bytes=signed_bytes)
+                           signature_scheme="ecdsa_secp256r1_sha256" if ok else None,
+                           negotiated_version=f"TLSv{c.tls.value}" if ok else None,
+                           signed_bytes=signed_bytes if ok else None)
 
 
 def test_shipped_mechanisms_cover_the_issue_examples():
@@ -106,7 +112,8 @@ def test_verdict_accepts_the_expected_call_and_reports_a_changed_one():
     assert expectations.verdict(c, record(c, sign=None), here).problems == [
         "no signing call recorded; expected CKM_RSA_PKCS_PSS"]
     # without the default stack's table nothing is checked about the call
-    assert CaseExpectations().verdict(c, record(c, sign=changed), here).problems == []
+    assert CaseExpectations().verdict(c, record(c, sign=changed, signed_bytes=2900),
+                                      here).problems == []
 
 
 def test_minimum_input_is_checked():
@@ -227,8 +234,12 @@ def test_token_and_server_must_agree_on_a_combined_mechanisms_input(mechanism):
     other = expectations.verdict(c, record(c, sign=sign, signed_bytes=2200),
                                  seen("gnutls", UNMEASURED))
     assert other.word == "failed" and other.unmeasured
-    # no server count: the check does not apply
-    assert expectations.verdict(c, record(c, sign=sign), seen("gnutls")).problems == []
+    # no server count: the two observers cannot be compared, and an ok case
+    # without the server's report is itself a problem
+    assert expectations.verdict(c, record(c, sign=sign, signed_bytes=None),
+                                seen("gnutls")).problems == [
+        "the server did not report the negotiated version and the bytes the "
+        "CertificateVerify covers"]
 
 
 def test_a_digest_mechanism_is_not_compared_with_the_message():

@@ -526,3 +526,35 @@ def test_bad_environment_with_matrix_tests_is_one_line(matrix, workers):
     # control: the same environment does not bother a project without matrix tests
     matrix.makepyfile(test_matrix=UNRELATED_TEST)
     run(matrix, *workers, env=env).assert_outcomes(passed=1)
+
+
+NEVER_SEEN_PROFILE = '''\
+name = "no-pss-anywhere"
+emulates = "a token the project has no facts for: no RSA-PSS, no raw RSA"
+source = "made up for this test"
+
+[mechanisms]
+hide = ["CKM_RSA_PKCS_PSS", "CKM_SHA256_RSA_PKCS_PSS", "CKM_RSA_X_509"]
+'''
+
+
+def test_under_a_profile_never_seen_every_report_counts_what_pytest_failed(matrix):
+    """No outcome table for this profile: the cases it breaks fail in pytest, and
+    the terminal summary, results.json and `p11tls show` count exactly those."""
+    (matrix.path / "no-pss.toml").write_text(NEVER_SEEN_PROFILE)
+    result = run(matrix, "--p11-profile", "no-pss.toml", "--p11-clients", "gnutls,java",
+                 "-k", "rsa2048 and tls13")
+    outcomes = result.parseoutcomes()
+    failed, passed = outcomes.get("failed", 0), outcomes.get("passed", 0)
+    assert failed >= 2, result.stdout.str()[-3000:]  # RSA in TLS 1.3 needs PSS
+    cases, markdown, _ = reports_of(matrix)
+    verdicts = [r["verdict"] for r in cases.values()]
+    assert verdicts.count("failed") == failed and verdicts.count("passed") == passed
+    result.stdout.fnmatch_lines([f"{passed} passed, {failed} failed, *"])
+    assert f"{passed} passed, {failed} failed" in markdown
+    shown = show(matrix)
+    assert shown.returncode == 1 and f"{passed} passed, {failed} failed" in shown.stdout
+    # control: the same cases without the profile all pass, and show exits 0
+    clean = run(matrix, "--p11-clients", "gnutls,java", "-k", "rsa2048 and tls13")
+    assert clean.parseoutcomes().get("failed", 0) == 0
+    assert show(matrix).returncode == 0
