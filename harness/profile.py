@@ -1,6 +1,6 @@
 """Emulated-token profiles: which constrained token the interposer imitates on
-top of the real module (DESIGN.md, "Emulated profiles are labelled as
-emulations").
+top of the real module (docs/design.md, "The interposer": results under a
+profile are labelled as an emulation, never as the device).
 
 A profile is a TOML file, shipped in ``harness/profiles/NAME.toml`` or written
 by the user; every section and key is optional::

@@ -1,5 +1,5 @@
 """The recording interposer: a small C PKCS#11 module every client loads instead
-of the real one (see DESIGN.md, "The interposer").
+of the real one (see docs/design.md, "The interposer").
 
 `build_interposer()` compiles interposer.c once per source version into a cache
 directory (with ``sanitize=True``, or $P11TLS_INTERPOSER_SANITIZE=1, a separate
