@@ -37,6 +37,7 @@ done
 project=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel) \
   || die "not inside the project's git clone"
 root=${P11TLS_CHROOT_DIR:-/var/tmp/p11tls-$suite}
+inside=/project  # where the project lies inside the chroot
 
 mounted_below() { awk -v r="$root/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r; }
 release_mounts() {
@@ -90,20 +91,21 @@ for fs in proc sys dev dev/pts dev/shm; do
   mount --bind "/$fs" "$root/$fs"
 done
 
-rm -rf --one-file-system "$root/root/project"
+rm -rf --one-file-system "$root$inside"
 if [ "$worktree" = yes ]; then
-  mkdir -p "$root/root/project"
+  mkdir -p "$root$inside"
   # deleted-but-tracked files are listed too: skip what is not there
   (cd "$project" && git ls-files -z -co --exclude-standard \
-     | tar --null --ignore-failed-read -cf - -T - 2>/dev/null) | tar -xf - -C "$root/root/project"
+     | tar --null --ignore-failed-read -cf - -T - 2>/dev/null) | tar -xf - -C "$root$inside"
   from="the working tree of $(git -C "$project" rev-parse --short HEAD)"
 else
-  git clone -q "$project" "$root/root/project"
+  git clone -q "$project" "$root$inside"
   from=$(git -C "$project" rev-parse --short HEAD)
 fi
 echo "other-release: Debian $suite $(cat "$root/etc/debian_version"), project at $from: $*"
 
-env_inside=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+home_inside=$(awk -F: '$1 == "root" { print $6 }' "$root/etc/passwd")
+env_inside=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "HOME=$home_inside"
             LANG=C.UTF-8 "CI=${CI:-}")
 if [ -f "$root/etc/p11tls-host/ca.crt" ]; then
   env_inside+=(PIP_CERT=/etc/p11tls-host/ca.crt SSL_CERT_FILE=/etc/p11tls-host/ca.crt)
@@ -114,7 +116,7 @@ for v in http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY \
 done
 set +e
 chroot "$root" /usr/bin/env -i "${env_inside[@]}" /bin/bash -c \
-  "cd /root/project && $(printf '%q ' "$@")"
+  "cd $inside && $(printf '%q ' "$@")"
 status=$?
 set -e
 echo "other-release: Debian $suite: exit $status"

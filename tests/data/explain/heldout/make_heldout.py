@@ -32,6 +32,7 @@ LABEL = "heldout"
 
 def keep(name: str, text: str, fmt: LogFormat, work: Path, cut: float | None = None) -> None:
     text = text.replace(str(work), "WORK")
+    text = text.replace(str(Path.home()), "HOME")
     if cut is not None:
         text = text[: int(len(text) * cut)]
     lines = mask_lines(text.split("\n"), fmt)
