@@ -73,7 +73,9 @@ def main() -> int:
     try:
         store = TemporarySoftHSM(work / "softhsm")
         token_info = store.init_token("bench", "1234")
-        store.activate()  # this process provisions; the clients run as children
+        # this bench process provisions (python-pkcs11 reads SOFTHSM2_CONF) and
+        # its clients inherit the store: one store for the process's life
+        os.environ.update(store.env)
         ca = TestCA(work / "ca")
         token = Token(store.module, token_info.label, token_info.pin)
         key = Provisioner(token, ca, work, "bench").provision(KEYS[args.key],

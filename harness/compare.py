@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError
-from harness.markdown_report import FAILED, cell_text, group_key, render_markdown
+from harness.markdown_report import render_markdown
+from harness.matrix_layout import FAILED, cell_text, group_key
 from harness.record import VERDICTS, HandshakeRecord, verdict_of, write_results
 
 __all__ = [

@@ -27,7 +27,7 @@ from typing import Any
 
 from harness.compare import _run, load_results
 from harness.errors import ConfigError
-from harness.markdown_report import failure_code
+from harness.matrix_layout import failure_code
 from harness.record import HandshakeRecord, verdict_of
 from harness.versions import MODULE_COMPONENTS
 

@@ -10,23 +10,13 @@ import re
 from collections.abc import Sequence
 
 from harness.explain.causes import Cause, failure_causes
-from harness.matrix_layout import (  # noqa: F401 - re-exported for compare.py and facts.py
-    FAILED,
-    GroupKey,
+from harness.matrix_layout import (
     MatrixTable,
     case_notes,
     cell_state,
     cell_text,
-    emulation_label,
     environment,
-    failure_code,
-    group_key,
-    group_title,
     matrix_tables,
-    mechanism_name,
-    sign_summary,
-    verdict_counts,
-    worst_state,
 )
 from harness.record import HandshakeRecord
 

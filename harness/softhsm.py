@@ -59,10 +59,6 @@ class TemporarySoftHSM:
         """Variables that make SoftHSM2 (in any process) use this store only."""
         return {"SOFTHSM2_CONF": str(self.conf)}
 
-    def activate(self) -> None:
-        """Point this process (and its children) at this store."""
-        os.environ.update(self.env)
-
     def init_token(self, label: str, pin: str | None = None) -> SoftHSMToken:
         """Initialise a new token in a free slot of this store."""
         util = shutil.which("softhsm2-util")

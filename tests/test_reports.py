@@ -32,7 +32,8 @@ from harness.compare import (
     write_reports,
 )
 from harness.html_report import render_html
-from harness.markdown_report import cell_text, render_markdown
+from harness.markdown_report import render_markdown
+from harness.matrix_layout import cell_text
 from harness.record import HandshakeRecord
 
 DATA = Path(__file__).parent / "data" / "results"
