@@ -18,11 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.config import resolve
-from harness.keys import KEYS, Provisioning
-from harness.matrix import Case
-from harness.runner import MatrixRunner
-from harness.tls import TLSVersion
+from harness.run.config import resolve
+from harness.matrix.keys import KEYS, Provisioning
+from harness.matrix.cases import Case
+from harness.run.runner import MatrixRunner
+from harness.tls.version import TLSVersion
 
 CLIENTS = ("openssl-engine", "gnutls", "java")
 

@@ -69,7 +69,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from harness.interposer import CONF_ENV, build_interposer, write_interposer_config
-    from harness.softhsm import TemporarySoftHSM
+    from harness.token.softhsm import TemporarySoftHSM
 
     interposer = build_interposer()
     with tempfile.TemporaryDirectory(prefix="p11tls-bench-") as tmp:

@@ -2,7 +2,7 @@
 
 Prints, per module, from `pytest tests/test_matrix.py` runs (pytest start
 included; the tpm2 run also starts swtpm, creates its token and flushes the
-TPM between cases, and starts a fresh JVM per Java case, see harness/tpm2.py):
+TPM between cases, and starts a fresh JVM per Java case, see harness/token/tpm2.py):
   1. the wall time of the whole matrix (same keys and clients on both);
   2. the median time the module spends per signature, from the recorded call
      durations of each successful case's last signing operation (the
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.tpm2 import unavailable_reason
+from harness.token.tpm2 import unavailable_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGN_CALLS = ("C_SignInit", "C_Sign", "C_SignUpdate", "C_SignFinal")

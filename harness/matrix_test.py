@@ -7,7 +7,7 @@ tree: `pytest --pyargs harness.matrix_test [--p11-… options]` or
 
 Parametrized by the p11tls plugin (`p11_case`); select with markers, e.g.
 `-m tls12`, `-m "ecdsa and gnutls"`. What each case must do comes from data
-files keyed to the versions they were measured on (harness/expectations.py):
+files keyed to the versions they were measured on (harness/verdict/expectations.py):
 the library judges the record (passed, failed with its problems, an expected
 failure with its reason, notes where nothing was measured on the versions
 here), and the test gives pytest the same verdict.

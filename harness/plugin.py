@@ -20,22 +20,22 @@ from typing import Any, Optional
 
 import pytest
 
-from harness import masking as pin_masking
+from harness.explain import masking as pin_masking
 from harness.clients import CLIENTS, check_clients, make_client
-from harness.compare import write_reports
-from harness.config import OPTIONS, Settings, resolve
+from harness.reports.compare import write_reports
+from harness.run.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
-from harness.lab import LabModuleMissing
-from harness.matrix import cases
-from harness.locking import TokenLock
-from harness.locking import token_key as lock_name
+from harness.run.lab import LabModuleMissing
+from harness.matrix.cases import cases
+from harness.token.locking import TokenLock
+from harness.token.locking import token_key as lock_name
 from harness.process import install_signal_handlers, tool_version
-from harness.profile import Profile, load_profile
-from harness.record import IMPORT_UNSUPPORTED, HandshakeRecord, write_results
-from harness.report import terminal_matrix
-from harness.rundir import new_run_id, publish, run_dir
-from harness.runner import STOPPED
-from harness.token import check_login, describe_token
+from harness.interposer.profile import Profile, load_profile
+from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, write_results
+from harness.reports.terminal import terminal_matrix
+from harness.reports.rundir import new_run_id, publish, run_dir
+from harness.run.runner import STOPPED
+from harness.token.probe import check_login, describe_token
 
 MARKERS = {
     "tls12": "TLS 1.2 handshake cases",
@@ -190,7 +190,7 @@ def _check_token_once(config: pytest.Config) -> None:
     if info.get("leftovers"):
         _say(config, info["leftovers"])
     if not settings.allow_slot_overwrite and not settings.read_only:
-        from harness.provision import fixed_slot_reason
+        from harness.token.provision import fixed_slot_reason
 
         reason = fixed_slot_reason(info)  # the token as the clients see it
         if reason is not None:
@@ -289,7 +289,7 @@ def _clean_after_workers(config: pytest.Config) -> None:
     clean-up); its journal names it. In a child process, the lock still ours."""
     import subprocess
 
-    from harness.journal import journal_dir, scan_journals
+    from harness.token.journal import journal_dir, scan_journals
 
     settings = config.stash[settings_key]
     assert settings.module is not None
@@ -299,7 +299,7 @@ def _clean_after_workers(config: pytest.Config) -> None:
     if not any(r.header.get("session") == _run_id(config) for r in runs):
         return
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cleanup", "--p11-module", str(settings.module),
+        [sys.executable, "-m", "harness.commands.cleanup", "--p11-module", str(settings.module),
          "--p11-token-label", settings.token_label or "", "--pin-stdin", "--yes",
          "--session", _run_id(config), "--parent-holds-lock",
          "--timeout", str(settings.timeout_s)],
@@ -424,7 +424,7 @@ def _existing_keys(config: pytest.Config, settings: Settings) -> tuple[Any, ...]
     """Read-only mode: the KeySpecs of the keys on the token, read once without a
     login; a failure is kept and raised again where it becomes the one-line error."""
     if existing_key not in config.stash:
-        from harness.existing import existing_specs
+        from harness.token.probe import existing_specs
 
         assert settings.module is not None
         try:
@@ -453,7 +453,7 @@ def p11_runner(p11_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
     Each pytest-xdist worker gets its own. A bad module, token label or PIN
     ends the whole run with one line: the PIN is never tried twice.
     """
-    from harness.runner import MatrixRunner
+    from harness.run.runner import MatrixRunner
 
     try:
         runner = MatrixRunner(
@@ -602,7 +602,7 @@ class RecordCollector:
 
 
 def prediction_summary(records: list[HandshakeRecord]) -> str | None:
-    """How many cells were what harness/predict.py said from the token's mechanisms."""
+    """How many cells were what harness/verdict/predict.py said from the token's mechanisms."""
     compared = [r for r in records if r.prediction_matched is not None]
     if not compared:
         return None
@@ -615,7 +615,7 @@ def prediction_summary(records: list[HandshakeRecord]) -> str | None:
 
 def read_only_summary(records: list[HandshakeRecord]) -> list[str]:
     """A read-only run's keys (label, CKA_ID, type) and its proof that it wrote nothing."""
-    from harness.existing import writes_in
+    from harness.token.existing_keys import writes_in
 
     keys: list[dict[str, Any]] = next((r.module["existing_keys"] for r in records
                                        if r.module.get("existing_keys")), [])

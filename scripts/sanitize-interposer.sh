@@ -24,4 +24,4 @@ export P11TLS_INTERPOSER_SANITIZE=1
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 LD_PRELOAD="$asan" exec "$python" -m pytest -p no:cacheprovider \
-    tests/test_interposer.py tests/test_emulation.py tests/test_fork.py "$@"
+    tests/interposer/test_interposer.py tests/interposer/test_emulation.py tests/interposer/test_fork.py "$@"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ToolMissing
-from harness.recording import find_pkcs11_spy
-from harness.softhsm import SoftHSMToken, TemporarySoftHSM
+from harness.run.recording import find_pkcs11_spy
+from harness.token.softhsm import SoftHSMToken, TemporarySoftHSM
 
 pytest_plugins = ["pytester"]
 

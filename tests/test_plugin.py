@@ -247,7 +247,7 @@ def test_failed_expectation_after_a_good_handshake_is_failed_in_every_report(mat
 # the child run reads its facts from this directory instead of the shipped one
 FACTS_CONFTEST = """
 from pathlib import Path
-import harness.expectations as expectations
+import harness.verdict.expectations as expectations
 expectations.EXPECTED_MECHANISMS = Path(__file__).parent / "mechanisms.toml"
 """
 GNUTLS_P256 = """\
@@ -286,7 +286,7 @@ def test_case_whose_facts_are_for_another_version_is_reported_unmeasured(matrix)
     assert "❔ ok ECDSA 32B [1]" in markdown and 'data-state="unmeasured"' in html
     assert show(matrix).returncode == 0
     # `p11tls facts` writes what was measured here, keyed to the version here ...
-    from harness.facts import facts_main
+    from harness.commands.facts import facts_main
 
     assert facts_main([str(matrix.path / "reports" / "results.json")]) == 0
     written = (matrix.path / "reports" / "facts" / "expected_mechanisms.toml").read_text()
@@ -305,7 +305,7 @@ def test_case_whose_facts_are_for_another_version_is_reported_unmeasured(matrix)
 
 RECORDING_TESTS = """
 import pytest
-from harness.record import HandshakeRecord
+from harness.matrix.record import HandshakeRecord
 
 
 def rec(case_id):
@@ -437,7 +437,7 @@ def test_assertion_compares_the_pin(p11_runner):
 
 
 def test_pin_appears_in_no_output_report_log_or_temp_file(matrix, pkcs11_spy, tmp_path):
-    from harness.softhsm import TemporarySoftHSM
+    from harness.token.softhsm import TemporarySoftHSM
 
     pin = "Pq7-leak-3306"
     store = TemporarySoftHSM(tmp_path / "leaky-softhsm")

@@ -7,7 +7,7 @@ names used in test ids to those classes; `client_names` adds one `java@N` and
 `make_client` builds any of them from the user's `ClientOptions`. The
 `software` client is the control: the imported key used from memory, no token.
 
-Nothing here imports the settings (harness.config): clients get ClientOptions
+Nothing here imports the settings (harness.run.config): clients get ClientOptions
 when built and a HandshakeJob per handshake.
 """
 
@@ -71,7 +71,7 @@ def make_client(name: str, options: ClientOptions | None = None) -> Client:
 
 
 class ClientSettings(Protocol):
-    """What check_clients needs of the settings (harness.config.Settings)."""
+    """What check_clients needs of the settings (harness.run.config.Settings)."""
 
     @property
     def clients(self) -> tuple[str, ...]: ...

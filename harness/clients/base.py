@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.clients.logs import client_error
 from harness.process import ProcessResult
-from harness.tls import TLSVersion
+from harness.tls.version import TLSVersion
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from harness import masking as pin_masking
+from harness.explain import masking as pin_masking
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.pin_once import pin_once
 from harness.errors import HarnessError

@@ -6,7 +6,7 @@ import shutil
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.process import base_env, run_logged, tool_version
-from harness.system import LIBP11_ENGINE, find_library
+from harness.installed import LIBP11_ENGINE, find_library
 from harness.versions import command_version, package_version
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.errors import HarnessError
-from harness.tls import TLSVersion
+from harness.tls.version import TLSVersion
 
 NEEDS_IMPORT = "software control needs an imported key (generated keys never leave the token)"
 _T = TypeVar("_T")

@@ -1,43 +1,10 @@
-"""`p11tls explain`: parse PKCS#11 call logs into one call model and diagnose them.
+"""Explain a PKCS#11 call log: which call failed first, and why.
 
-Formats: this harness's interposer records (JSON lines), OpenSC pkcs11-spy,
-p11-kit log-calls, Pkcs11Interop pkcs11-logger, OpenSC debug logs
-(including APDU sizes and reader errors), tpm2-pkcs11's own log and NSS's
-module debug log (NSS_DEBUG_PKCS11_MODULE). One module per format; `detect`
-picks the format, `rules` holds the diagnosis rules; harness.masking keeps
-PINs and key values out of anything echoed.
+Readers, one per format, live in `formats/` (this harness's interposer
+records, OpenSC pkcs11-spy, p11-kit log-calls, Pkcs11Interop pkcs11-logger,
+OpenSC debug logs, tpm2-pkcs11's log, NSS's module debug log, Java traces);
+`model` is the one call model they produce, `rules` (with `card`,
+`general`, `tpm2_rules`, `no_sign`) the ranked diagnosis, `explanation` the
+API (`parse_log`, `explain`, `explain_file`), `cli` the `p11tls explain`
+command, and `masking` keeps PINs and key values out of anything echoed.
 """
-
-from __future__ import annotations
-
-from harness.explain.cli import (
-    Explanation,
-    explain,
-    explain_file,
-    explain_main,
-    parse_file,
-    parse_log,
-    render_text,
-)
-from harness.explain.detect import detect_format, read_log
-from harness.explain.model import Call, Finding, LogFormat, ParsedLog
-from harness.explain.rules import RULE_NAMES, RULES, diagnose
-
-__all__ = [
-    "RULES",
-    "RULE_NAMES",
-    "Call",
-    "Explanation",
-    "Finding",
-    "LogFormat",
-    "ParsedLog",
-    "detect_format",
-    "diagnose",
-    "explain",
-    "explain_file",
-    "explain_main",
-    "parse_file",
-    "parse_log",
-    "read_log",
-    "render_text",
-]

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from harness.explain import java_log
+from harness.explain.formats import java_log
 
 RSA_PSS = ("CKM_RSA_PKCS_PSS",)
 COMBINED_ECDSA = re.compile(r"^CKM_ECDSA_SHA")

@@ -814,7 +814,7 @@ RULES: tuple[Rule, ...] = (
     Rule("pin-flags", "the token's PIN counter flags", check_pin_flags),
 )
 GENERAL_RULE = "failed-call"
-JAVA_RULE = "sunpkcs11-disabled"  # from SunPKCS11's own lines (harness.explain.java_log)
+JAVA_RULE = "sunpkcs11-disabled"  # from SunPKCS11's own lines (harness.explain.formats.java_log)
 RULE_NAMES = (*(rule.name for rule in RULES), GENERAL_RULE, JAVA_RULE)
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 from harness.explain.model import Call
-from harness.explain.tpm2_log import mentions_tpm2
+from harness.explain.formats.tpm2_log import mentions_tpm2
 
 PSS = re.compile(r"^CKM_(SHA\d+_)?RSA_PKCS_PSS$")
 # OpenSSL's RSA_R_SLEN_CHECK_FAILED, and what TLS stacks print around it

@@ -7,7 +7,7 @@ build with AddressSanitizer and UBSan: a process loading it needs libasan
 first, e.g. LD_PRELOAD, see scripts/sanitize-interposer.sh);
 `write_interposer_config()` writes the file the C side reads and returns the
 environment a client process needs. The record it writes is read
-by `harness.calls`.
+by `harness.interposer.calls`.
 
 Configuration format (one setting per line, ``key value``, the value being the
 rest of the line; blank lines and ``#`` comments are ignored)::
@@ -16,7 +16,7 @@ rest of the line; blank lines and ``#`` comments are ignored)::
     record /path/to/reports/case.calls.jsonl
 
 Emulation settings (``hide 0xd # CKM_RSA_PKCS_PSS``, ``sign_max_input 2048``,
-...) are more lines of the same shape, written by `harness.profile.Profile.
+...) are more lines of the same shape, written by `harness.interposer.profile.Profile.
 interposer_lines()`; interposer.c's opening comment lists them. The C side
 refuses unknown keys and bad values: C_Initialize prints the reason to stderr
 and returns CKR_GENERAL_ERROR.

@@ -22,10 +22,10 @@ sys.path.insert(0, str(HERE.parents[3]))
 
 from harness.explain.model import LogFormat  # noqa: E402
 from harness.interposer import build_interposer, write_interposer_config  # noqa: E402
-from harness.masking import mask_lines  # noqa: E402
-from harness.profile import load_profile  # noqa: E402
-from harness.softhsm import TemporarySoftHSM  # noqa: E402
-from harness.system import P11_KIT_PROXY, PKCS11_SPY, find_library  # noqa: E402
+from harness.explain.masking import mask_lines  # noqa: E402
+from harness.interposer.profile import load_profile  # noqa: E402
+from harness.token.softhsm import TemporarySoftHSM  # noqa: E402
+from harness.installed import P11_KIT_PROXY, PKCS11_SPY, find_library  # noqa: E402
 
 LABEL = "heldout"
 

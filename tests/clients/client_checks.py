@@ -1,0 +1,76 @@
+"""Shared checks of the tests for the process clients (nss, curl): real
+handshakes on the session's throw-away SoftHSM2 token through the recording
+interposer, and direct jobs for the negative controls (wrong PIN, a server
+that trusts another CA)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.tls.ca import TestCA
+from harness.clients.base import ClientResult, HandshakeJob
+from harness.matrix.keys import KEYS, Provisioning
+from harness.tls.server import HandshakeServer, ServerCase, ServerObservation
+from harness.tls.version import TLSVersion
+
+# The digest a raw signing mechanism gets for a TLS signature scheme: the
+# scheme's hash, or for rsa_pkcs1 the DigestInfo (19-byte prefix + SHA-256).
+DIGEST_BYTES = {"sha256": 32, "sha384": 48, "sha512": 64}
+RAW_MECHANISMS = {"CKM_ECDSA", "CKM_RSA_PKCS", "CKM_RSA_PKCS_PSS"}
+
+
+def expected_input(scheme: str) -> int:
+    """What a client hashing on the host hands the token, from the scheme the
+    server saw (independent of the recorded calls)."""
+    digest = DIGEST_BYTES[re.search(r"sha(256|384|512)$", scheme).group(0)]  # type: ignore[union-attr]
+    return digest + 19 if scheme.startswith("rsa_pkcs1_") else digest
+
+
+@dataclass
+class Direct:
+    result: ClientResult
+    seen: ServerObservation
+    calls: list[dict[str, Any]]
+    job: HandshakeJob
+
+
+def run_direct(runner: Any, client_name: str, logs: Path, *, key: str = "p256",
+               tls: TLSVersion = TLSVersion.TLS12, pin: str | None = None,
+               client_ca: Path | None = None) -> Direct:
+    """One handshake of `client_name` through the runner's interposer against a
+    server of its own (trusting `client_ca` for client certificates)."""
+    client = runner.client(client_name)
+    provisioned = runner.key(KEYS[key], Provisioning.GENERATE)
+    recorder = runner.recorder(client_name)
+    mark = recorder.mark()
+    logs.mkdir(parents=True, exist_ok=True)
+    with HandshakeServer(cert_pem=runner.ca.server_cert_pem, key_pem=runner.ca.server_key_pem,
+                         client_ca_pem=client_ca or runner.ca.ca_pem) as server:
+        server.arm(ServerCase(tls=tls, log_path=logs / "server.log"))
+        job = HandshakeJob(
+            host="127.0.0.1", port=server.port, tls=tls, module=recorder.module,
+            token_label=runner.token_label_for(KEYS[key]), pin=pin or runner.pin,
+            key_label=provisioned.label, key_id_hex=provisioned.id_hex,
+            cert_pem=provisioned.cert_pem, ca_pem=runner.ca.ca_pem,
+            log_path=logs / "client.log", timeout_s=20, env={**runner.env, **recorder.env})
+        try:
+            result = client.handshake(job)
+        finally:
+            seen = server.collect()
+    return Direct(result, seen, recorder.collect(mark, logs), job)
+
+
+def foreign_ca(directory: Path) -> Path:
+    """The CA file of a CA that issued none of the harness's certificates."""
+    return TestCA(directory, name="another CA").ca_pem
+
+
+def logins(calls: list[dict[str, Any]]) -> list[str]:
+    return [c["rv"] for c in calls if c["fn"] == "C_Login"]
+
+
+def signs(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in calls if c["fn"] in ("C_Sign", "C_SignUpdate", "C_SignFinal")]

@@ -1,0 +1,77 @@
+"""Causes, not cells: the terminal summary, matrix.md and matrix.html open with
+the causes of the run's failures, each once, with its cases and workaround.
+The explanations are those `p11tls explain` gives for real and sample logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.explain.explanation import explain_file
+from harness.reports.causes import failure_causes
+from harness.explain.no_sign import explain_without_signing
+from harness.reports.html import render_html
+from harness.reports.markdown import render_markdown
+from harness.matrix.record import HandshakeRecord
+from harness.reports.terminal import terminal_matrix
+
+DATA = Path(__file__).parents[1] / "data" / "explain"
+
+
+def _record(case_id: str, outcome: str = "fail", explanation: dict | None = None,
+            error: str | None = None) -> HandshakeRecord:
+    client, key, prov, tls = case_id.split("-")
+    return HandshakeRecord(case_id=case_id, client=client, key=key, provisioning=prov,
+                           tls=tls.removeprefix("tls1") and "1." + tls[-1], outcome=outcome,
+                           explanation=explanation, error=error)
+
+
+def _night() -> list[HandshakeRecord]:
+    combined = {"findings": explain_file(DATA / "seed001-opensc.log").to_json()["findings"]}
+    no_pss = explain_without_signing(["CKM_RSA_PKCS", "CKM_ECDSA"], "rsa2048", "TLS1.3")
+    records = [_record(f"java-{k}-{p}-tls12", explanation=combined)
+               for k in ("p256", "p384") for p in ("generate", "import")]
+    records += [_record(f"{c}-rsa2048-{p}-tls13", explanation=no_pss)
+                for c in ("gnutls", "opensslengine") for p in ("generate", "import")]
+    records.append(_record("gnutls-p256-generate-tls13", outcome="ok"))
+    return records
+
+
+def test_eight_failing_cells_two_causes():
+    causes = failure_causes(_night())
+    assert [len(c.cases) for c in causes] == [4, 4]
+    assert {c.key.split()[0] for c in causes} == {"combined-mechanism-large-input",
+                                                 "tls13-rsa-without-pss"}
+    assert all(c.workaround for c in causes)
+    # Control: the ok case is no cause, and a run without failures has none.
+    assert all("gnutls-p256-generate-tls13" not in c.cases for c in causes)
+    assert failure_causes([_record("gnutls-p256-generate-tls13", outcome="ok")]) == []
+
+
+def test_reports_open_with_the_causes():
+    records = _night()
+    md = render_markdown(records)
+    assert md.index("## Causes of the failures (2 for 8 failed cases)") < md.index("| key |")
+    html = render_html(records)
+    assert html.index("Causes of the failures") < html.index("<table")
+    assert 'href="#g' in html.split("</section>")[0]  # cases link to their cells
+    term = terminal_matrix(records)
+    assert term.startswith("Causes of the failures:\n1. ")
+    assert term.count("Workaround:") == 2
+    ok = [r for r in records if r.outcome == "ok"]
+    assert "Causes" not in render_markdown(ok) + render_html(ok) + terminal_matrix(ok)
+
+
+def test_unexplained_failures_are_grouped_by_their_code():
+    records = [_record(f"java-p256-generate-tls1{v}", error="CKR_DEVICE_ERROR in C_Sign")
+               for v in "23"]
+    (cause,) = failure_causes(records)
+    assert cause.title.startswith("CKR_DEVICE_ERROR") and len(cause.cases) == 2
+
+
+def test_a_failure_without_signing_call_says_why_in_its_cell():
+    from harness.reports.layout import cell_text
+
+    no_pss = explain_without_signing(["CKM_RSA_PKCS"], "rsa2048", "TLS1.3")
+    assert cell_text(_record("gnutls-rsa2048-generate-tls13", explanation=no_pss)) == (
+        "fail: tls13-rsa-without-pss")
+    assert cell_text(_record("gnutls-rsa2048-generate-tls13")) == "fail"  # control

@@ -1,0 +1,189 @@
+"""Read-only mode: the keys already on a token (--p11-existing, --p11-key), run
+for real in a child pytest on a SoftHSM2 token prepared the way people have
+their cards: keys made by pkcs11-tool, certificates from a CA the harness has
+never seen, and one key without a certificate."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from harness.errors import ConfigError
+from harness.token.existing_keys import WRITE_FUNCTIONS, parse_key_uri, writes_in
+from harness.interposer import build_interposer, write_interposer_config
+from harness.matrix.keys import KEYS, Provisioning
+from harness.matrix.cases import cases
+from harness.interposer.calls import parse_calls
+
+MATRIX_TEST = (Path(__file__).parents[1] / "test_matrix.py").read_text()
+FOREIGN_CA = "Users' Own Issuing CA"
+
+
+def tool(store, token, *args: str, login: bool = True) -> str:
+    cmd = ["pkcs11-tool", "--module", str(store.module), "--token-label", token.label, *args]
+    if login:
+        cmd += ["--login", "--pin", token.pin]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True,
+                          env={**os.environ, **store.env}).stdout
+
+
+def foreign_cert(public_der: bytes, name: str, ca_name: str) -> bytes:
+    """A client certificate from a CA the harness does not know."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    issuer = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Users")]))
+            .issuer_name(issuer)
+            .public_key(serialization.load_der_public_key(public_der))  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.fixture
+def users_token(softhsm_store, tmp_path):
+    """The spare token with what a user has on a card: two key pairs with
+    certificates from two different CAs (P-256 id 01, RSA-2048 id 02) and a
+    P-256 key without one (id 03)."""
+    store, token = softhsm_store
+    for key_id, label, key_type, with_cert in (("01", "signing key", "EC:prime256v1", True),
+                                               ("02", "rsa-auth", "rsa:2048", True),
+                                               ("03", "bare", "EC:prime256v1", False)):
+        tool(store, token, "--keypairgen", "--key-type", key_type, "--id", key_id,
+             "--label", label)
+        if with_cert:
+            public = tmp_path / f"{key_id}.pub"
+            tool(store, token, "--read-object", "--type", "pubkey", "--id", key_id,
+                 "--output-file", str(public))
+            cert = tmp_path / f"{key_id}.der"
+            cert.write_bytes(foreign_cert(public.read_bytes(), f"User {label}",
+                                          f"{FOREIGN_CA} {key_id}"))
+            tool(store, token, "--write-object", str(cert), "--type", "cert", "--id", key_id,
+                 "--label", label)
+    return store, token
+
+
+def run_matrix(pytester, store, token, *args: str):
+    pytester.makepyfile(test_matrix=MATRIX_TEST)
+    mp = pytest.MonkeyPatch()
+    try:
+        for name, value in store.env.items():
+            mp.setenv(name, value)
+        return pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", f"--p11-module={store.module}",
+            f"--p11-token-label={token.label}", f"--p11-pin={token.pin}",
+            "--p11-reports=reports", *args, timeout=300)
+    finally:
+        mp.undo()
+
+
+def records(pytester) -> dict[str, dict]:
+    data = json.loads((pytester.path / "reports" / "results.json").read_text())
+    return {r["case_id"]: r for r in data["records"]} if isinstance(data, dict) else {
+        r["case_id"]: r for r in data}
+
+
+def test_existing_keys_run_read_only_and_the_token_is_unchanged(pytester, users_token):
+    store, token = users_token
+    before = tool(store, token, "--list-objects")
+    result = run_matrix(pytester, store, token, "--p11-existing",
+                        "--p11-clients=openssl-engine,gnutls,java,nss")
+    after = tool(store, token, "--list-objects")
+    assert after == before  # nothing created, destroyed or changed
+    got = records(pytester)
+    # the two key pairs with a certificate, by label; the bare key is not a pair
+    assert {r["key"] for r in got.values()} == {"signing_key", "rsa-auth"}
+    assert all(r["provisioning"] == "existing" for r in got.values())
+    ok = [r for r in got.values() if r["outcome"] == "ok"]
+    # every client takes the foreign-CA certificate of the key under test; Java
+    # and NSS chose it by the issuer the server named (two CAs: only that key's issuer)
+    assert {r["client"] for r in ok} == {"openssl-engine", "gnutls", "java", "nss"}
+    for r in ok:
+        label = "signing key" if r["key"] == "signing_key" else "rsa-auth"
+        assert r["client_subject"] == f"O=Users,CN=User {label}", r["case_id"]
+    for record in got.values():
+        functions = {c["fn"] for c in record["calls"] or ()}
+        assert "C_Sign" in functions or "C_SignInit" in functions, record["case_id"]
+        assert not functions & WRITE_FUNCTIONS, record["case_id"]
+    module = next(iter(got.values()))["module"]
+    assert module["read_only"] is True
+    described = {k["label"]: k for k in module["existing_keys"]}
+    assert described["signing key"]["id"] == "01" and described["signing key"]["type"] == "p256"
+    assert described["rsa-auth"]["type"] == "rsa2048"
+    assert f"{FOREIGN_CA} 02" in described["rsa-auth"]["issuer"]
+    assert f"{FOREIGN_CA} 01" in described["signing key"]["issuer"]
+    assert "the run wrote nothing" in result.stdout.str()
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("passed", 0) >= 10, outcomes
+
+
+def test_a_key_without_certificate_by_uri_runs_where_a_file_certificate_works(
+        pytester, users_token):
+    store, token = users_token
+    before = tool(store, token, "--list-objects")
+    result = run_matrix(pytester, store, token, "--p11-key=pkcs11:object=bare;type=private",
+                        "--p11-clients=gnutls,java", "-m", "not rsa_pkcs1_sha256")
+    assert tool(store, token, "--list-objects") == before
+    got = records(pytester)
+    assert set(got) == {"gnutls-bare-existing-tls12", "gnutls-bare-existing-tls13",
+                        "java-bare-existing-tls12", "java-bare-existing-tls13"}
+    assert got["gnutls-bare-existing-tls12"]["outcome"] == "ok"
+    assert got["gnutls-bare-existing-tls13"]["outcome"] == "ok"
+    # negative control: Java needs the certificate on the token, and none is written
+    assert got["java-bare-existing-tls12"]["outcome"] == "skip"
+    assert "has no certificate on the token" in got["java-bare-existing-tls12"]["error"]
+    result.assert_outcomes(passed=2, skipped=2)
+
+
+def test_bad_key_uri_and_unknown_key_are_one_line_errors(pytester, users_token):
+    store, token = users_token
+    result = run_matrix(pytester, store, token, "--p11-key=pkcs11:object=nothing-here")
+    assert result.ret != 0
+    assert "no certificate or public key on the token matches" in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    with pytest.raises(ConfigError, match="must not carry a PIN"):
+        parse_key_uri("pkcs11:object=x?pin-value=1234")
+    with pytest.raises(ConfigError, match="names no key"):
+        parse_key_uri("pkcs11:token=abc")
+    assert parse_key_uri("pkcs11:id=%01%ff;type=private").key_id == b"\x01\xff"
+
+
+def test_write_detection_sees_a_real_write_and_not_a_read(softhsm_store, tmp_path):
+    """The check every read-only case makes, on records of real calls: a key
+    generation through the interposer is a write, a listing is not."""
+    store, token = softhsm_store
+    interposer = build_interposer()
+    seen = {}
+    for name, args in (("read", ["--list-objects"]),
+                       ("write", ["--keypairgen", "--key-type", "EC:prime256v1",
+                                  "--id", "09", "--label", "w"])):
+        record = tmp_path / f"{name}.jsonl"
+        env = write_interposer_config(store.module, record, tmp_path / f"{name}.conf")
+        subprocess.run(["pkcs11-tool", "--module", str(interposer), "--token-label",
+                        token.label, "--login", "--pin", token.pin, *args],
+                       capture_output=True, check=True, env={**os.environ, **store.env, **env})
+        seen[name] = writes_in(parse_calls(record.read_bytes()))
+    assert seen == {"read": [], "write": ["C_GenerateKeyPair"]}
+
+
+def test_existing_keys_have_their_own_case_axis():
+    spec = KEYS["p256"]
+    made = cases(["gnutls", "software"], (spec,))
+    existing = cases(["gnutls", "software"], (spec,), existing=True)
+    assert {c.provisioning for c in made} == {Provisioning.GENERATE, Provisioning.IMPORT}
+    assert {c.provisioning for c in existing} == {Provisioning.EXISTING}
+    assert {c.client for c in existing} == {"gnutls"}  # no host copy for the control
+    assert "existing" in existing[0].markers
