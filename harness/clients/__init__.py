@@ -33,11 +33,6 @@ JAVA_CLIENTS: dict[str, type[JavaClient]] = {c.name: c for c in (JavaClient,
                                                                   JavaNoCombinedClient)}
 
 
-def base_name(client: str) -> str:
-    """`java@21` -> `java`: the client a per-JDK variant is one of."""
-    return client.split("@", 1)[0]
-
-
 def client_names(java_homes: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Every client name: CLIENTS, and after the Java clients one pair per
     further JDK (java@21, java-nocombined@21)."""

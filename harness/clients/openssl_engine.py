@@ -36,7 +36,7 @@ class OpenSSLEngineClient(Client):
             # The PIN goes through the environment, never argv or a log.
             "-pass", "env:P11TLS_PIN",
             "-cert", str(job.cert_pem), "-CAfile", str(job.ca_pem),
-            "-verify_return_error", "-tls" + job.tls.value.replace(".", "_"),
+            "-verify_return_error", job.tls.openssl_flag,
         ]
         # PKCS11_MODULE_PATH makes libp11 load exactly this module, not p11-kit-proxy.
         env = base_env({**job.env, "PKCS11_MODULE_PATH": str(job.module), "P11TLS_PIN": job.pin})

@@ -64,7 +64,7 @@ class OpenSSLProviderClient(Client):
             argv = [
                 openssl, "s_client", "-connect", f"{job.host}:{job.port}",
                 "-key", job.key_uri, "-cert", str(job.cert_pem), "-CAfile", str(job.ca_pem),
-                "-verify_return_error", "-tls" + job.tls.value.replace(".", "_"),
+                "-verify_return_error", job.tls.openssl_flag,
             ]
             env = base_env({**job.env, "OPENSSL_CONF": str(conf)})
             proc = run_logged(argv, env=env, log_path=job.log_path, timeout=job.timeout_s)

@@ -40,9 +40,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TEXT_KEYS = ("description", "module", "token_label", "token_serial", "pin_env", "pin_file",
              "mode", "profile", "install")
 LIST_KEYS = ("keys", "clients")  # a list of names or one comma-separated string
-# what an entry sets, by the config option it fills
-FILLS = ("p11_module", "p11_token_label", "p11_pin", "p11_existing", "p11_profile",
-         "p11_keys", "p11_clients")
 
 
 class LabModuleMissing(ConfigError):

@@ -53,7 +53,6 @@ START_ATTEMPTS = 5  # a free port can be taken between the bind test and swtpm's
 # TPM 2.0 command codes, handle ranges and properties (TPM 2.0 Part 2)
 TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS = 0x8001, 0x8002
 CC_GET_CAPABILITY, CC_FLUSH_CONTEXT, CC_DA_LOCK_RESET = 0x17A, 0x165, 0x139
-CC_DA_PARAMETERS = 0x13A
 TPM_CAP_HANDLES, TPM_CAP_TPM_PROPERTIES = 1, 6
 HR_TRANSIENT, HR_LOADED_SESSION, HR_SAVED_SESSION = 0x80000000, 0x02000000, 0x03000000
 TPM_PT_FAMILY_INDICATOR, TPM_PT_LOCKOUT_COUNTER = 0x100, 0x20E
@@ -295,12 +294,6 @@ class SoftwareTPM:
         self._checked("TPM2_DictionaryAttackLockReset", CC_DA_LOCK_RESET,
                       self._lockout_auth(), TPM_ST_SESSIONS)
 
-    def set_lockout(self, max_tries: int, recovery_s: int, lockout_recovery_s: int) -> None:
-        """TPM2_DictionaryAttackParameters."""
-        self._checked("TPM2_DictionaryAttackParameters", CC_DA_PARAMETERS,
-                      self._lockout_auth()
-                      + struct.pack(">III", max_tries, recovery_s, lockout_recovery_s),
-                      TPM_ST_SESSIONS)
 
 
 def _read(conn: socket.socket, size: int) -> bytes:
