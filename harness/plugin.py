@@ -28,7 +28,6 @@ from harness.errors import HarnessError
 from harness.run.lab import LabModuleMissing
 from harness.matrix.cases import cases
 from harness.token.locking import TokenLock
-from harness.token.locking import token_key as lock_name
 from harness.process import install_signal_handlers, tool_version
 from harness.interposer.profile import Profile, load_profile
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, write_results
@@ -36,6 +35,7 @@ from harness.reports.terminal import terminal_matrix
 from harness.reports.rundir import new_run_id, publish, run_dir
 from harness.run.runner import STOPPED
 from harness.token.probe import check_login, describe_token
+from harness.token.run_tokens import emulated_module, lock_token, refuse_fixed_slot
 
 MARKERS = {
     "tls12": "TLS 1.2 handshake cases",
@@ -176,11 +176,7 @@ def _check_token_once(config: pytest.Config) -> None:
     with tempfile.TemporaryDirectory(prefix="p11tls-check-") as tmp:
         module, env = settings.module, None
         if profile is not None:  # the token as the clients will see it: emulated
-            from harness.interposer import build_interposer, write_interposer_config
-
-            env = write_interposer_config(settings.module, Path(tmp) / "calls.jsonl",
-                                          Path(tmp) / "check.conf", profile.interposer_lines())
-            module = build_interposer()
+            module, env = emulated_module(settings.module, profile, Path(tmp), "check")
         info = check_login(module, settings.token_label or "", settings.pin or "", env,
                            scan_module=settings.module, own=_run_id(config),
                            read_only=settings.read_only)
@@ -189,12 +185,8 @@ def _check_token_once(config: pytest.Config) -> None:
         _say(config, f"p11tls: warning: {info['pin_warning']}")
     if info.get("leftovers"):
         _say(config, info["leftovers"])
-    if not settings.allow_slot_overwrite and not settings.read_only:
-        from harness.token.provision import fixed_slot_reason
-
-        reason = fixed_slot_reason(info)  # the token as the clients see it
-        if reason is not None:
-            raise HarnessError(reason)
+    refuse_fixed_slot(info, allow_overwrite=settings.allow_slot_overwrite,  # as clients see it
+                      read_only=settings.read_only)
 
 
 def _lock_token(config: pytest.Config, settings: Settings) -> None:
@@ -203,10 +195,8 @@ def _lock_token(config: pytest.Config, settings: Settings) -> None:
     assert settings.module is not None
     label = settings.token_label or ""
     info = describe_token(settings.module, label)  # the serial, without a login
-    lock = TokenLock(lock_name(settings.module, str(info.get("serial", "")), label),
-                     f"token {label!r}")
-    lock.acquire(lambda line: _say(config, line))
-    config.stash[lock_key] = lock
+    config.stash[lock_key] = lock_token(settings.module, str(info.get("serial", "")), label,
+                                        lambda line: _say(config, line))
 
 
 def _say(config: pytest.Config, line: str) -> None:

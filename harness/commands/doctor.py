@@ -99,12 +99,10 @@ def inspect(module: Path, label: str | None, pin: str | None, *,
     with tempfile.TemporaryDirectory(prefix="p11tls-doctor-") as tmp:
         load = module
         if profile is not None:  # the token as the clients would see it under the profile
-            from harness.interposer import build_interposer, write_interposer_config
+            from harness.token.run_tokens import emulated_module
 
-            os.environ.update(write_interposer_config(
-                module, Path(tmp) / "calls.jsonl", Path(tmp) / "interposer.conf",
-                profile.interposer_lines()))
-            load = build_interposer()
+            load, env = emulated_module(module, profile, Path(tmp))
+            os.environ.update(env)
         return _inspect(module, load, label, pin, profile, keys)
 
 

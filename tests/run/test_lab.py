@@ -223,7 +223,8 @@ clients = ["gnutls"]
 
 
 def token_serial(store: TemporarySoftHSM, env: dict[str, str]) -> str:
-    listed = subprocess.run([sys.executable, "-m", "harness.run.lab", str(store.module)],
+    listed = subprocess.run([sys.executable, "-m", "harness.token.probe", "tokens",
+                             str(store.module)],
                             capture_output=True, text=True, env=env, check=True).stdout
     return str(json.loads(listed)[0]["serial"])
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from harness import cli
+from harness.commands import run as run_command
 from harness.run.lab import load_lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +93,7 @@ def check_p11tls(args: list[str], pytest_options: set[str]) -> str | None:
     if not args:
         return "no subcommand"
     if args[0] == "run":
-        known, rest = cli.run_parser().parse_known_args(args[1:])
+        known, rest = run_command.run_parser().parse_known_args(args[1:])
         unknown = [a.split("=")[0] for a in rest
                    if a.startswith("-") and a.split("=")[0] not in pytest_options]
         return f"p11tls run: unknown options {unknown}" if unknown else None
