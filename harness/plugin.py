@@ -27,7 +27,7 @@ from harness.run.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
 from harness.run.lab import LabModuleMissing
 from harness.matrix.cases import cases
-from harness.token.locking import TokenLock
+from harness.token.locking import TokenLock, token_key
 from harness.process import install_signal_handlers, tool_version
 from harness.interposer.profile import Profile, load_profile
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, write_results
@@ -50,7 +50,8 @@ MARKERS = {
 }
 RECORD_PROPERTY = "p11tls_record"
 settings_key = pytest.StashKey[Settings]()
-token_key = pytest.StashKey[dict[str, Any]]()  # the user's token, as check_login saw it
+token_info_key = pytest.StashKey[dict[str, Any]]()  # the user's token, as check_login saw it
+identity_key = pytest.StashKey[dict[str, Any]]()  # the real token's identity (lock, journals)
 profile_key = pytest.StashKey[Optional[Profile]]()  # the emulation profile, parsed once
 checked_key = pytest.StashKey[bool]()  # the one login check is done (or not needed)
 header_key = pytest.StashKey[bool]()  # the p11tls header lines were shown
@@ -173,14 +174,17 @@ def _check_token_once(config: pytest.Config) -> None:
         return
     _lock_token(config, settings)
     profile = config.stash.get(profile_key, None)
+    identity: dict[str, Any] = config.stash[identity_key]
+    journal_key = token_key(identity)
     with tempfile.TemporaryDirectory(prefix="p11tls-check-") as tmp:
         module, env = settings.module, None
         if profile is not None:  # the token as the clients will see it: emulated
             module, env = emulated_module(settings.module, profile, Path(tmp), "check")
         info = check_login(module, settings.token_label or "", settings.pin or "", env,
-                           scan_module=settings.module, own=_run_id(config),
+                           journal_key=journal_key,
+                           own=_run_id(config), hint_module=settings.module,
                            read_only=settings.read_only)
-    config.stash[token_key] = info
+    config.stash[token_info_key] = info
     if info.get("pin_warning"):
         _say(config, f"p11tls: warning: {info['pin_warning']}")
     if info.get("leftovers"):
@@ -194,9 +198,9 @@ def _lock_token(config: pytest.Config, settings: Settings) -> None:
     until the run ends (its xdist workers then take turns case by case)."""
     assert settings.module is not None
     label = settings.token_label or ""
-    info = describe_token(settings.module, label)  # the serial, without a login
-    config.stash[lock_key] = lock_token(settings.module, str(info.get("serial", "")), label,
-                                        lambda line: _say(config, line))
+    identity = describe_token(settings.module, label)  # without a login, the real module
+    config.stash[identity_key] = identity
+    config.stash[lock_key] = lock_token(identity, lambda line: _say(config, line))
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -283,9 +287,7 @@ def _clean_after_workers(config: pytest.Config) -> None:
 
     settings = config.stash[settings_key]
     assert settings.module is not None
-    info = config.stash.get(token_key, None) or {}
-    runs, _ = scan_journals(journal_dir(settings.module, str(info.get("serial", "")),
-                                        settings.token_label or ""))
+    runs, _ = scan_journals(journal_dir(config.stash[identity_key]))
     if not any(r.header.get("session") == _run_id(config) for r in runs):
         return
     proc = subprocess.run(
@@ -345,7 +347,7 @@ def _header_lines(config: pytest.Config) -> list[str]:
         module = "embedded default: throw-away SoftHSM2 token"
         module += f" ({tool_version(['softhsm2-util', '--version'])})"
     else:
-        token = config.stash.get(token_key, None) or _describe(settings)
+        token = config.stash.get(token_info_key, None) or _describe(settings)
         module = (f"{settings.module} ({token.get('library', '?')}), token "
                   f"{settings.token_label!r} ({token.get('model', '?')} by "
                   f"{token.get('manufacturer', '?')}, firmware {token.get('firmware', '?')})")

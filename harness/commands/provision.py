@@ -130,7 +130,7 @@ def _provision(args: argparse.Namespace, pin: str) -> int:
         raise ConfigError(f"PKCS#11 module {module} does not exist: check --p11-module")
     specs = parse_keys(args.p11_keys)
     token = Token(module, args.p11_token_label, pin, timeout_s=args.timeout)
-    lock = TokenLock(token_key(module, token.serial, token.label), f"token {token.label!r}")
+    lock = TokenLock(token_key(token.identity), f"token {token.label!r}")
     try:
         lock.acquire(lambda line: print(line, file=sys.stderr))
         if not args.remove and not args.p11_allow_slot_overwrite:
@@ -167,7 +167,7 @@ def _remove(token: Token, present: dict[str, list[Any]]) -> int:
 def _create(token: Token, specs: Sequence[Any], present: dict[str, list[Any]],
             ca: LabCA) -> int:
     run_tag = secrets.token_hex(3)
-    journal = Journal(journal_dir(token.module_path, token.serial, token.label), run_tag,
+    journal = Journal(journal_dir(token.identity), run_tag,
                       {"module": str(token.module_path), "token_label": token.label,
                        "serial": token.serial, "lab": True})
     made: list[str] = []

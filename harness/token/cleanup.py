@@ -29,12 +29,13 @@ def cleanup_hint(module: Path | str, label: str) -> str:
             "lists them, with --yes deletes them")
 
 
-def find_leftovers(token: Token, module: Path | str, session: object,
+def find_leftovers(token: Token, key: str, session: object,
                    own: str | None = None,
                    session_id: str | None = None) -> tuple[list[LeftObject], list[EarlierRun]]:
-    """(objects, journals) of ended runs on the token; `session_id` narrows it
-    to the runs of one pytest session (its xdist workers)."""
-    runs, live = scan_journals(journal_dir(module, token.serial, token.label))
+    """(objects, journals) of ended runs on the token (`key`: its journals'
+    token key); `session_id` narrows it to the runs of one pytest session
+    (its xdist workers)."""
+    runs, live = scan_journals(journal_dir(key))
     runs = [r for r in runs if r.tag != own]
     if session_id is not None:
         runs = [r for r in runs if r.header.get("session") == session_id]
@@ -59,10 +60,10 @@ def prune_journals(runs: list[EarlierRun], left: list[LeftObject]) -> int:
     return pruned
 
 
-def leftovers_on(token: Token, module: Path | str, own: str) -> str | None:
+def leftovers_on(token: Token, key: str, own: str, module: Path | str) -> str | None:
     """The one line about earlier runs' leftovers (logged in: every object is
     visible); journals whose objects are all gone are deleted quietly."""
-    found, runs = find_leftovers(token, module, token.session, own)
+    found, runs = find_leftovers(token, key, token.session, own)
     prune_journals(runs, found)
     runs = [r for r in runs if r.path.exists()]
     return leftovers_line(f"token {token.label!r}", found, runs, cleanup_hint(module, token.label))

@@ -44,6 +44,7 @@ from harness.token.existing_keys import (
 from harness.token.journal import CleanupError, Journal, journal_dir
 from harness.token.locking import TokenLock, token_key
 from harness.token.named_modules import ModuleSetup, open_named_module
+from harness.token.probe import describe_token
 from harness.token.provision import (
     ProvisionedKey,
     Provisioner,
@@ -97,18 +98,30 @@ def refuse_fixed_slot(info: dict[str, Any], *, allow_overwrite: bool, read_only:
         raise HarnessError(reason)
 
 
-def lock_token(module: Path, serial: str, label: str,
-               say: Callable[[str], None] | None) -> TokenLock:
-    """One run at a time on a token: wait for (and say so once) any other run."""
-    lock = TokenLock(token_key(module, serial, label), f"token {label!r}")
+def lock_token(identity: dict[str, Any], say: Callable[[str], None] | None) -> TokenLock:
+    """One run at a time on a token (by its identity, whatever module reaches
+    it): wait for (and say so once) any other run."""
+    lock = TokenLock(token_key(identity), f"token {identity.get('token_label', '')!r}")
     lock.acquire(say)
     return lock
 
 
-def case_lock(module: Path, serial: str, label: str) -> TokenLock:
+def case_lock(identity: dict[str, Any]) -> TokenLock:
     """xdist workers of one run (the controller holds the run's lock) take
     turns on the token case by case."""
-    return TokenLock(token_key(module, serial, label) + ".case", f"token {label!r}")
+    return TokenLock(token_key(identity) + ".case",
+                     f"token {identity.get('token_label', '')!r}")
+
+
+def real_identity(module: Path, token: Token, profile: Profile | None) -> dict[str, str]:
+    """The token's identity as the module says it: a profile may make the
+    emulated token say another model or manufacturer (asked in a child, which
+    loads the real module)."""
+    if profile is None or not (profile.token.model or profile.token.manufacturer):
+        return token.identity
+    info = describe_token(module, token.label)
+    return {**token.identity, "manufacturer": str(info.get("manufacturer", "")),
+            "model": str(info.get("model", ""))}
 
 
 class RunTokens:
@@ -190,18 +203,19 @@ class RunTokens:
         refuse_fixed_slot(self.token_info().as_dict(),
                           allow_overwrite=self.settings.allow_slot_overwrite,
                           read_only=self.settings.read_only)
+        identity = real_identity(self.module, token, self.profile)
         if run_lock_held:  # the pytest controller holds the run's lock; workers take turns
-            self.case_lock = case_lock(self.module, token.serial, token.label)
+            self.case_lock = case_lock(identity)
         else:
-            lock = lock_token(self.module, token.serial, token.label, say)
+            lock = lock_token(identity, say)
             self._stack.callback(lock.release)
             if say is not None:
-                line = leftovers_on(token, self.module, self.run_tag)
+                line = leftovers_on(token, token_key(identity), self.run_tag, self.module)
                 if line:
                     say(line)
         if self.settings.read_only:  # nothing will be created: nothing to write down
             return
-        self.journal = Journal(journal_dir(self.module, token.serial, token.label),
+        self.journal = Journal(journal_dir(identity),
                                self.run_tag, {"module": str(self.module),
                                               "token_label": token.label,
                                               "serial": token.serial,

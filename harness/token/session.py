@@ -195,6 +195,13 @@ class Token:
     def serial(self) -> str:
         return text_of(getattr(self.token, "serial", b""))
 
+    @property
+    def identity(self) -> dict[str, str]:
+        """What identifies the token whatever module reaches it (locks, journals)."""
+        return {"manufacturer": text_of(self.token.manufacturer_id),
+                "model": text_of(self.token.model), "serial": self.serial,
+                "token_label": self.label}
+
     def call(self, fn: Callable[[], T], what: str) -> T:
         """fn() on the token's worker thread, abandoned after the timeout."""
         return self.worker.call(fn, what, self.timeout_s)

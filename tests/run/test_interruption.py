@@ -248,7 +248,8 @@ def test_leftovers_of_a_killed_run_are_found_and_removed_only_with_yes(card, tmp
     left = card.harness_objects()
     assert left  # the control: a SIGKILL leaves objects
     journals = list((card.state / "journal").rglob("*.jsonl"))
-    assert len(journals) == 1 and journals[0].stat().st_mode & 0o777 == 0o600
+    # 0644: every user's run can tell it is alive; it holds no secret
+    assert len(journals) == 1 and journals[0].stat().st_mode & 0o777 == 0o644
     assert PIN not in journals[0].read_text()
     cli = [sys.executable, "-m", "harness.cli", "cleanup", "--p11-module", str(card.module),
            "--p11-token-label", LABEL]
@@ -271,6 +272,39 @@ def test_leftovers_of_a_killed_run_are_found_and_removed_only_with_yes(card, tmp
 
 
 # -- one token, one run at a time; one directory per run ----------------------------------
+
+
+def test_the_same_token_through_another_module_path_is_one_token(card, tmp_path):
+    """Issue 23 row 1: lock and journal follow the token, not the module path:
+    `cleanup --yes` through a copy of the module refuses while a run is live,
+    and a second run through the copy waits for the first."""
+    alias = tmp_path / "alias" / "libother-name.so"
+    alias.parent.mkdir()
+    shutil.copy(card.module, alias)
+    proc, base = child(card, tmp_path, "live")
+    wait_for_keys(card, 2, proc)
+    made = card.harness_objects()
+    cli = [sys.executable, "-m", "harness.cli", "cleanup", "--p11-module", str(alias),
+           "--p11-token-label", LABEL, "--p11-pin", PIN, "--yes"]
+    refused = subprocess.run(cli, capture_output=True, text=True, env=card.env, cwd=ROOT)
+    assert refused.returncode == 2, refused.stdout
+    assert refused.stderr.count("\n") == 1 and "in use by a live harness run" in refused.stderr
+    assert set(made) <= set(card.harness_objects())  # nothing of the live run deleted
+    second, _ = child(card, tmp_path, "second", "-k", "gnutls-p256-generate-tls12",
+                      slow=False)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out = finish(proc)
+    assert "Traceback" not in out
+    out2 = finish(second)
+    assert second.returncode == 0, out2
+    assert "in use by another harness run" in out2  # it waited: one token
+    card.assert_untouched()
+    # negative control: with no run live, the same command runs (nothing to delete)
+    done = subprocess.run(cli, capture_output=True, text=True, env=card.env, cwd=ROOT)
+    assert done.returncode == 0 and "deleted 0 objects" in done.stdout, done.stderr
+    no_children_left(base)
+
 
 
 def test_two_runs_on_one_token_both_complete_and_keep_both_results(card, tmp_path):
