@@ -27,6 +27,7 @@ from typing import Any
 
 from harness.errors import HarnessError, TokenError
 from harness.matrix.keys import Algorithm, KeySpec
+from harness.pkcs11 import exception_return_code
 from harness.token.cleanup import leftovers_on
 from harness.token.existing_keys import discover, parse_key_uri
 from harness.token.session import Token, load_module, text_of
@@ -143,8 +144,8 @@ def main(argv: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - one line for the parent, never a traceback
-        print(f"asking the token ({argv[0]}) failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        what = exception_return_code(exc) or f"{type(exc).__name__}: {exc}"
+        print(f"asking the token ({argv[0]}) failed: {what}", file=sys.stderr)
         return 2
     print(json.dumps(answer))
     return 0

@@ -51,7 +51,7 @@ from harness.token.provision import (
     ProvisioningRefused,
     fixed_slot_reason,
 )
-from harness.token.session import Token, TokenInfo
+from harness.token.session import Token, TokenInfo, calls_in_flight
 from harness.token.softhsm import TemporarySoftHSM
 
 EMBEDDED_LABEL = "p11tls"
@@ -340,6 +340,9 @@ class RunTokens:
         """Remove what this run created on a user's token (a throw-away token
         goes as a whole); the first failure, naming what was left."""
         failure: CleanupError | None = None
+        busy = calls_in_flight()
+        if busy and self.journal is not None:  # kept, and saying why
+            self.journal.abandoned(", ".join(busy))
         if self.user_token:
             for provisioner in self.provisioners.values():
                 try:
