@@ -36,6 +36,7 @@ from harness.reports.rundir import new_run_id, publish, run_dir
 from harness.run.runner import STOPPED
 from harness.token.probe import check_login, describe_token
 from harness.token.run_tokens import emulated_module, lock_token, refuse_fixed_slot
+from harness.token.session import exit_if_in_flight
 
 MARKERS = {
     "tls12": "TLS 1.2 handshake cases",
@@ -265,6 +266,7 @@ def pytest_xdist_node_collection_finished(node: Any, ids: Any) -> None:
         _start_matrix(node.config, flag.read_text() == "token")
 
 
+@pytest.hookimpl(trylast=True)  # after every report is written
 def pytest_unconfigure(config: pytest.Config) -> None:
     shared = config.stash.get(shared_key, None)
     if shared is not None:
@@ -276,6 +278,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
                 _clean_after_workers(config)
         finally:
             lock.release()
+    session = config.stash.get(session_key, None)
+    # a token call that never returned: no C_Finalize at interpreter exit
+    exit_if_in_flight(int(session.exitstatus) if session is not None else 1)
 
 
 def _clean_after_workers(config: pytest.Config) -> None:

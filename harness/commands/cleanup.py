@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.commands.token_command import token_command
 from harness.errors import ConfigError, HarnessError
 from harness.token.cleanup import delete, find_leftovers, prune_journals
 from harness.token.locking import TokenLock, token_key
@@ -32,11 +33,7 @@ def cleanup_main(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     pin = sys.stdin.read() if args.pin_stdin else args.p11_pin
-    try:
-        return _cleanup(args, pin)
-    except HarnessError as exc:
-        print(f"p11tls cleanup: {exc}", file=sys.stderr)
-        return 2
+    return token_command("p11tls cleanup", lambda: _cleanup(args, pin))
 
 
 def _cleanup(args: argparse.Namespace, pin: str | None) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 from pkcs11 import Attribute
 from pkcs11 import exceptions as p11exc
 
+from harness.commands.token_command import token_command
 from harness.matrix.keys import parse_keys
 from harness.errors import ConfigError, HarnessError
 from harness.token.journal import LAB_PREFIX, CleanupError, Journal, LeftObject, journal_dir
@@ -105,11 +106,7 @@ def provision_main(argv: Sequence[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return _provision(args, _pin(args))
-    except HarnessError as exc:
-        print(f"p11tls provision: {exc}", file=sys.stderr)
-        return 2
+    return token_command("p11tls provision", lambda: _provision(args, _pin(args)))
 
 
 def _pin(args: argparse.Namespace) -> str:

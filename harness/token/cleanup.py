@@ -105,6 +105,8 @@ def delete(token: Token, objects: list[LeftObject]) -> list[LeftObject]:
     for obj in objects:
         try:
             token.call(obj.handle.destroy, "C_DestroyObject")
+        except p11exc.ObjectHandleInvalid:
+            continue  # gone with another (OpenSC sc-hsm drops a key's public half with it)
         except (HarnessError, p11exc.PKCS11Error) as exc:
             why = why or (str(exc) if isinstance(exc, HarnessError) else ckr_of(exc))
             left.append(obj)
