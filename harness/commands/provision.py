@@ -24,6 +24,7 @@ from pkcs11 import Attribute
 from pkcs11 import exceptions as p11exc
 
 from harness.commands.token_command import token_command
+from harness.process import signals_held
 from harness.matrix.keys import parse_keys
 from harness.errors import ConfigError, HarnessError
 from harness.token.journal import LAB_PREFIX, CleanupError, Journal, LeftObject, journal_dir
@@ -188,13 +189,17 @@ def _create(token: Token, specs: Sequence[Any], present: dict[str, list[Any]],
                 print(f"{label}\tCKA_ID {lab_id(spec.name).hex()}\t{spec.name}\tgenerated, "
                       f"certificate from {ca.cert.subject.rfc4514_string()}")
             clean = True
-        except (ProvisioningRefused, HarnessError, p11exc.PKCS11Error) as exc:
-            # take away what this invocation made, nothing else
-            now = _lab_objects(token, token.session)
-            left = [o for label in made for o in _destroy(token, label, now.get(label, []))]
-            journal.close(clean=not left)
+        except (ProvisioningRefused, HarnessError, p11exc.PKCS11Error, KeyboardInterrupt) as exc:
+            # take away what this invocation made, nothing else (a signal too:
+            # further ones are held meanwhile)
+            with signals_held():
+                now = _lab_objects(token, token.session)
+                left = [o for label in made for o in _destroy(token, label, now.get(label, []))]
+                journal.close(clean=not left)
             if left:
                 raise CleanupError(f"token {token.label!r}", left, str(exc)) from None
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             raise HarnessError(f"provisioning stopped, nothing of it left on the token: "
                                f"{exc}") from None
         finally:

@@ -497,3 +497,40 @@ def test_an_unreadable_object_is_one_line_and_never_stops_cleanup(card, tmp_path
     assert proc.returncode == 0, out
     corrupt.unlink()  # the control: without it the card is as seeded
     card.assert_untouched()
+
+
+# -- every token command ends on a signal like the matrix (issue 23 row 3) ------------------
+
+SLOW_SIGN = 'name = "slow-sign"\n[faults]\nlatency_ms = { C_Sign = 300 }\n'
+
+
+def _command(card: Card, tmp: Path, command: str) -> list[str]:
+    profile = tmp / "slow-sign.toml"
+    profile.write_text(SLOW_SIGN)
+    common = ["--p11-profile", str(profile), f"--p11-reports={tmp / 'r'}", *card.args()]
+    if command == "token-sweep":
+        return ["token-sweep", "--mechanisms", "CKM_SHA256_RSA_PKCS", "--max-bytes", "65536",
+                *common]
+    return ["sweep", "--clients", "openssl-engine", "--keys", "p256", "--steps", "0,1,2,4,8",
+            *common]
+
+
+@pytest.mark.parametrize("command, signum", [
+    ("token-sweep", signal.SIGINT), ("token-sweep", signal.SIGTERM),
+    ("token-sweep", signal.SIGHUP), ("sweep", signal.SIGTERM), ("sweep", signal.SIGHUP),
+], ids=["token-sweep-int", "token-sweep-term", "token-sweep-hup", "sweep-term", "sweep-hup"])
+def test_a_signal_ends_a_token_command_with_the_token_clean(card, tmp_path, command, signum):
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *_command(card, tmp_path,
+                                                                            command)],
+                            env=card.env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_keys(card, 1, proc)
+    time.sleep(1.5)  # signing (300 ms each) or handshaking
+    assert card.harness_objects()  # control: mid-run, its objects are there
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert f"stopped by signal {signal.Signals(signum).name}" in err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    card.assert_untouched()
+    no_children_left(tmp_path)
