@@ -27,8 +27,7 @@ from harness.run.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
 from harness.run.lab import LabModuleMissing
 from harness.matrix.cases import cases
-from harness.token.locking import TokenLock
-from harness.token.locking import token_key as lock_name
+from harness.token.locking import TokenLock, token_key
 from harness.process import install_signal_handlers, tool_version
 from harness.interposer.profile import Profile, load_profile
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, write_results
@@ -36,6 +35,8 @@ from harness.reports.terminal import terminal_matrix
 from harness.reports.rundir import new_run_id, publish, run_dir
 from harness.run.runner import STOPPED
 from harness.token.probe import check_login, describe_token
+from harness.token.run_tokens import emulated_module, lock_token, refuse_fixed_slot
+from harness.token.session import exit_if_in_flight
 
 MARKERS = {
     "tls12": "TLS 1.2 handshake cases",
@@ -50,7 +51,8 @@ MARKERS = {
 }
 RECORD_PROPERTY = "p11tls_record"
 settings_key = pytest.StashKey[Settings]()
-token_key = pytest.StashKey[dict[str, Any]]()  # the user's token, as check_login saw it
+token_info_key = pytest.StashKey[dict[str, Any]]()  # the user's token, as check_login saw it
+identity_key = pytest.StashKey[dict[str, Any]]()  # the real token's identity (lock, journals)
 profile_key = pytest.StashKey[Optional[Profile]]()  # the emulation profile, parsed once
 checked_key = pytest.StashKey[bool]()  # the one login check is done (or not needed)
 header_key = pytest.StashKey[bool]()  # the p11tls header lines were shown
@@ -173,28 +175,23 @@ def _check_token_once(config: pytest.Config) -> None:
         return
     _lock_token(config, settings)
     profile = config.stash.get(profile_key, None)
+    identity: dict[str, Any] = config.stash[identity_key]
+    journal_key = token_key(identity)
     with tempfile.TemporaryDirectory(prefix="p11tls-check-") as tmp:
         module, env = settings.module, None
         if profile is not None:  # the token as the clients will see it: emulated
-            from harness.interposer import build_interposer, write_interposer_config
-
-            env = write_interposer_config(settings.module, Path(tmp) / "calls.jsonl",
-                                          Path(tmp) / "check.conf", profile.interposer_lines())
-            module = build_interposer()
+            module, env = emulated_module(settings.module, profile, Path(tmp), "check")
         info = check_login(module, settings.token_label or "", settings.pin or "", env,
-                           scan_module=settings.module, own=_run_id(config),
+                           journal_key=journal_key,
+                           own=_run_id(config), hint_module=settings.module,
                            read_only=settings.read_only)
-    config.stash[token_key] = info
+    config.stash[token_info_key] = info
     if info.get("pin_warning"):
         _say(config, f"p11tls: warning: {info['pin_warning']}")
     if info.get("leftovers"):
         _say(config, info["leftovers"])
-    if not settings.allow_slot_overwrite and not settings.read_only:
-        from harness.token.provision import fixed_slot_reason
-
-        reason = fixed_slot_reason(info)  # the token as the clients see it
-        if reason is not None:
-            raise HarnessError(reason)
+    refuse_fixed_slot(info, allow_overwrite=settings.allow_slot_overwrite,  # as clients see it
+                      read_only=settings.read_only)
 
 
 def _lock_token(config: pytest.Config, settings: Settings) -> None:
@@ -202,11 +199,9 @@ def _lock_token(config: pytest.Config, settings: Settings) -> None:
     until the run ends (its xdist workers then take turns case by case)."""
     assert settings.module is not None
     label = settings.token_label or ""
-    info = describe_token(settings.module, label)  # the serial, without a login
-    lock = TokenLock(lock_name(settings.module, str(info.get("serial", "")), label),
-                     f"token {label!r}")
-    lock.acquire(lambda line: _say(config, line))
-    config.stash[lock_key] = lock
+    identity = describe_token(settings.module, label)  # without a login, the real module
+    config.stash[identity_key] = identity
+    config.stash[lock_key] = lock_token(identity, lambda line: _say(config, line))
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -271,6 +266,7 @@ def pytest_xdist_node_collection_finished(node: Any, ids: Any) -> None:
         _start_matrix(node.config, flag.read_text() == "token")
 
 
+@pytest.hookimpl(trylast=True)  # after every report is written
 def pytest_unconfigure(config: pytest.Config) -> None:
     shared = config.stash.get(shared_key, None)
     if shared is not None:
@@ -282,6 +278,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
                 _clean_after_workers(config)
         finally:
             lock.release()
+    session = config.stash.get(session_key, None)
+    # a token call that never returned: no C_Finalize at interpreter exit
+    exit_if_in_flight(int(session.exitstatus) if session is not None else 1)
 
 
 def _clean_after_workers(config: pytest.Config) -> None:
@@ -293,9 +292,7 @@ def _clean_after_workers(config: pytest.Config) -> None:
 
     settings = config.stash[settings_key]
     assert settings.module is not None
-    info = config.stash.get(token_key, None) or {}
-    runs, _ = scan_journals(journal_dir(settings.module, str(info.get("serial", "")),
-                                        settings.token_label or ""))
+    runs, _ = scan_journals(journal_dir(config.stash[identity_key]))
     if not any(r.header.get("session") == _run_id(config) for r in runs):
         return
     proc = subprocess.run(
@@ -355,7 +352,7 @@ def _header_lines(config: pytest.Config) -> list[str]:
         module = "embedded default: throw-away SoftHSM2 token"
         module += f" ({tool_version(['softhsm2-util', '--version'])})"
     else:
-        token = config.stash.get(token_key, None) or _describe(settings)
+        token = config.stash.get(token_info_key, None) or _describe(settings)
         module = (f"{settings.module} ({token.get('library', '?')}), token "
                   f"{settings.token_label!r} ({token.get('model', '?')} by "
                   f"{token.get('manufacturer', '?')}, firmware {token.get('firmware', '?')})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,11 @@ from harness.run.recording import find_pkcs11_spy
 from harness.token.softhsm import SoftHSMToken, TemporarySoftHSM
 
 pytest_plugins = ["pytester"]
+
+# The suite's locks and journals stay in its own directory, never the host's
+# /var/lib/p11tls. Set at import, in the controller: xdist workers and child
+# runs inherit it, so they share it as runs on one host do.
+os.environ.setdefault("P11TLS_STATE_DIR", tempfile.mkdtemp(prefix="p11tls-test-state-"))
 
 
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.commands.token_command import token_command
 from harness.errors import ConfigError, HarnessError
 from harness.token.cleanup import delete, find_leftovers, prune_journals
 from harness.token.locking import TokenLock, token_key
@@ -32,11 +33,7 @@ def cleanup_main(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     pin = sys.stdin.read() if args.pin_stdin else args.p11_pin
-    try:
-        return _cleanup(args, pin)
-    except HarnessError as exc:
-        print(f"p11tls cleanup: {exc}", file=sys.stderr)
-        return 2
+    return token_command("p11tls cleanup", lambda: _cleanup(args, pin))
 
 
 def _cleanup(args: argparse.Namespace, pin: str | None) -> int:
@@ -44,15 +41,20 @@ def _cleanup(args: argparse.Namespace, pin: str | None) -> int:
     if not module.is_file():
         raise ConfigError(f"PKCS#11 module {module} does not exist: check --p11-module")
     token = Token(module, args.p11_token_label, pin or "", timeout_s=args.timeout)
-    lock = TokenLock(token_key(module, token.serial, token.label), f"token {token.label!r}")
+    key = token_key(token.identity)  # the same token through any module path
+    lock = TokenLock(key, f"token {token.label!r}")
     try:
-        if not args.parent_holds_lock:  # never beside a live run
-            lock.acquire(lambda line: print(line, file=sys.stderr))
+        # never beside a live run: its objects are not leftovers
+        if not args.parent_holds_lock and not lock.acquire(wait=False):
+            raise HarnessError(
+                f"token {token.label!r} is in use by a live harness run "
+                f"({lock.holder() or 'pid unknown'}): nothing was listed or deleted; run "
+                "`p11tls cleanup` again after it ends")
         if pin:
             session = token.session
         else:
             session = token.call(lambda: token.token.open(rw=True), "C_OpenSession")
-        found, runs = find_leftovers(token, module, session, session_id=args.session)
+        found, runs = find_leftovers(token, key, session, session_id=args.session)
         if args.session is None:
             for obj in found:
                 print(f"{obj.label}\tCKA_ID {obj.id_hex or '-'}\t{obj.cls}")

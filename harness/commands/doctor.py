@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.commands.token_command import token_command
 from harness.errors import ConfigError, HarnessError, TokenError
 
 if TYPE_CHECKING:
@@ -60,18 +60,18 @@ def doctor_main(argv: Sequence[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    try:
-        keys = _keys(args.p11_keys)
-        profile = None
-        if args.p11_profile:
-            from harness.interposer.profile import load_profile
+    return token_command("p11tls doctor", lambda: _doctor(args))
 
-            profile = load_profile(args.p11_profile)
-        report = inspect(args.p11_module.expanduser(), args.p11_token_label, _pin(args),
-                         profile=profile, keys=keys)
-    except HarnessError as exc:
-        print(f"p11tls doctor: {exc}", file=sys.stderr)
-        return 2
+
+def _doctor(args: argparse.Namespace) -> int:
+    keys = _keys(args.p11_keys)
+    profile = None
+    if args.p11_profile:
+        from harness.interposer.profile import load_profile
+
+        profile = load_profile(args.p11_profile)
+    report = inspect(args.p11_module.expanduser(), args.p11_token_label, _pin(args),
+                     profile=profile, keys=keys)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
@@ -99,12 +99,10 @@ def inspect(module: Path, label: str | None, pin: str | None, *,
     with tempfile.TemporaryDirectory(prefix="p11tls-doctor-") as tmp:
         load = module
         if profile is not None:  # the token as the clients would see it under the profile
-            from harness.interposer import build_interposer, write_interposer_config
+            from harness.token.run_tokens import emulated_module
 
-            os.environ.update(write_interposer_config(
-                module, Path(tmp) / "calls.jsonl", Path(tmp) / "interposer.conf",
-                profile.interposer_lines()))
-            load = build_interposer()
+            load, env = emulated_module(module, profile, Path(tmp))
+            os.environ.update(env)
         return _inspect(module, load, label, pin, profile, keys)
 
 
@@ -114,6 +112,7 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
     from pkcs11 import exceptions as p11exc
     from pkcs11.constants import MechanismFlag, TokenFlag
 
+    from harness.pkcs11 import exception_return_code
     from harness.token.existing_keys import discover
     from harness.verdict.predict import TokenFacts, case_id, notes, predict_matrix
     from harness.token.session import load_module, text_of, version_of
@@ -164,8 +163,14 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
                 pairs = discover(session, all_pairs=True)
             entry["logged_in"] = logged_in
             entry["key_pairs"] = [k.describe() for k in pairs]
+        except (p11exc.PinIncorrect, p11exc.PinLenRange, p11exc.PinInvalid,
+                p11exc.PinLocked) as exc:
+            # a wrong PIN is the user's to fix, not "0 key pairs": one line, exit 2
+            raise TokenError(f"token {text_of(token.label)!r} refused the PIN "
+                             f"({exception_return_code(exc)}); it was tried once and will not "
+                             "be retried: check --pin-file / PKCS11_TOKEN_PIN") from None
         except p11exc.PKCS11Error as exc:
-            entry["key_pairs_error"] = type(exc).__name__
+            entry["key_pairs_error"] = exception_return_code(exc) or "CKR_GENERAL_ERROR"
         report["tokens"].append(entry)
     return report
 

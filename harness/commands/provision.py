@@ -23,6 +23,8 @@ from typing import Any
 from pkcs11 import Attribute
 from pkcs11 import exceptions as p11exc
 
+from harness.commands.token_command import token_command
+from harness.process import signals_held
 from harness.matrix.keys import parse_keys
 from harness.errors import ConfigError, HarnessError
 from harness.token.journal import LAB_PREFIX, CleanupError, Journal, LeftObject, journal_dir
@@ -105,11 +107,7 @@ def provision_main(argv: Sequence[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return _provision(args, _pin(args))
-    except HarnessError as exc:
-        print(f"p11tls provision: {exc}", file=sys.stderr)
-        return 2
+    return token_command("p11tls provision", lambda: _provision(args, _pin(args)))
 
 
 def _pin(args: argparse.Namespace) -> str:
@@ -130,7 +128,7 @@ def _provision(args: argparse.Namespace, pin: str) -> int:
         raise ConfigError(f"PKCS#11 module {module} does not exist: check --p11-module")
     specs = parse_keys(args.p11_keys)
     token = Token(module, args.p11_token_label, pin, timeout_s=args.timeout)
-    lock = TokenLock(token_key(module, token.serial, token.label), f"token {token.label!r}")
+    lock = TokenLock(token_key(token.identity), f"token {token.label!r}")
     try:
         lock.acquire(lambda line: print(line, file=sys.stderr))
         if not args.remove and not args.p11_allow_slot_overwrite:
@@ -167,7 +165,7 @@ def _remove(token: Token, present: dict[str, list[Any]]) -> int:
 def _create(token: Token, specs: Sequence[Any], present: dict[str, list[Any]],
             ca: LabCA) -> int:
     run_tag = secrets.token_hex(3)
-    journal = Journal(journal_dir(token.module_path, token.serial, token.label), run_tag,
+    journal = Journal(journal_dir(token.identity), run_tag,
                       {"module": str(token.module_path), "token_label": token.label,
                        "serial": token.serial, "lab": True})
     made: list[str] = []
@@ -191,13 +189,17 @@ def _create(token: Token, specs: Sequence[Any], present: dict[str, list[Any]],
                 print(f"{label}\tCKA_ID {lab_id(spec.name).hex()}\t{spec.name}\tgenerated, "
                       f"certificate from {ca.cert.subject.rfc4514_string()}")
             clean = True
-        except (ProvisioningRefused, HarnessError, p11exc.PKCS11Error) as exc:
-            # take away what this invocation made, nothing else
-            now = _lab_objects(token, token.session)
-            left = [o for label in made for o in _destroy(token, label, now.get(label, []))]
-            journal.close(clean=not left)
+        except (ProvisioningRefused, HarnessError, p11exc.PKCS11Error, KeyboardInterrupt) as exc:
+            # take away what this invocation made, nothing else (a signal too:
+            # further ones are held meanwhile)
+            with signals_held():
+                now = _lab_objects(token, token.session)
+                left = [o for label in made for o in _destroy(token, label, now.get(label, []))]
+                journal.close(clean=not left)
             if left:
                 raise CleanupError(f"token {token.label!r}", left, str(exc)) from None
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             raise HarnessError(f"provisioning stopped, nothing of it left on the token: "
                                f"{exc}") from None
         finally:

@@ -18,7 +18,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from harness.commands.token_command import token_command
 from harness.run.config import OPTIONS, resolve
 from harness.errors import ConfigError, HarnessError
 from harness.matrix.keys import Provisioning, key_spec
@@ -134,16 +136,39 @@ def _steps(step: Callable[[int], bool], steps_kib: Sequence[int], bisect: bool,
                 failing = middle
 
 
+# TLS 1.2's CertificateRequest holds at most 65535 bytes of CA names (RFC 5246
+# 7.4.4, certificate_authorities<0..2^16-1>), the harness's own CA name among them.
+MAX_STEP_KIB = 63
+MAX_STEPS = 64
+
+
+def parse_steps(text: str) -> list[int]:
+    """--steps: KiB of extra CA names, each within what TLS itself can carry."""
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--steps takes whole KiB numbers, not {text!r}") from None
+    if not steps or min(steps) < 0:
+        raise ConfigError("--steps needs one or more sizes >= 0")
+    if len(steps) > MAX_STEPS:
+        raise ConfigError(f"--steps: at most {MAX_STEPS} steps, not {len(steps)}")
+    if max(steps) > MAX_STEP_KIB:
+        raise ConfigError(
+            f"--steps {max(steps)}: a TLS 1.2 CertificateRequest carries at most 65535 bytes "
+            f"of CA names (RFC 5246 7.4.4), so steps go up to {MAX_STEP_KIB} KiB; larger "
+            "ones would measure TLS's limit, not the token's")
+    return steps
+
+
 def sweep_main(argv: Sequence[str]) -> int:
     """`p11tls sweep`: the sweep on the configured module (default: throw-away SoftHSM2)."""
-    from harness.run.runner import MatrixRunner
-
     parser = argparse.ArgumentParser(prog="p11tls sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="java",
                         help="comma-separated clients (default: java)")
     parser.add_argument("--keys", default="p256", help="comma-separated keys (default: p256)")
     parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS_KIB)),
-                        help="padding steps in KiB of extra CA names (default: %(default)s)")
+                        help="padding steps in KiB of extra CA names, 0 to "
+                        f"{MAX_STEP_KIB} (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--coarse", action="store_true",
                         help="stop at the first failing step instead of narrowing the limit down")
@@ -153,36 +178,46 @@ def sweep_main(argv: Sequence[str]) -> int:
                                 help=option.help)
     args = parser.parse_args(argv)
     try:
-        steps = [int(s) for s in args.steps.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--steps takes whole KiB numbers, not {args.steps!r}")
-    if not steps or min(steps) < 0:
-        parser.error("--steps needs one or more sizes >= 0")
-    try:
+        steps = parse_steps(args.steps)
+        pairs = [(c.strip(), k.strip()) for c in args.clients.split(",")
+                 for k in args.keys.split(",")]
+        if any(not c or not k for c, k in pairs):
+            raise ConfigError(f"--clients {args.clients!r} / --keys {args.keys!r}: an empty "
+                              "name; give comma-separated names")
         settings = resolve({o.name: getattr(args, o.name, None) for o in OPTIONS}, {}, os.environ)
-        runner = MatrixRunner(settings)
     except HarnessError as exc:
         print(f"p11tls sweep: {exc}", file=sys.stderr)
         return 2
-    say = None if args.json else print
+    return token_command("p11tls sweep", lambda: _sweep_and_say(
+        settings, pairs, steps, None if args.json else print, args.json, not args.coarse))
+
+
+def _sweep_and_say(settings: Any, pairs: list[tuple[str, str]], steps: list[int],
+                   say: Callable[[str], None] | None, as_json: bool, bisect: bool) -> int:
+    """Every client × key, then the summary (also when the token stopped
+    answering: what was measured so far, exit 1)."""
+    from harness.run.runner import MatrixRunner
+    from harness.token.journal import CleanupError
+
+    runner = MatrixRunner(settings)
     results: list[SweepResult] = []
+    left: CleanupError | None = None
     try:
-        for client in args.clients.split(","):
-            for key in args.keys.split(","):
-                if results and results[-1].stopped:
-                    break  # the token stopped answering: no later sweep gets an answer
-                if say:
-                    say(f"{client} {key}, TLS 1.2:")
-                results.append(sweep(runner.run, client.strip(), key.strip(), steps, say,
-                                     bisect=not args.coarse))
-    except HarnessError as exc:
-        print(f"p11tls sweep: {exc}", file=sys.stderr)
-        return 2
+        for client, key in pairs:
+            if results and results[-1].stopped:
+                break  # the token stopped answering: no later sweep gets an answer
+            if say:
+                say(f"{client} {key}, TLS 1.2:")
+            results.append(sweep(runner.run, client, key, steps, say, bisect=bisect))
     finally:
-        runner.close()
-    if args.json:
+        try:
+            runner.close()
+        except CleanupError as exc:
+            left = exc
+            print(f"p11tls sweep: {left}", file=sys.stderr)
+    if as_json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     else:
         for r in results:
             print(r.summary())
-    return 1 if any(r.stopped for r in results) else 0
+    return 1 if left is not None or any(r.stopped for r in results) else 0

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 from harness.run.config import OPTIONS, resolve
 from harness.errors import ConfigError, HarnessError
+from harness.commands.token_command import token_command
 from harness.matrix.keys import Provisioning, key_spec
 
 # What a CertificateVerify hands the token with a combined mechanism, as the
@@ -57,8 +58,15 @@ class MechanismLimit:
     refused_rv: str | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
     tries: list[tuple[int, str]] | None = None  # (bytes, "CKR_OK" or the CKR code)
+    stopped: str | None = None  # the token stopped answering: what was measured so far
 
     def summary(self) -> str:
+        if self.stopped is not None:
+            ok = (f"largest accepted {self.largest_ok} B so far" if self.largest_ok is not None
+                  else "nothing accepted so far")
+            refused = ("" if self.smallest_refused is None else
+                       f", smallest refused {self.smallest_refused} B ({self.refused_rv})")
+            return f"{self.mechanism} ({self.key}): {ok}{refused}; stopped: {self.stopped}"
         if self.largest_ok is None:
             return (f"{self.mechanism} ({self.key}): refused every size tried, "
                     f"from {self.smallest_refused} B on ({self.refused_rv})")
@@ -70,6 +78,8 @@ class MechanismLimit:
 
     def rules_out(self) -> str:
         """Which TLS CertificateVerify inputs this limit rules out, in one sentence."""
+        if self.stopped is not None:
+            return "unknown: the sweep did not finish (the token stopped answering)"
         low, high = TLS12_TRANSCRIPT
         tls12 = f"≈ {low / 1000:.1f}–{high / 1000:.1f} KB here"
         if self.largest_ok is None:
@@ -107,6 +117,10 @@ def key_for(mechanism: str) -> str:
     return "p256" if "ECDSA" in mechanism else "rsa2048"
 
 
+class TokenStopped(Exception):
+    """sign(n) got no answer: the sweep ends with what it measured."""
+
+
 def bisect_limit(sign: Callable[[int], str | None], mechanism: str, key: str,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> MechanismLimit:
     """Find the largest accepted / smallest refused size with `sign(n)` (None:
@@ -115,7 +129,14 @@ def bisect_limit(sign: Callable[[int], str | None], mechanism: str, key: str,
     small inputs and takes large ones would be reported as refusing all)."""
     result = MechanismLimit(mechanism, key, max_bytes=max_bytes, tries=[])
     assert result.tries is not None
+    try:
+        _bisect(sign, result, max_bytes)
+    except TokenStopped as exc:
+        result.stopped = str(exc)
+    return result
 
+
+def _bisect(sign: Callable[[int], str | None], result: MechanismLimit, max_bytes: int) -> None:
     def attempt(n: int) -> bool:
         rv = sign(n)
         result.tries.append((n, rv or "CKR_OK"))  # type: ignore[union-attr]
@@ -132,10 +153,10 @@ def bisect_limit(sign: Callable[[int], str | None], mechanism: str, key: str,
             break
         last_ok = size
         if size >= max_bytes:
-            return result
+            return
         size = min(size * 2, max_bytes)
     if last_ok == 0:
-        return result  # not even one byte: not a size limit
+        return  # not even one byte: not a size limit
     low, high = last_ok, size
     while high - low > 1:
         middle = (low + high) // 2
@@ -143,7 +164,6 @@ def bisect_limit(sign: Callable[[int], str | None], mechanism: str, key: str,
             low = middle
         else:
             high = middle
-    return result
 
 
 def _mechanism_param(mechanism: str) -> Any:
@@ -166,6 +186,7 @@ def sweep_token(runner: Any, mechanisms: Sequence[str] | None = None,
     from pkcs11 import exceptions as p11exc
 
     from harness.token.provision import ckr_name
+    from harness.token.session import TokenTimeout
 
     offered = runner.token_mechanisms(key_spec("p256"))
     chosen = combined_mechanisms(
@@ -182,10 +203,17 @@ def sweep_token(runner: Any, mechanisms: Sequence[str] | None = None,
     for mechanism in chosen:
         _free_device(runner)
         key = key_for(mechanism)
-        provisioned = runner.key(key_spec(key), Provisioning.GENERATE)
-        session = token.session
-        private = token.call(partial(session.get_key, object_class=ObjectClass.PRIVATE_KEY,
-                                     id=bytes.fromhex(provisioned.id_hex)), "C_FindObjects")
+        try:
+            provisioned = runner.key(key_spec(key), Provisioning.GENERATE)
+            session = token.session
+            private = token.call(partial(session.get_key, object_class=ObjectClass.PRIVATE_KEY,
+                                         id=bytes.fromhex(provisioned.id_hex)), "C_FindObjects")
+        except TokenTimeout as exc:
+            results.append(MechanismLimit(mechanism, key, max_bytes=max_bytes, tries=[],
+                                          stopped=str(exc)))
+            if progress:
+                progress(results[-1].summary())
+            break
         mech = Mechanism[mechanism.removeprefix("CKM_")]
         param = _mechanism_param(mechanism)
 
@@ -197,12 +225,16 @@ def sweep_token(runner: Any, mechanisms: Sequence[str] | None = None,
                            "C_Sign")
             except p11exc.PKCS11Error as exc:
                 return ckr_name(exc)
+            except TokenTimeout as exc:
+                raise TokenStopped(f"no answer to {n} B ({exc})") from None
             return None
 
         found = bisect_limit(sign, mechanism, key, max_bytes)
         if progress:
             progress(f"{found.summary()}\n  rules out: {found.rules_out()}")
         results.append(found)
+        if found.stopped:
+            break  # a token that hung answers no later mechanism either
     return results
 
 
@@ -227,7 +259,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="p11tls token-sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--mechanisms", default="",
+    parser.add_argument("--mechanisms", default=None,
                         help="comma-separated combined mechanisms (default: every one offered)")
     parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                         help="largest input tried (default: %(default)s)")
@@ -240,15 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def token_sweep_main(argv: Sequence[str]) -> int:
-    """`p11tls token-sweep`: exit 0 with the limits, 2 with one line on bad input."""
-    from harness.run.runner import MatrixRunner
-
+    """`p11tls token-sweep`: exit 0 with the limits, 1 when the token stopped
+    answering (with what was measured), 2 with one line on bad input."""
     try:
         args = build_parser().parse_args(list(argv))
         if not 1 <= args.max_bytes <= 16 * 1024 * 1024:
             raise ConfigError(f"--max-bytes must be between 1 and 16777216, not {args.max_bytes}")
         wanted = [m.strip() if m.strip().startswith("CKM_") else "CKM_" + m.strip()
-                  for m in args.mechanisms.split(",") if m.strip()]
+                  for m in (args.mechanisms or "").split(",") if m.strip()]
+        if args.mechanisms is not None and not wanted:
+            raise ConfigError(f"--mechanisms {args.mechanisms!r} names no mechanism: name "
+                              "some (CKM_ECDSA_SHA256,…) or leave the option out for all")
         settings = resolve({o.name: getattr(args, o.name, None) for o in OPTIONS}, {}, os.environ)
     except HarnessError as exc:
         print(f"p11tls token-sweep: {exc}", file=sys.stderr)
@@ -256,17 +290,37 @@ def token_sweep_main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     say = None if args.json else print
+    return token_command("p11tls token-sweep",
+                         lambda: _sweep_and_say(settings, wanted, args.max_bytes, args.json, say))
+
+
+def _sweep_and_say(settings: Any, wanted: list[str], max_bytes: int, as_json: bool,
+                   say: Callable[[str], None] | None) -> int:
+    """The sweep, then its summary (also when the token stopped answering:
+    what was measured so far, exit 1)."""
+    from harness.run.runner import MatrixRunner
+    from harness.token.journal import CleanupError
+
+    runner = MatrixRunner(settings)
     try:
-        with MatrixRunner(settings) as runner:
-            if say and runner.profile is not None:
-                say(f"emulation of {runner.profile.emulates} (profile {runner.profile.name})")
-            results = sweep_token(runner, wanted, args.max_bytes, say)
-    except HarnessError as exc:
-        print(f"p11tls token-sweep: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
+        if say and runner.profile is not None:
+            say(f"emulation of {runner.profile.emulates} (profile {runner.profile.name})")
+        results = sweep_token(runner, wanted, max_bytes, say)
+    finally:
+        left: CleanupError | None = None
+        try:
+            runner.close()
+        except CleanupError as exc:
+            left = exc
+            print(f"p11tls token-sweep: {left}", file=sys.stderr)
+    stopped = any(r.stopped for r in results)
+    if as_json:
         print(json.dumps([{**asdict(r), "rules_out": r.rules_out()} for r in results], indent=2))
     elif not results:
         print("the token offers no combined hash-and-sign mechanism: clients hash on the host, "
               "so no TLS case depends on an input limit of the token")
-    return 0
+    elif stopped:
+        print("the token stopped answering; measured so far:")
+        for r in results:
+            print(f"  {r.summary()}")
+    return 1 if stopped or left is not None else 0

@@ -44,6 +44,9 @@
  *                              not count), every further C_FN returns CKR
  *                              without calling the real module (a signing
  *                              call's failure also ends the real operation)
+ *   hang_after C_FN N (*)      after N successful C_FN calls, every further
+ *                              C_FN never returns (a device that stopped
+ *                              answering: the Pico HSM on an 8 KB APDU)
  *
  * Any other key, or a bad value, is an error: C_Initialize prints the reason
  * to stderr and returns CKR_GENERAL_ERROR.  The Python side
@@ -1085,9 +1088,10 @@ static struct {
     CK_VERSION token_firmware;
     unsigned long latency_ms[FN_COUNT];
     struct fail_rule fail[FN_COUNT];
+    CK_ULONG hang_after[FN_COUNT];   /* calls + 1; 0: no hang_after */
 } emu = { .over_limit_rv = CKR_GENERAL_ERROR };
 
-static atomic_ulong ok_calls[FN_COUNT]; /* successful calls, for fail_after */
+static atomic_ulong ok_calls[FN_COUNT]; /* successful calls, for fail_after, hang_after */
 
 /* The emulated decisions, as written in the record's "emulated" field. */
 static const char EMU_HIDDEN[] = "hidden", EMU_MECH_LIST[] = "mechanism_list",
@@ -1171,6 +1175,11 @@ static int fault_before(struct call *c, CK_RV *rv)
         *rv = f->rv;
         return 1;
     }
+    if (emu.hang_after[c->id] && !c->query
+        && atomic_load(&ok_calls[c->id]) >= emu.hang_after[c->id] - 1) {
+        for (;;) /* never returns, never forwards: the caller must give up on us */
+            pause();
+    }
     if (emu.latency_ms[c->id] && !c->query) {
         struct timespec ts = { (time_t)(emu.latency_ms[c->id] / 1000),
                                (long)(emu.latency_ms[c->id] % 1000) * 1000000L };
@@ -1185,7 +1194,8 @@ static CK_RV call_end(struct call *c, CK_RV rv)
 {
     long long us = (c->t1.tv_sec - c->t0.tv_sec) * 1000000LL
                    + (c->t1.tv_nsec - c->t0.tv_nsec) / 1000;
-    if (rv == CKR_OK && !c->query && c->id < FN_COUNT && emu.fail[c->id].on)
+    if (rv == CKR_OK && !c->query && c->id < FN_COUNT
+        && (emu.fail[c->id].on || emu.hang_after[c->id]))
         atomic_fetch_add(&ok_calls[c->id], 1);
     if (c->emulated)
         jb_fmt(&c->j, ",\"emulated\":\"%s\"", c->emulated);
@@ -1266,7 +1276,7 @@ static int config_error(const char *path, int line, const char *what, const char
 #define KNOWN_KEYS "module, record, hide, add_combined, sign_max_input, " \
                    "sign_limit_mechanism, sign_over_limit_rv, sign_multipart, refuse_create, " \
                    "pin_max_tries, token_pin_flags, token_model, token_manufacturer, " \
-                   "token_firmware, latency, fail_after"
+                   "token_firmware, latency, fail_after, hang_after"
 
 /* A whole word as an unsigned number (decimal or 0x-hex). */
 static int parse_number(const char *word, CK_ULONG *out)
@@ -1453,6 +1463,13 @@ static int parse_emulation(const char *key, char *value, const char **why)
         if (!parse_named(w[2], TABLE(rv_names), &v) || v == CKR_OK)
             BAD("not an error code (number or known CKR_ name): fail_after ");
         emu.fail[fn] = (struct fail_rule){ 1, a, v };
+    } else if (!strcmp(key, "hang_after")) {
+        WANT(2, "C_FUNCTION CALLS");
+        if (!parse_function(w[0], &fn))
+            BAD("not a PKCS#11 2.40 function name (C_Sign, ...): hang_after ");
+        if (!parse_number(w[1], &a) || a >= (CK_ULONG)-1)
+            BAD("not a number of calls: hang_after ");
+        emu.hang_after[fn] = a + 1;
     } else {
         return 1;
     }

@@ -31,6 +31,7 @@ by the user; every section and key is optional::
     [faults]
     latency_ms = { C_Sign = 150 }        # size queries (NULL buffer) are not delayed
     fail_after = { function = "C_Sign", calls = 20, rv = "CKR_DEVICE_REMOVED" }
+    hang_after = { function = "C_SignFinal", calls = 3 }  # then it never returns
                                          # or a list of such tables; rv default CKR_DEVICE_REMOVED
 
 `load_profile()` checks everything and refuses, with one line naming the file,
@@ -179,11 +180,13 @@ class FailAfter:
 
 @dataclass(frozen=True)
 class FaultRules:
-    """[faults]: latency per function (ms) and failures after N calls."""
+    """[faults]: latency per function (ms), failures after N calls, and a
+    function that never returns after N calls (a device that stopped answering)."""
 
     latency_ms: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}),
                                           hash=False)
     fail_after: tuple[FailAfter, ...] = ()
+    hang_after: tuple[tuple[str, int], ...] = ()  # (function, calls)
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,7 @@ class Profile:
         lines += [f"latency {fn} {ms}" for fn, ms in self.faults.latency_ms.items() if ms]
         lines += [f"fail_after {f.function} {f.calls} {RETURN_CODE_VALUES[f.rv]:#x} # {f.rv}"
                   for f in self.faults.fail_after]
+        lines += [f"hang_after {fn} {calls}" for fn, calls in self.faults.hang_after]
         return lines
 
     def describe(self) -> list[str]:
@@ -277,6 +281,8 @@ class Profile:
             out.append(f"takes {ms} ms longer for each {fn}")
         for f in self.faults.fail_after:
             out.append(f"returns {f.rv} from {f.function} after {f.calls} successful calls")
+        for fn, calls in self.faults.hang_after:
+            out.append(f"never returns from {fn} after {calls} successful calls")
         return out or ["behaves like the real token (nothing emulated)"]
 
 
@@ -521,7 +527,7 @@ class _Reader:
                            "PKCS#11 2.40 functions", False)
 
     def faults(self, data: Mapping[str, Any]) -> FaultRules:
-        t = self.table(data, "faults", "faults", ("latency_ms", "fail_after"))
+        t = self.table(data, "faults", "faults", ("latency_ms", "fail_after", "hang_after"))
         latency = self.typed(t.get("latency_ms", {}), "faults.latency_ms", dict,
                              "a table of C_ function = milliseconds")
         delays = {}
@@ -546,7 +552,17 @@ class _Reader:
             calls = self.integer(entry["calls"], f"{where}.calls", 0, _MAX_ULONG)
             rv = self.error_code(entry.get("rv", FailAfter.rv), f"{where}.rv")
             fails.append(FailAfter(function=fn, calls=calls, rv=rv))
-        return FaultRules(latency_ms=MappingProxyType(delays), fail_after=tuple(fails))
+        hangs: list[tuple[str, int]] = []
+        if "hang_after" in t:
+            where = "faults.hang_after"
+            entry = self.table({"entry": t["hang_after"]}, "entry", where, ("function", "calls"))
+            for key in ("function", "calls"):
+                if key not in entry:
+                    self.fail(where, f"no {key}", "a table {function, calls}")
+            hangs.append((self.function(entry["function"], f"{where}.function"),
+                          self.integer(entry["calls"], f"{where}.calls", 0, _MAX_ULONG - 1)))
+        return FaultRules(latency_ms=MappingProxyType(delays), fail_after=tuple(fails),
+                          hang_after=tuple(hangs))
 
 
 def _join(where: str, key: str) -> str:

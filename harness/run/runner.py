@@ -10,62 +10,33 @@ SoftHSM2 store, the token lock and journal, sessions, the TLS server, client
 processes) is closed on every path, a failed start included; the token is
 cleaned first, with ending signals held back meanwhile.
 
-Environment: python-pkcs11 has no way to hand a module its configuration, and
-SoftHSM2 (SOFTHSM2_CONF) and the interposer (its config variable) read theirs
-from this process's environment when the module is initialised. So those
-variables are set only around loading a module (`_module_environment`) and
-restored at once; child processes always get theirs explicitly (self.env).
+The token side (tokens, lock, journal, keys, clean-up) is harness.token.run_tokens;
+this module runs one case end to end: handshake, record, verdict, prediction.
 """
 
 from __future__ import annotations
 
-import os
 import platform
-import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.tls.ca import TestCA, write_pem
-from harness.interposer.calls import sign_summary
 from harness.clients import make_client
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.software import NEEDS_IMPORT
-from harness.run.config import Settings
 from harness.errors import HarnessError
-from harness.token.existing_keys import (
-    CERT_FROM_FILE,
-    NO_CERT_ON_TOKEN,
-    ExistingKey,
-    canonical_spec,
-    discover,
-    has_private_key,
-    parse_key_uri,
-    writes_in,
-)
-from harness.verdict.expectations import CaseExpectations, has_outcomes
 from harness.explain.no_sign import explain_without_signing
-from harness.interposer import build_interposer, write_interposer_config
-from harness.token.journal import CleanupError, Journal, journal_dir
-from harness.matrix.keys import Algorithm, KeySpec, Provisioning
-from harness.token.locking import TokenLock, token_key
-from harness.matrix.cases import SOFTWARE, Case
-from harness.token.named_modules import ModuleSetup, open_named_module
-from harness.tls.transcript_padding import padding_file
+from harness.interposer.calls import parse_calls, sign_summary
 from harness.interposer.profile import load_profile
-from harness.process import signals_held
-from harness.token.provision import (
-    ProvisionedKey,
-    Provisioner,
-    ProvisioningRefused,
-    fixed_slot_reason,
-)
+from harness.matrix.cases import SOFTWARE, Case
+from harness.matrix.keys import Provisioning
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, Outcome
-from harness.interposer.calls import parse_calls, read_from, size_of
+from harness.process import signals_held
+from harness.run.config import Settings
 from harness.run.recording import CallRecorder
 from harness.tls.server import (
     HandshakeServer,
@@ -74,32 +45,18 @@ from harness.tls.server import (
     ServerObservation,
     ca_names_from,
 )
-from harness.token.softhsm import TemporarySoftHSM
-from harness.token.session import Token, TokenInfo, TokenTimeout
+from harness.tls.transcript_padding import padding_file
+from harness.token.existing_keys import CERT_FROM_FILE, NO_CERT_ON_TOKEN, canonical_spec, writes_in
+from harness.token.journal import CleanupError
+from harness.token.provision import ProvisionedKey, ProvisioningRefused
+from harness.token.run_tokens import RunTokens
+from harness.token.session import TokenTimeout
+from harness.verdict.expectations import CaseExpectations, has_outcomes
 from harness.versions import command_version
 
-EMBEDDED_LABEL = "p11tls"
-# libp11 cannot enumerate a token holding an Ed25519 key, so on the embedded
-# default Ed25519 lives on a token of its own.
-EMBEDDED_EDDSA_LABEL = "p11tls-eddsa"
 # After this many cases in a row timed out on a token, the rest are not run.
 STOP_AFTER_TIMEOUTS = 3
 STOPPED = "token stopped answering"
-
-
-@contextmanager
-def _module_environment(variables: dict[str, str]) -> Iterator[None]:
-    """os.environ with `variables` while a module is loaded, then as before."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class MatrixRunner:
@@ -132,72 +89,32 @@ class MatrixRunner:
                say: Callable[[str], None] | None) -> None:
         settings = self.settings
         self.logs_dir = logs_dir or settings.reports / "logs"
-        self.run_tag = secrets.token_hex(3)
-        self.softhsm: TemporarySoftHSM | None = None
-        self.env: dict[str, str] = {}
-        self._module_env: dict[str, str] = {}  # what loading the module here needs
-        self.tokens: dict[str, Token] = {}
-        self.provisioners: dict[str, Provisioner] = {}
-        self.keys: dict[tuple[str, Provisioning], ProvisionedKey | ProvisioningRefused] = {}
         self.clients: dict[str, Client] = {}
         self._versions: dict[str, str] = {}
         self._components: dict[str, dict[str, str | None]] = {}  # client -> versions of facts
-        self._mechanisms: dict[str, tuple[str, ...]] = {}  # token label -> mechanism names
         self.recorders: dict[str, CallRecorder] = {}
         self._server: HandshakeServer | None = None  # one TLS server for every case
         self._timeouts: dict[str, int] = {}  # token label -> cases in a row that timed out
         self.stopped: dict[str, str] = {}  # token label -> why its cases are not run
-        self.journal: Journal | None = None
-        self._case_lock: TokenLock | None = None  # xdist workers of one run, case by case
-        # under a profile: the record of this process's own calls (provisioning)
-        self.provision_record: Path | None = None
-        self.provision_chunks: dict[tuple[str, Provisioning], bytes] = {}
-        self.ca = TestCA(self.workdir / "ca")
         self.profile = load_profile(settings.profile) if settings.profile else None
-        self.setup: ModuleSetup | None = None  # a named module's throw-away token (tpm2)
-        if settings.named_module is not None:
-            self.setup = self._stack.enter_context(
-                open_named_module(settings.named_module, self.workdir))
-            self.env = dict(self.setup.env)
-            self._module_env = dict(self.setup.env)
-            self.module, self.pin = self.setup.module, self.setup.pin
-            self.token_labels = {"main": self.setup.token_label,
-                                 "eddsa": self.setup.token_label}
-        elif settings.module is None:
-            self.softhsm = TemporarySoftHSM(self.workdir / "softhsm")
-            self._stack.callback(self.softhsm.remove)
-            self.env = dict(self.softhsm.env)
-            self._module_env = dict(self.softhsm.env)
-            self.module = self.softhsm.module
-            self.pin = secrets.token_hex(4)
-            self.token_labels = {"main": EMBEDDED_LABEL, "eddsa": EMBEDDED_EDDSA_LABEL}
-            for label in self.token_labels.values():
-                self.softhsm.init_token(label, self.pin)
-        else:
-            self.module = settings.module
-            self.pin = settings.pin or ""
-            assert settings.token_label is not None
-            self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
-        # Under a profile this process, which provisions the keys, goes through
-        # the emulation too: a refused import must be refused here. A read-only
-        # run records this process's own calls too: proof that it wrote nothing.
-        self.token_module = (self._emulate_here() if self.profile or settings.read_only
-                             else self.module)
-        self.main_token = self._load_token("main")
-        if settings.module is not None:  # a named token: one run at a time, a journal
-            self._guard_named_token(run_lock_held, say)
-        self._token("main")
-        _ = self.main_token.session  # fails fast on a bad PIN (after the lock: one login)
-        self.existing: dict[str, ExistingKey] = {}  # read-only mode: name -> key on the token
-        if settings.read_only:
-            self.existing = self._discover_existing()
+        self.run_tokens = tokens = RunTokens(
+            settings, self.workdir, self._stack, profile=self.profile,
+            run_lock_held=run_lock_held, session_id=self.session_id, say=say)
+        # what the cases use of the run's tokens (the same objects)
+        self.ca, self.env, self.module, self.pin = tokens.ca, tokens.env, tokens.module, tokens.pin
+        self.softhsm, self.setup, self.existing = tokens.softhsm, tokens.setup, tokens.existing
+        self.tokens, self.keys, self.provisioners = tokens.tokens, tokens.keys, tokens.provisioners
+        self.token_labels, self.main_token = tokens.token_labels, tokens.main_token
+        self.key, self.token_mechanisms = tokens.key, tokens.token_mechanisms
+        self.token_label_for = tokens.token_label_for
+        self.missing_mechanism = tokens.missing_mechanism
         self.expectations = CaseExpectations(
             profile=self.profile.name if self.profile else None,
             check_mechanisms=self.checks_mechanisms,
             module=self.setup.name if self.setup else None)
         # what every record says about the module: the real one, not the interposer
         self.module_summary: dict[str, Any] = {
-            **self.token_info().as_dict(), "path": str(self.module),
+            **tokens.token_info().as_dict(), "path": str(self.module),
             "host": platform.node(),  # which lab host, for merged reports
             "embedded": self.softhsm is not None,
             **({"named": self.setup.name} if self.setup else {}),
@@ -206,146 +123,6 @@ class MatrixRunner:
                 "existing_keys": [k.describe() for k in self.existing.values()]}
                if settings.read_only else {}),
         }
-
-    def _guard_named_token(self, run_lock_held: bool, say: Callable[[str], None] | None) -> None:
-        """Before anything is written to a user's token: refuse fixed-slot cards,
-        wait for any other run on it, start this run's journal."""
-        token = self.main_token
-        info = self.token_info().as_dict()
-        if not self.settings.allow_slot_overwrite and not self.settings.read_only:
-            reason = fixed_slot_reason(info)
-            if reason is not None:
-                raise HarnessError(reason)
-        key = token_key(self.module, token.serial, token.label)
-        what = f"token {token.label!r}"
-        if run_lock_held:  # the pytest controller holds the run's lock; workers take turns
-            self._case_lock = TokenLock(key + ".case", what)
-        else:
-            lock = TokenLock(key, what)
-            lock.acquire(say)
-            self._stack.callback(lock.release)
-            if say is not None:
-                from harness.token.cleanup import leftovers_on
-
-                line = leftovers_on(token, self.module, self.run_tag)
-                if line:
-                    say(line)
-        if self.settings.read_only:  # nothing will be created: nothing to write down
-            return
-        self.journal = Journal(journal_dir(self.module, token.serial, token.label),
-                               self.run_tag, {"module": str(self.module),
-                                              "token_label": token.label,
-                                              "serial": token.serial,
-                                              "session": self.session_id})
-        # a journal left open (cleanup failed) keeps its entries for `p11tls cleanup`
-        self._stack.callback(self.journal.close, False)
-
-    # -- tokens and keys ---------------------------------------------------------
-    def _emulate_here(self) -> Path:
-        """Load the interposer (with the profile, if any) in this process; its
-        calls are kept in interposer/calls-provision.jsonl."""
-        directory = self.workdir / "interposer"
-        directory.mkdir(parents=True, exist_ok=True)
-        self.provision_record = directory / "calls-provision.jsonl"
-        self._module_env.update(write_interposer_config(
-            self.module, self.provision_record,
-            directory / "interposer-provision.conf",
-            self.profile.interposer_lines() if self.profile else ()))
-        return build_interposer()
-
-    def _load_token(self, role: str) -> Token:
-        label = self.token_labels[role]
-        if label not in self.tokens:
-            with _module_environment(self._module_env):
-                token = Token(self.token_module, label, self.pin,
-                              timeout_s=self.settings.timeout_s,
-                              read_only=self.settings.read_only)
-            self.tokens[label] = token
-            self._stack.callback(token.close)
-        return self.tokens[label]
-
-    def _token(self, role: str) -> Token:
-        token = self._load_token(role)
-        if token.label not in self.provisioners:
-            self.provisioners[token.label] = Provisioner(
-                token, self.ca, self.workdir, self.run_tag, self.journal)
-        return token
-
-    def token_label_for(self, key: KeySpec) -> str:
-        return self.token_labels["eddsa" if key.algorithm is Algorithm.EDDSA else "main"]
-
-    def token_info(self) -> TokenInfo:
-        return self.main_token.info()
-
-    def _discover_existing(self) -> dict[str, ExistingKey]:
-        """Read-only mode: the keys to test, found in the logged-in read-only session."""
-        uris = tuple(parse_key_uri(u) for u in self.settings.key_uris)
-        session = self.main_token.session
-        found = self.main_token.call(
-            lambda: discover(session, all_pairs=self.settings.existing, uris=uris),
-            "C_FindObjects")
-        return {k.name: k for k in found}
-
-    def _existing_key(self, spec: KeySpec) -> ProvisionedKey:
-        """A key already on the token: its certificate from the token, or one made
-        in memory (never stored) for a key that has none."""
-        existing = self.existing.get(spec.name)
-        if existing is None:
-            raise HarnessError(f"key {spec.name!r} was not found on the token again")
-        session = self.main_token.session
-        if not self.main_token.call(lambda: has_private_key(session, existing.id_hex),
-                                    "C_FindObjects"):
-            raise ProvisioningRefused(
-                f"no private key with CKA_ID {existing.id_hex} (label {existing.label!r}) is "
-                "visible after the login", "no private key")
-        cert = existing.certificate
-        if cert is None:
-            cert = self.ca.issue_client_cert(existing.public_key, existing.label)
-            subject = None
-        else:
-            subject = cert.subject.rfc4514_string()
-        path = write_pem(cert, self.workdir / f"existing-{existing.name}.pem")
-        return ProvisionedKey(spec, Provisioning.EXISTING, existing.cert_label or existing.label,
-                              existing.id_hex, path, subject=subject)
-
-    def key(self, spec: KeySpec, provisioning: Provisioning) -> ProvisionedKey:
-        """The provisioned key for (spec, provisioning), made on first use."""
-        slot = (spec.name, provisioning)
-        if provisioning is Provisioning.EXISTING and slot not in self.keys:
-            try:
-                self.keys[slot] = self._existing_key(spec)
-            except ProvisioningRefused as refused:
-                self.keys[slot] = refused
-        if slot not in self.keys:
-            role = "eddsa" if spec.algorithm is Algorithm.EDDSA else "main"
-            self._token(role)
-            start = size_of(self.provision_record)
-            try:
-                self.keys[slot] = self.provisioners[self.token_labels[role]].provision(
-                    spec, provisioning)
-            except ProvisioningRefused as refused:
-                self.keys[slot] = refused
-            if self.provision_record is not None:
-                self.provision_chunks[slot] = read_from(self.provision_record, start)
-        result = self.keys[slot]
-        if isinstance(result, ProvisioningRefused):
-            raise result
-        return result
-
-    def missing_mechanism(self, key: KeySpec) -> str | None:
-        """The signing mechanism a key type needs that its token lacks, if any."""
-        needed = {Algorithm.EDDSA: "EDDSA"}.get(key.algorithm)
-        if needed is None:
-            return None
-        return None if needed in self.token_mechanisms(key) else f"CKM_{needed}"
-
-    def token_mechanisms(self, key: KeySpec) -> tuple[str, ...]:
-        """The mechanisms the token of `key` offers (as clients see them: under a
-        profile, the emulated list), read once per token."""
-        token = self._token("eddsa" if key.algorithm is Algorithm.EDDSA else "main")
-        if token.label not in self._mechanisms:
-            self._mechanisms[token.label] = token.info().mechanisms
-        return self._mechanisms[token.label]
 
     def client(self, name: str) -> Client:
         if name not in self.clients:
@@ -392,7 +169,7 @@ class MatrixRunner:
         self._predict(facts_case, judged)
         if self.settings.read_only:
             for who, writes in (("the client", writes_in(record.calls)),
-                                ("the harness", self.harness_writes())):
+                                ("the harness", self.run_tokens.harness_writes())):
                 if writes:
                     judged.problems.append(f"read-only run, yet {who} called "
                                            f"{', '.join(writes)}")
@@ -422,12 +199,6 @@ class MatrixRunner:
         record.predicted = cell.to_json()
         record.prediction_matched = cell.matches(record)
 
-    def harness_writes(self) -> list[str]:
-        """Write functions among this process's own recorded calls (read-only proof)."""
-        if self.provision_record is None or not self.provision_record.exists():
-            return []
-        return writes_in(parse_calls(self.provision_record.read_bytes()))
-
     @property
     def checks_mechanisms(self) -> bool:
         """expected_mechanisms.toml describes the embedded SoftHSM2 token with
@@ -455,7 +226,7 @@ class MatrixRunner:
             record.outcome, record.error = not_here
             return record
         record.client_version = self._client_version(client)
-        with self._turn():
+        with self.run_tokens.turn():
             timed_out = self._run_case(record, case, client)
         self._timeouts[label] = self._timeouts.get(label, 0) + 1 if timed_out else 0
         if self._timeouts[label] >= STOP_AFTER_TIMEOUTS:
@@ -463,18 +234,6 @@ class MatrixRunner:
                 f"{STOPPED}: {STOP_AFTER_TIMEOUTS} cases in a row on token {label!r} timed "
                 f"out after {self.settings.timeout_s:g} s; its remaining cases are not run")
         return record
-
-    @contextmanager
-    def _turn(self) -> Iterator[None]:
-        """xdist workers of one run use a named token one case at a time."""
-        if self._case_lock is None:
-            yield
-            return
-        self._case_lock.acquire()
-        try:
-            yield
-        finally:
-            self._case_lock.release()
 
     def _run_case(self, record: HandshakeRecord, case: Case, client: Client) -> bool:
         """Provisioning and handshake into record; True when the token or the
@@ -537,7 +296,7 @@ class MatrixRunner:
                 and refused.ckr == "CKR_FUNCTION_NOT_SUPPORTED"):
             record.outcome = Outcome.SKIP.value
             record.error = f"{IMPORT_UNSUPPORTED} (C_CreateObject -> {refused.ckr})"
-        chunk = self.provision_chunks.get((case.key.name, case.provisioning))
+        chunk = self.run_tokens.provision_chunks.get((case.key.name, case.provisioning))
         if chunk is not None:  # what the (emulated) token was asked, for the report
             logs.mkdir(parents=True, exist_ok=True)
             (logs / "calls.jsonl").write_bytes(chunk)
@@ -652,13 +411,9 @@ class MatrixRunner:
                         client.close()
                     except Exception:  # noqa: BLE001 - the token comes first
                         pass
-                if getattr(self, "softhsm", None) is None and getattr(self, "setup", None) is None:
-                    # a user's token: exactly ours
-                    for provisioner in getattr(self, "provisioners", {}).values():
-                        try:
-                            provisioner.remove_created()
-                        except CleanupError as exc:
-                            failure = failure or exc
+                tokens = getattr(self, "run_tokens", None)
+                if tokens is not None:
+                    failure = tokens.clean()
             finally:
                 self._stack.close()
         if failure is not None and not quiet:

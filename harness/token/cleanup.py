@@ -7,11 +7,15 @@ objects of a live run (its journal is locked) are never touched.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 from pkcs11 import exceptions as p11exc
+from pkcs11._pkcs11 import SearchIter  # type: ignore[attr-defined]  # not in its stub
 
 from harness.errors import HarnessError
+from harness.pkcs11 import exception_return_code
 from harness.token.journal import (
     CleanupError,
     EarlierRun,
@@ -29,17 +33,44 @@ def cleanup_hint(module: Path | str, label: str) -> str:
             "lists them, with --yes deletes them")
 
 
-def find_leftovers(token: Token, module: Path | str, session: object,
+def ckr_of(exc: BaseException) -> str:
+    """The CKR_ name users know, never python-pkcs11's class name."""
+    return exception_return_code(exc) or "CKR_GENERAL_ERROR"
+
+
+def readable_objects(session: Any) -> tuple[list[Any], list[str]]:
+    """Every object the session sees, and one line per object the token cannot
+    describe (a corrupt or half-written object: C_GetAttributeValue fails), so
+    one such object never hides the others. One object per C_FindObjects:
+    python-pkcs11 gives up the rest of a batch at the first it cannot read."""
+    objects: list[Any] = []
+    unreadable: list[str] = []
+    with SearchIter(session, {}, 1) as search:
+        for batch in search:
+            try:
+                objects.extend(batch)
+            except p11exc.PKCS11Error as exc:
+                unreadable.append(
+                    f"object #{len(objects) + len(unreadable) + 1} of the token cannot be "
+                    f"read (C_GetAttributeValue -> {ckr_of(exc)}): left as it is; "
+                    "if it is a half-written object of the harness, the token's own "
+                    "tool can delete it")
+    return objects, unreadable
+
+
+def find_leftovers(token: Token, key: str, session: object,
                    own: str | None = None,
                    session_id: str | None = None) -> tuple[list[LeftObject], list[EarlierRun]]:
-    """(objects, journals) of ended runs on the token; `session_id` narrows it
-    to the runs of one pytest session (its xdist workers)."""
-    runs, live = scan_journals(journal_dir(module, token.serial, token.label))
+    """(objects, journals) of ended runs on the token (`key`: its journals'
+    token key); `session_id` narrows it to the runs of one pytest session
+    (its xdist workers)."""
+    runs, live = scan_journals(journal_dir(key))
     runs = [r for r in runs if r.tag != own]
     if session_id is not None:
         runs = [r for r in runs if r.header.get("session") == session_id]
-    objects = token.call(lambda: list(session.get_objects()),  # type: ignore[attr-defined]
-                         "C_FindObjects")
+    objects, unreadable = token.call(lambda: readable_objects(session), "C_FindObjects")
+    for line in unreadable:
+        print(f"p11tls: token {token.label!r}: {line}", file=sys.stderr)
     found = token.call(lambda: harness_objects(objects, runs, live, own), "C_GetAttributeValue")
     if session_id is not None:
         tags = {r.tag for r in runs}
@@ -59,10 +90,10 @@ def prune_journals(runs: list[EarlierRun], left: list[LeftObject]) -> int:
     return pruned
 
 
-def leftovers_on(token: Token, module: Path | str, own: str) -> str | None:
+def leftovers_on(token: Token, key: str, own: str, module: Path | str) -> str | None:
     """The one line about earlier runs' leftovers (logged in: every object is
     visible); journals whose objects are all gone are deleted quietly."""
-    found, runs = find_leftovers(token, module, token.session, own)
+    found, runs = find_leftovers(token, key, token.session, own)
     prune_journals(runs, found)
     runs = [r for r in runs if r.path.exists()]
     return leftovers_line(f"token {token.label!r}", found, runs, cleanup_hint(module, token.label))
@@ -74,8 +105,10 @@ def delete(token: Token, objects: list[LeftObject]) -> list[LeftObject]:
     for obj in objects:
         try:
             token.call(obj.handle.destroy, "C_DestroyObject")
+        except p11exc.ObjectHandleInvalid:
+            continue  # gone with another (OpenSC sc-hsm drops a key's public half with it)
         except (HarnessError, p11exc.PKCS11Error) as exc:
-            why = why or (str(exc) or type(exc).__name__)
+            why = why or (str(exc) if isinstance(exc, HarnessError) else ckr_of(exc))
             left.append(obj)
     if left:
         raise CleanupError(f"token {token.label!r}", left, why)

@@ -2,11 +2,15 @@
 creates it, so a run that dies (SIGKILL, power cut) leaves a trace the next
 run can find and `p11tls cleanup` can act on.
 
-One file per run under ~/.cache/p11tls/journal/<token key>/<run tag>.jsonl
-(mode 0600, $P11TLS_STATE_DIR overrides the base): a header line (host, pid,
-module, token label and serial) and one line per key (label, CKA_ID): never a
-PIN or key material. The run holds an flock on its file while it is alive, so
-a file nobody holds is a run that ended; a run that cleaned up deletes it.
+One file per run under <state dir>/journal/<token key>/<run tag>.jsonl (see
+locking.py: keyed by the token's identity, in a directory every user sees;
+mode 0644 so every user's run can tell it is alive): a header line (host,
+pid, module, token label and serial) and one line per key (label, CKA_ID):
+never a PIN or key material. The run holds an flock on its file while it is
+alive, so on this host a file nobody holds is a run that ended; a run on
+another host (a state directory shared over the network) is alive while it
+touches its file (a heartbeat every HEARTBEAT_S). A run that cleaned up
+deletes its file; one whose call never returned writes so before it exits.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import fcntl
 import json
 import os
 import platform
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,16 +29,20 @@ from typing import Any
 from pkcs11 import Attribute
 
 from harness.errors import TokenError
-from harness.token.locking import private_dir, state_dir, token_key
+from harness.token.locking import shared_dir, state_dir, token_key
 
 LABEL_PREFIX = "p11tls-"
 
 
 LAB_PREFIX = "p11tls-lab-"  # `p11tls provision`: provisioned once, removed with --remove
+HEARTBEAT_S = 30.0
+STALE_S = 4 * HEARTBEAT_S  # another host's journal untouched this long: its run ended
 
 
-def journal_dir(module: Path | str, serial: str, label: str) -> Path:
-    return state_dir() / "journal" / token_key(module, serial, label)
+def journal_dir(identity: dict[str, Any] | str) -> Path:
+    """One token's journals: by its identity (see locking.token_key) or that key."""
+    key = identity if isinstance(identity, str) else token_key(identity)
+    return state_dir() / "journal" / key
 
 
 def run_tag_of(label: str) -> str | None:
@@ -47,12 +56,22 @@ class Journal:
     """This run's journal on one token; held (flock) until closed."""
 
     def __init__(self, directory: Path, run_tag: str, header: dict[str, Any]) -> None:
-        self.directory = private_dir(directory)
+        self.directory = shared_dir(directory)
         self.path = directory / f"{run_tag}.jsonl"
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # alive: not a leftover for anyone else
         self._write({"run": run_tag, "pid": os.getpid(), "host": platform.node(),
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **header})
+        self._beating = threading.Event()
+        threading.Thread(target=self._heartbeat, name="p11tls-journal", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        """Touch the file while alive: how another host sees that this run is."""
+        while not self._beating.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
 
     def _write(self, entry: dict[str, Any]) -> None:
         assert self._fd is not None
@@ -63,10 +82,17 @@ class Journal:
         """Before creating objects with this label and CKA_ID."""
         self._write({"label": label, "id": id_hex})
 
+    def abandoned(self, call: str) -> None:
+        """A call of this run never returned: the process exits without
+        C_Finalize; what it made is listed here for `p11tls cleanup`."""
+        if self._fd is not None:
+            self._write({"abandoned": call, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
     def close(self, clean: bool) -> None:
         """Done with the token: `clean` deletes the journal (nothing is left)."""
         if self._fd is None:
             return
+        self._beating.set()
         if clean:
             self.path.unlink(missing_ok=True)
             try:
@@ -112,8 +138,11 @@ def scan_journals(directory: Path) -> tuple[list[EarlierRun], set[str]]:
             if _alive(path):
                 live.add(path.stem)
                 continue
-            lines = path.read_text(errors="replace").splitlines()
+            with open(path, "rb") as file:  # a journal is small; a huge one is not ours
+                lines = file.read(1 << 20).decode(errors="replace").splitlines()
+            mtime = path.stat().st_mtime
         except OSError:
+            live.add(path.stem)  # unreadable: never take its run's objects for leftovers
             continue
         run = EarlierRun(path, {})
         for line in lines:
@@ -127,6 +156,10 @@ def scan_journals(directory: Path) -> tuple[list[EarlierRun], set[str]]:
                 run.header = entry
             elif isinstance(entry.get("label"), str) and isinstance(entry.get("id"), str):
                 run.entries.append((entry["label"], entry["id"]))
+        if (run.header.get("host") not in (None, platform.node())
+                and time.time() - mtime < STALE_S):
+            live.add(run.tag)  # another host's run, still beating
+            continue
         ended.append(run)
     return ended, live
 

@@ -8,8 +8,9 @@ module — runs in one short-lived child, the PIN on its stdin, one JSON
 answer on its stdout, and a one-line error on its stderr.
 
 Verbs (arguments after the verb):
-  login | login-ro MODULE LABEL [SCAN_MODULE OWN]  log in once (read-only session
-                   with login-ro); with SCAN_MODULE the answer has `leftovers`
+  login | login-ro MODULE LABEL [KEY OWN HINT_MODULE]  log in once (read-only
+                   session with login-ro); with KEY (the token's journals) the
+                   answer has `leftovers`
   info MODULE LABEL                                the token's description, no login
   keys MODULE LABEL [--all] [URI ...]              the key pairs to test read-only
   tokens MODULE                                    every token's label and serial
@@ -26,6 +27,7 @@ from typing import Any
 
 from harness.errors import HarnessError, TokenError
 from harness.matrix.keys import Algorithm, KeySpec
+from harness.pkcs11 import exception_return_code
 from harness.token.cleanup import leftovers_on
 from harness.token.existing_keys import discover, parse_key_uri
 from harness.token.session import Token, load_module, text_of
@@ -52,14 +54,16 @@ def ask(verb: str, args: list[str], stdin: str = "", env: dict[str, str] | None 
 
 
 def check_login(module: Path, label: str, pin: str,
-                env: dict[str, str] | None = None, *, scan_module: Path | None = None,
-                own: str = "", read_only: bool = False) -> dict[str, Any]:
+                env: dict[str, str] | None = None, *, journal_key: str | None = None,
+                own: str = "", hint_module: Path | None = None,
+                read_only: bool = False) -> dict[str, Any]:
     """Log in once and return the token's description (with `pin_warning`);
     raise the same one-line error as Token does. `env` is added to the child's
-    environment (an interposer configuration). With `scan_module` (the real
-    module, which keys the journals) the description has `leftovers`: the one
+    environment (an interposer configuration). With `journal_key` (the real
+    token's, see locking.token_key) the description has `leftovers`: the one
     line about objects earlier runs left, or None."""
-    scan = [str(scan_module), own] if scan_module is not None else []
+    scan = ([journal_key, own, str(hint_module or module)] if journal_key is not None
+            else [])
     verb = "login-ro" if read_only else "login"  # a read-only run: a read-only session
     info: dict[str, Any] = ask(verb, [str(module), label, *scan], pin, env)
     return info
@@ -97,7 +101,8 @@ def _login(argv: list[str], read_only: bool) -> Any:
     token = Token(Path(argv[0]), argv[1], sys.stdin.read(), read_only=read_only)
     try:
         _ = token.session
-        extra = {"leftovers": leftovers_on(token, argv[2], argv[3])} if len(argv) > 3 else {}
+        extra = ({"leftovers": leftovers_on(token, argv[2], argv[3], argv[4])}
+                 if len(argv) > 4 else {})
         return {**token.info().as_dict(), "pin_warning": token.pin_warning, **extra}
     finally:
         token.close()
@@ -139,8 +144,8 @@ def main(argv: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - one line for the parent, never a traceback
-        print(f"asking the token ({argv[0]}) failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        what = exception_return_code(exc) or f"{type(exc).__name__}: {exc}"
+        print(f"asking the token ({argv[0]}) failed: {what}", file=sys.stderr)
         return 2
     print(json.dumps(answer))
     return 0

@@ -8,8 +8,12 @@ locks it, and only ever destroys objects it created itself (see provision.py).
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,8 @@ from pkcs11 import exceptions as p11exc
 from pkcs11.constants import TokenFlag
 
 from harness.errors import ConfigError, TokenError
+from harness.pkcs11 import exception_return_code
+from harness.process import signals_held
 
 T = TypeVar("T")
 DEFAULT_CALL_TIMEOUT_S = 20.0
@@ -29,11 +35,35 @@ class TokenTimeout(TokenError):
     """The token did not answer one of the harness's own calls in time."""
 
 
+_workers: weakref.WeakSet[TokenWorker] = weakref.WeakSet()
+
+
+def calls_in_flight() -> list[str]:
+    """The harness's own calls that were abandoned and are still inside a module."""
+    return [w.busy_with for w in list(_workers) if w.busy_with is not None]
+
+
+def exit_if_in_flight(code: int) -> None:
+    """A module with a call still in flight must not see C_Finalize (python-pkcs11
+    sends it at interpreter exit: it hangs on the call's lock or the call
+    returns into an unloaded library). So, after what must be written is
+    flushed, the process ends here without it."""
+    busy = calls_in_flight()
+    if not busy:
+        return
+    print(f"p11tls: the token never returned {', '.join(busy)}: the process exits without "
+          "C_Finalize", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class TokenWorker:
     """One daemon thread that makes every call this process sends a token, so
-    the caller can stop waiting after a timeout (and on Ctrl-C: the wait is
-    interruptible) while the token keeps the thread. Calls stay in order; once
-    one was abandoned, later calls fail at once until it has returned."""
+    the caller can stop waiting after a timeout while the token keeps the
+    thread. A signal during a call waits for it (bounded by the timeout) so
+    the clean-up can use the token; calls stay in order; once one was
+    abandoned, later calls fail at once until it has returned."""
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]] | None] = (
@@ -42,15 +72,22 @@ class TokenWorker:
         self._thread = threading.Thread(target=self._serve, name=f"p11tls-token-{name}",
                                         daemon=True)
         self._thread.start()
+        _workers.add(self)
+
+    @property
+    def busy_with(self) -> str | None:
+        """The abandoned call still running, if any."""
+        return self._busy_with
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             fn, answer = job
             try:
-                answer.put((True, fn()))
+                result: tuple[bool, Any] = (True, fn())
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                answer.put((False, exc))
-            self._busy_with = None
+                result = (False, exc)
+            self._busy_with = None  # before the answer: the caller may look at once
+            answer.put(result)
 
     def call(self, fn: Callable[[], T], what: str, timeout_s: float) -> T:
         if self._busy_with is not None:
@@ -59,11 +96,21 @@ class TokenWorker:
         answer: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._busy_with = what
         self._jobs.put((fn, answer))
+        start = time.monotonic()
         try:
             ok, value = answer.get(timeout=timeout_s)
         except queue.Empty:
             raise TokenTimeout(f"the token did not answer {what} within {timeout_s:g} s"
                                ) from None
+        except BaseException:
+            # a signal (KeyboardInterrupt) while the module works: let the call
+            # end, within its timeout, so the clean-up finds the token free
+            with signals_held():
+                try:
+                    answer.get(timeout=max(0.0, timeout_s - (time.monotonic() - start)))
+                except queue.Empty:
+                    pass  # still inside the module: busy_with says so
+            raise
         if not ok:
             raise value
         return value
@@ -195,6 +242,13 @@ class Token:
     def serial(self) -> str:
         return text_of(getattr(self.token, "serial", b""))
 
+    @property
+    def identity(self) -> dict[str, str]:
+        """What identifies the token whatever module reaches it (locks, journals)."""
+        return {"manufacturer": text_of(self.token.manufacturer_id),
+                "model": text_of(self.token.model), "serial": self.serial,
+                "token_label": self.label}
+
     def call(self, fn: Callable[[], T], what: str) -> T:
         """fn() on the token's worker thread, abandoned after the timeout."""
         return self.worker.call(fn, what, self.timeout_s)
@@ -220,7 +274,7 @@ class Token:
                     "C_Login")
             except (p11exc.PinIncorrect, p11exc.PinLenRange, p11exc.PinInvalid) as exc:
                 _refused_login = (
-                    f"token {self.label!r} refused the PIN ({type(exc).__name__}); it was "
+                    f"token {self.label!r} refused the PIN ({exception_return_code(exc)}); it was "
                     "tried once and will not be retried: check --p11-pin / PKCS11_TOKEN_PIN"
                 )
                 raise TokenError(_refused_login) from None

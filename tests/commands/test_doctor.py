@@ -57,3 +57,20 @@ def test_predictions_follow_the_mechanisms():
     assert any("Java 17+" in n and "whole TLS 1.2 transcript" in n for n in combined)
     no_pss = [str(n) for n in notes({"CKM_RSA_PKCS", "CKM_RSA_X_509", "CKM_ECDSA"})]
     assert any("falls back to CKM_RSA_X_509 (offered here)" in n for n in no_pss)
+
+
+def test_doctor_with_a_wrong_pin_is_one_line_and_not_zero(softhsm_store, tmp_path):
+    """Issue 23 row 13: a wrong PIN was "0 key pairs" with exit 0. Now one line
+    in CKR words, exit 2, and the PIN tried once (the interposer counts)."""
+    store, token = softhsm_store
+    env = write_interposer_config(store.module, tmp_path / "calls.jsonl", tmp_path / "i.conf",
+                                  [])
+    wrong = doctor(build_interposer(), token.label,
+                   {**store.env, **env, "PKCS11_TOKEN_PIN": "0000"})
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert "CKR_PIN_INCORRECT" in wrong.stderr and "PinIncorrect" not in wrong.stderr
+    assert (tmp_path / "calls.jsonl").read_text().count('"C_Login"') == 1
+    right = doctor(store.module, token.label, {**store.env, "PKCS11_TOKEN_PIN": "4711"},
+                   "--json")  # control: the right PIN logs in and lists the keys
+    assert right.returncode == 0, right.stderr
+    assert json.loads(right.stdout)["tokens"][0]["logged_in"] is True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,36 @@ def test_plain_softhsm_has_no_limit_and_no_combined_ecdsa(tmp_path: Path) -> Non
     proc = token_sweep(tmp_path, "--mechanisms", "CKM_ECDSA_SHA256")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "does not offer CKM_ECDSA_SHA256" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_token_that_stops_answering_ends_with_what_was_measured(tmp_path: Path) -> None:
+    """Issue 20 item 4: after six signatures the token never returns C_Sign.
+    token-sweep prints the sizes measured so far and exits 1 within 3 x the
+    timeout (set-up aside), no traceback, no process left (run() returned:
+    no C_Finalize waited on the call in flight). Control: the same sweep
+    without the fault finishes with exit 0."""
+    timeout = 3.0
+    hang = tmp_path / "hang.toml"
+    hang.write_text('name = "hang-card"\n[faults]\n'
+                    'hang_after = { function = "C_Sign", calls = 6 }\n')
+    args = ("--mechanisms", "CKM_SHA256_RSA_PKCS", "--max-bytes", "8192",
+            f"--p11-timeout={timeout:g}")
+    start = time.monotonic()
+    proc = token_sweep(tmp_path, "--p11-profile", str(hang), *args)
+    took = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert "largest accepted 32 B so far; stopped: no answer to 64 B" in proc.stdout
+    assert "Traceback" not in proc.stderr and "without C_Finalize" in proc.stderr
+    assert took < 3 * timeout + 6, took  # 6 s: python, SoftHSM token, RSA key
+    found = swept(tmp_path, *args)  # control
+    assert found["CKM_SHA256_RSA_PKCS"]["stopped"] is None
+
+
+@pytest.mark.parametrize("mechanisms", [",", " , "])
+def test_an_empty_mechanism_list_is_an_error_not_all(tmp_path: Path, mechanisms: str) -> None:
+    proc = token_sweep(tmp_path, "--mechanisms", mechanisms)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "names no mechanism" in proc.stderr
 
 
 def test_text_output_names_the_limit_and_what_it_rules_out(tmp_path: Path) -> None:

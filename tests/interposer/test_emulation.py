@@ -636,6 +636,8 @@ def test_threads_sign_with_a_combined_mechanism_at_once(bench: Bench, tmp_path: 
     ("token_pin_flags 0x1", "not CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY"),
     ("latency C_Bogus 5", "not a PKCS#11 2.40 function name (C_Sign, ...): latency"),
     ("fail_after C_Sign 3", "expected C_FUNCTION CALLS RV after key fail_after"),
+    ("hang_after C_Sign", "expected C_FUNCTION CALLS after key hang_after"),
+    ("hang_after C_Sign many", "not a number of calls: hang_after"),
     ("bogus 1", "unknown key (known: module, record, hide, add_combined, "),
 ], ids=lambda v: v.split()[0] if " " in v else None)
 def test_bad_emulation_lines_fail_in_c_initialize(bench: Bench, tmp_path: Path, line: str,
@@ -648,6 +650,7 @@ def test_bad_emulation_lines_fail_in_c_initialize(bench: Bench, tmp_path: Path, 
 def test_names_numbers_and_comments_are_all_read(bench: Bench, tmp_path: Path) -> None:
     lines = ["hide CKM_RSA_PKCS_PSS # by name", "hide 0x43", "add_combined 4164",
              "refuse_create CKO_PRIVATE_KEY any CKR_GENERAL_ERROR", "sign_multipart yes",
-             "latency C_Sign 0", "fail_after C_Digest 0 CKR_DEVICE_REMOVED # never used"]
+             "latency C_Sign 0", "fail_after C_Digest 0 CKR_DEVICE_REMOVED # never used",
+             "hang_after C_Digest 0 # never used"]
     run = bench.run(tmp_path, "initialize", {}, lines=lines, driver=INTERPOSER_DRIVER)
     assert run.out == {"rv": OK} and run.stderr == ""

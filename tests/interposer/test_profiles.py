@@ -164,6 +164,14 @@ rv = "CKR_TOKEN_NOT_PRESENT"
         "fail_after C_Login 2 0xe0 # CKR_TOKEN_NOT_PRESENT"]
 
 
+def test_a_token_that_stops_answering(tmp_path: Path) -> None:
+    p = load_profile(write(tmp_path, '[faults]\nhang_after = { function = "C_SignFinal", '
+                                     'calls = 3 }\n'))
+    assert p.faults.hang_after == (("C_SignFinal", 3),)
+    assert p.interposer_lines() == ["hang_after C_SignFinal 3"]
+    assert p.describe() == ["never returns from C_SignFinal after 3 successful calls"]
+
+
 def test_profiles_are_values(tmp_path: Path) -> None:
     a = load_profile(write(tmp_path, ISSUE_EXAMPLE, "a"))
     b = load_profile(write(tmp_path, ISSUE_EXAMPLE, "a"))
@@ -238,6 +246,10 @@ BAD = {
                          "one fail_after per function"),
     "fail-after-no-calls": ('[faults]\nfail_after = { function = "C_Sign" }\n',
                             "faults.fail_after: no calls", "a table {function, calls, rv}"),
+    "hang-after-no-calls": ('[faults]\nhang_after = { function = "C_SignFinal" }\n',
+                            "faults.hang_after: no calls", "a table {function, calls}"),
+    "hang-after-bad-function": ('[faults]\nhang_after = { function = "C_Hang", calls = 1 }\n',
+                                "faults.hang_after.function", "PKCS#11 2.40 functions"),
     "bad-name": ('name = "my profile"\n', "name: 'my profile' is not a plain name",
                  "letters, digits"),
 }

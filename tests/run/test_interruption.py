@@ -248,7 +248,8 @@ def test_leftovers_of_a_killed_run_are_found_and_removed_only_with_yes(card, tmp
     left = card.harness_objects()
     assert left  # the control: a SIGKILL leaves objects
     journals = list((card.state / "journal").rglob("*.jsonl"))
-    assert len(journals) == 1 and journals[0].stat().st_mode & 0o777 == 0o600
+    # 0644: every user's run can tell it is alive; it holds no secret
+    assert len(journals) == 1 and journals[0].stat().st_mode & 0o777 == 0o644
     assert PIN not in journals[0].read_text()
     cli = [sys.executable, "-m", "harness.cli", "cleanup", "--p11-module", str(card.module),
            "--p11-token-label", LABEL]
@@ -271,6 +272,39 @@ def test_leftovers_of_a_killed_run_are_found_and_removed_only_with_yes(card, tmp
 
 
 # -- one token, one run at a time; one directory per run ----------------------------------
+
+
+def test_the_same_token_through_another_module_path_is_one_token(card, tmp_path):
+    """Issue 23 row 1: lock and journal follow the token, not the module path:
+    `cleanup --yes` through a copy of the module refuses while a run is live,
+    and a second run through the copy waits for the first."""
+    alias = tmp_path / "alias" / "libother-name.so"
+    alias.parent.mkdir()
+    shutil.copy(card.module, alias)
+    proc, base = child(card, tmp_path, "live")
+    wait_for_keys(card, 2, proc)
+    made = card.harness_objects()
+    cli = [sys.executable, "-m", "harness.cli", "cleanup", "--p11-module", str(alias),
+           "--p11-token-label", LABEL, "--p11-pin", PIN, "--yes"]
+    refused = subprocess.run(cli, capture_output=True, text=True, env=card.env, cwd=ROOT)
+    assert refused.returncode == 2, refused.stdout
+    assert refused.stderr.count("\n") == 1 and "in use by a live harness run" in refused.stderr
+    assert set(made) <= set(card.harness_objects())  # nothing of the live run deleted
+    second, _ = child(card, tmp_path, "second", "-k", "gnutls-p256-generate-tls12",
+                      slow=False)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out = finish(proc)
+    assert "Traceback" not in out
+    out2 = finish(second)
+    assert second.returncode == 0, out2
+    assert "in use by another harness run" in out2  # it waited: one token
+    card.assert_untouched()
+    # negative control: with no run live, the same command runs (nothing to delete)
+    done = subprocess.run(cli, capture_output=True, text=True, env=card.env, cwd=ROOT)
+    assert done.returncode == 0 and "deleted 0 objects" in done.stdout, done.stderr
+    no_children_left(base)
+
 
 
 def test_two_runs_on_one_token_both_complete_and_keep_both_results(card, tmp_path):
@@ -382,3 +416,121 @@ def test_bad_input_leaves_the_card_untouched(card, tmp_path):
     out = finish(proc)
     assert proc.returncode != 0 and "--p11-timeout" in out
     card.assert_untouched()
+
+
+# -- never exit with a token call in flight (issue 23 row 2, issue 20 item 4) ---------------
+
+CARD_KEYGEN = 'name = "card-keygen"\n[faults]\nlatency_ms = { C_GenerateKeyPair = 3000 }\n'
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_during_the_harness_keygen_waits_for_it_then_cleans(card, tmp_path, signum):
+    """A card-like 3 s C_GenerateKeyPair (the time a smart card takes for RSA):
+    the signal lands while the harness's own call is inside the module. The
+    harness waits for it (within --p11-timeout), then removes the pair: no
+    SIGSEGV, no key pair or journal left, no traceback."""
+    profile = tmp_path / "keygen.toml"
+    profile.write_text(CARD_KEYGEN)
+    proc, base = child(card, tmp_path, "keygen", "--p11-profile", str(profile),
+                       "-k", "generate", slow=False)
+    wait_for_keys(card, 1, proc)  # written down just before the call is sent
+    time.sleep(0.5)  # inside the 3 s call
+    proc.send_signal(signum)
+    out = finish(proc)
+    assert proc.returncode not in (0, -signal.SIGSEGV, -signal.SIGABRT), out
+    assert "Traceback" not in out and "still busy" not in out, out
+    card.assert_untouched()
+    no_children_left(base)
+
+
+def test_token_sweep_on_a_card_that_hangs_leaves_a_journal_saying_so(card, tmp_path):
+    """The harness's own C_Sign never returns: token-sweep prints what it
+    measured, exits 1 without C_Finalize (no hang at exit), and its journal
+    says which call was abandoned; `p11tls cleanup --yes` then removes the key."""
+    profile = tmp_path / "hang.toml"
+    profile.write_text('name = "hang-card"\n[faults]\n'
+                       'hang_after = { function = "C_Sign", calls = 4 }\n')
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "token-sweep", "--p11-profile", str(profile),
+         "--mechanisms", "CKM_SHA256_RSA_PKCS", "--max-bytes", "4096", "--p11-timeout=3",
+         f"--p11-reports={tmp_path / 'r'}", *card.args()],
+        capture_output=True, text=True, env=card.env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - start < 9 + 10, "3 x the timeout, plus python and RSA keygen"
+    assert "largest accepted 8 B so far" in proc.stdout and "Traceback" not in proc.stderr
+    journals = list((card.state / "journal").rglob("*.jsonl"))
+    assert len(journals) == 1 and '"abandoned": "C_Sign"' in journals[0].read_text()
+    assert card.harness_objects()  # the key pair the call was made with
+    cli = [sys.executable, "-m", "harness.cli", "cleanup", "--p11-module", str(card.module),
+           "--p11-token-label", LABEL, "--p11-pin", PIN, "--yes"]
+    done = subprocess.run(cli, capture_output=True, text=True, env=card.env, cwd=ROOT)
+    assert done.returncode == 0 and "deleted 3 objects" in done.stdout, done  # pair + cert
+    card.assert_untouched()
+    no_children_left(tmp_path)
+
+
+def test_an_unreadable_object_is_one_line_and_never_stops_cleanup(card, tmp_path):
+    """An 8-byte SoftHSM object file (what a kill mid-C_CreateObject left):
+    `p11tls cleanup` names it in one line and still lists and deletes the
+    leftovers beside it; a run on the token works."""
+    subprocess.run(["pkcs11-tool", "--module", str(card.module), "--token-label", LABEL,
+                    "--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1",
+                    "--label", "p11tls-abcdef-p256-generate"], check=True, capture_output=True,
+                   env=card.env)
+    tokendir = next(p for p in card.store.tokendir.iterdir() if p.is_dir())
+    corrupt = tokendir / "0badbad0-0000-4000-8000-000000000000.object"
+    corrupt.write_bytes(b"\0" * 8)
+    cli = [sys.executable, "-m", "harness.cli", "cleanup", "--p11-module", str(card.module),
+           "--p11-token-label", LABEL, "--p11-pin", PIN]
+    listed = subprocess.run(cli, capture_output=True, text=True, env=card.env, cwd=ROOT)
+    assert listed.returncode == 0, listed.stderr
+    assert "Traceback" not in listed.stderr and "AttributeValueInvalid" not in listed.stderr
+    unreadable = [line for line in listed.stderr.splitlines() if "cannot be read" in line]
+    assert len(unreadable) == 1 and "CKR_" in unreadable[0], listed.stderr
+    assert "2 objects left by earlier runs" in listed.stdout
+    deleted = subprocess.run(cli + ["--yes"], capture_output=True, text=True, env=card.env,
+                             cwd=ROOT)
+    assert deleted.returncode == 0 and "deleted 2 objects" in deleted.stdout, deleted.stderr
+    proc, _ = child(card, tmp_path, "after", "-k", "gnutls-p256-generate-tls12", slow=False)
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    corrupt.unlink()  # the control: without it the card is as seeded
+    card.assert_untouched()
+
+
+# -- every token command ends on a signal like the matrix (issue 23 row 3) ------------------
+
+SLOW_SIGN = 'name = "slow-sign"\n[faults]\nlatency_ms = { C_Sign = 300 }\n'
+
+
+def _command(card: Card, tmp: Path, command: str) -> list[str]:
+    profile = tmp / "slow-sign.toml"
+    profile.write_text(SLOW_SIGN)
+    common = ["--p11-profile", str(profile), f"--p11-reports={tmp / 'r'}", *card.args()]
+    if command == "token-sweep":
+        return ["token-sweep", "--mechanisms", "CKM_SHA256_RSA_PKCS", "--max-bytes", "65536",
+                *common]
+    return ["sweep", "--clients", "openssl-engine", "--keys", "p256", "--steps", "0,1,2,4,8",
+            *common]
+
+
+@pytest.mark.parametrize("command, signum", [
+    ("token-sweep", signal.SIGINT), ("token-sweep", signal.SIGTERM),
+    ("token-sweep", signal.SIGHUP), ("sweep", signal.SIGTERM), ("sweep", signal.SIGHUP),
+], ids=["token-sweep-int", "token-sweep-term", "token-sweep-hup", "sweep-term", "sweep-hup"])
+def test_a_signal_ends_a_token_command_with_the_token_clean(card, tmp_path, command, signum):
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *_command(card, tmp_path,
+                                                                            command)],
+                            env=card.env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_keys(card, 1, proc)
+    time.sleep(1.5)  # signing (300 ms each) or handshaking
+    assert card.harness_objects()  # control: mid-run, its objects are there
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert f"stopped by signal {signal.Signals(signum).name}" in err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    card.assert_untouched()
+    no_children_left(tmp_path)
