@@ -190,7 +190,7 @@ def _check_token_once(config: pytest.Config) -> None:
     if info.get("leftovers"):
         _say(config, info["leftovers"])
     if not settings.allow_slot_overwrite and not settings.read_only:
-        from harness.token.provision import fixed_slot_reason
+        from harness.token.fixed_slots import fixed_slot_reason
 
         reason = fixed_slot_reason(info)  # the token as the clients see it
         if reason is not None:

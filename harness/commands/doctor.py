@@ -115,6 +115,7 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
     from pkcs11.constants import MechanismFlag, TokenFlag
 
     from harness.token.existing_keys import discover
+    from harness.token.fixed_slots import slot_verdict
     from harness.verdict.predict import TokenFacts, case_id, notes, predict_matrix
     from harness.token.session import load_module, text_of, version_of
 
@@ -149,10 +150,14 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
         entry: dict[str, Any] = {
             "label": text_of(token.label), "model": text_of(token.model),
             "manufacturer": text_of(token.manufacturer_id), "serial": text_of(token.serial),
-            "firmware": version_of(getattr(slot, "firmware_version", "")),
+            "firmware": version_of(getattr(token, "firmware_version", "")),  # the device's
+            "slot_firmware": version_of(getattr(slot, "firmware_version", "")),  # the reader's
             "flags": [f"CKF_{f}" for f in TOKEN_FLAGS if flags & int(TokenFlag[f])],
             "mechanisms": mechanisms,
             "all_mechanisms": len(offered),
+            "provisioning": slot_verdict({"token_label": text_of(token.label),
+                                          "model": text_of(token.model),
+                                          "manufacturer": text_of(token.manufacturer_id)}),
             "predictions": [str(n) for n in notes({f"CKM_{m}" for m in offered})],
             "cells": [{"case_id": case_id(c), **c.to_json()} for c in predict_matrix(
                 list(components), list(keys), TokenFacts.of(offered, profile), components)],
@@ -195,6 +200,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"token {token['label']!r}: {token['model']} by {token['manufacturer']}, "
                      f"serial {token['serial']}, firmware {token['firmware']}")
         lines.append(f"  flags: {' '.join(token['flags']) or '-'}")
+        lines.append(f"  keys: {token['provisioning']}")
         lines.append(f"  TLS mechanisms ({token['all_mechanisms']} offered in all):")
         for name, info in token["mechanisms"].items():
             low, high = info["key_sizes"]

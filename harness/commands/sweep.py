@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from harness.run.config import OPTIONS, resolve
+from harness.run.config import OPTIONS, add_runner_options, resolve
 from harness.errors import ConfigError, HarnessError
 from harness.matrix.keys import Provisioning, key_spec
 from harness.matrix.cases import Case
@@ -147,10 +147,7 @@ def sweep_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--coarse", action="store_true",
                         help="stop at the first failing step instead of narrowing the limit down")
-    for option in OPTIONS:
-        if option.name.startswith("p11_") and not option.flag and not option.repeatable:
-            parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
-                                help=option.help)
+    add_runner_options(parser)
     args = parser.parse_args(argv)
     try:
         steps = [int(s) for s in args.steps.split(",") if s.strip()]

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, NoReturn
 
-from harness.run.config import OPTIONS, resolve
+from harness.run.config import OPTIONS, add_runner_options, resolve
 from harness.errors import ConfigError, HarnessError
 from harness.matrix.keys import Provisioning, key_spec
 
@@ -232,10 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                         help="largest input tried (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    for option in OPTIONS:
-        if option.name.startswith("p11_") and not option.flag and not option.repeatable:
-            parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
-                                help=option.help)
+    add_runner_options(parser)
     return parser
 
 

@@ -6,6 +6,7 @@ plugin and the CLI both hand their raw values to `resolve`.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Mapping
@@ -56,7 +57,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_spy", "P11TLS_SPY",
            "also chain OpenSC's pkcs11-spy below the interposer; its log is kept per case",
            flag=True),
-    Option("p11_allow_slot_overwrite", None,
+    Option("p11_allow_slot_overwrite", "P11TLS_ALLOW_SLOT_OVERWRITE",
            "provision on a token whose keys sit in fixed slots (OpenPGP, PIV): existing keys "
            "may be replaced, use a disposable card only", flag=True),
     Option("p11_existing", "P11TLS_EXISTING",
@@ -69,6 +70,25 @@ OPTIONS: tuple[Option, ...] = (
            "read-only: test this key already on the token, an RFC 7512 URI "
            "(pkcs11:object=LABEL;type=private or id=…); nothing is written", repeatable=True),
 )
+
+# The switches the commands that drive the MatrixRunner (sweep, token-sweep) take
+# besides every single-valued --p11-… option.
+RUNNER_FLAGS = ("p11_allow_slot_overwrite",)
+
+
+def add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """The --p11-… options of `p11tls sweep` and `p11tls token-sweep`."""
+    for option in OPTIONS:
+        if not option.name.startswith("p11_") or option.repeatable:
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        env = f" [env {option.env}]" if option.env else ""
+        if option.flag and option.name in RUNNER_FLAGS:
+            parser.add_argument(flag, dest=option.name, action="store_const", const="yes",
+                                default=None, help=option.help + env)
+        elif not option.flag:
+            parser.add_argument(flag, dest=option.name, help=option.help + env)
+
 
 TRUE_WORDS = ("1", "yes", "true", "on")
 MAX_TIMEOUT_S = 86400.0  # a day: anything longer is a typo, not a handshake

@@ -58,12 +58,8 @@ from harness.token.named_modules import ModuleSetup, open_named_module
 from harness.tls.transcript_padding import padding_file
 from harness.interposer.profile import load_profile
 from harness.process import signals_held
-from harness.token.provision import (
-    ProvisionedKey,
-    Provisioner,
-    ProvisioningRefused,
-    fixed_slot_reason,
-)
+from harness.token.provision import ProvisionedKey, Provisioner, ProvisioningRefused
+from harness.token.fixed_slots import fixed_slot_reason
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, Outcome
 from harness.interposer.calls import parse_calls, read_from, size_of
 from harness.run.recording import CallRecorder
