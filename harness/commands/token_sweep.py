@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any, NoReturn
 
 from harness.run.config import OPTIONS, add_runner_options, resolve
+from harness.run.measure import keep_measurement
 from harness.errors import ConfigError, HarnessError
 from harness.matrix.keys import Provisioning, key_spec
 
@@ -258,6 +259,9 @@ def token_sweep_main(argv: Sequence[str]) -> int:
             if say and runner.profile is not None:
                 say(f"emulation of {runner.profile.emulates} (profile {runner.profile.name})")
             results = sweep_token(runner, wanted, args.max_bytes, say)
+            kept = keep_measurement(runner, results)  # for doctor and the matrix
+            if say and kept is not None:
+                say(f"kept for p11tls doctor and the matrix: {kept}")
     except HarnessError as exc:
         print(f"p11tls token-sweep: {exc}", file=sys.stderr)
         return 2

@@ -399,7 +399,8 @@ class MatrixRunner:
         """What harness.verdict.predict expects of the case from the token's mechanisms
         (and the profile's rules), and whether the record is that."""
         from harness.matrix.keys import KEYS
-        from harness.verdict.predict import TokenFacts, predict
+        from harness.run.token_facts import token_facts
+        from harness.verdict.predict import predict
 
         if case.key.name not in KEYS or case.padding_bytes is not None:
             return  # a key by label, or a sweep step: no cell of the matrix
@@ -408,7 +409,8 @@ class MatrixRunner:
             # (tpm2: no import, P-521's point) are facts of its own (data/modules/)
             return
         try:
-            token = TokenFacts.of(self.token_mechanisms(case.key), self.profile).seen_by(
+            token = token_facts(self.token_mechanisms(case.key), self.profile,
+                                self.token_info().as_dict(), self.softhsm is not None).seen_by(
                 case.client, self.settings.java_p11_config)
         except HarnessError:
             return
