@@ -62,7 +62,7 @@ from harness.token.provision import ProvisionedKey, Provisioner, ProvisioningRef
 from harness.token.fixed_slots import fixed_slot_reason
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, Outcome
 from harness.interposer.calls import parse_calls, read_from, size_of
-from harness.run.recording import CallRecorder
+from harness.run.recording import CallRecorder, provisioned_by
 from harness.tls.server import (
     HandshakeServer,
     ServerCase,
@@ -175,9 +175,11 @@ class MatrixRunner:
             assert settings.token_label is not None
             self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
         # Under a profile this process, which provisions the keys, goes through
-        # the emulation too: a refused import must be refused here. A read-only
-        # run records this process's own calls too: proof that it wrote nothing.
-        self.token_module = (self._emulate_here() if self.profile or settings.read_only
+        # the emulation too: a refused import must be refused here. Its own calls
+        # are recorded whenever clients' are (an import cell shows its
+        # C_CreateObject), and in a read-only run: proof that it wrote nothing.
+        self.token_module = (self._emulate_here()
+                             if self.profile or settings.read_only or settings.record
                              else self.module)
         self.main_token = self._load_token("main")
         if settings.module is not None:  # a named token: one run at a time, a journal
@@ -455,6 +457,8 @@ class MatrixRunner:
         record.client_version = self._client_version(client)
         with self._turn():
             timed_out = self._run_case(record, case, client)
+        record.provisioned = provisioned_by(  # the harness's own C_CreateObject etc.
+            self.provision_chunks.get((case.key.name, case.provisioning)))
         self._timeouts[label] = self._timeouts.get(label, 0) + 1 if timed_out else 0
         if self._timeouts[label] >= STOP_AFTER_TIMEOUTS:
             self.stopped[label] = (
