@@ -17,6 +17,7 @@ from harness.clients.base import ClientOptions
 from harness.errors import ConfigError
 from harness.matrix.keys import KeySpec, parse_keys
 from harness.token.named_modules import is_named
+from harness.token.opensc_conf import parse_cache_setting
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_allow_slot_overwrite", "P11TLS_ALLOW_SLOT_OVERWRITE",
            "provision on a token whose keys sit in fixed slots (OpenPGP, PIV): existing keys "
            "may be replaced, use a disposable card only", flag=True),
+    Option("p11_opensc_cache", "P11TLS_OPENSC_CACHE",
+           "for OpenSC modules: a run-private OpenSC configuration with file caching in the run "
+           "directory and the card's own driver only (yes, the default), or the system's (no)"),
     Option("p11_existing", "P11TLS_EXISTING",
            "read-only: test the key pairs already on the token (those with a certificate of "
            "the same CKA_ID); nothing is written to the token", flag=True),
@@ -112,6 +116,7 @@ class Settings:
     record: bool = True  # clients load the recording interposer
     spy: bool = False  # pkcs11-spy chained below the interposer
     allow_slot_overwrite: bool = False  # the user accepts replacing keys of a fixed-slot card
+    opensc_cache: bool = True  # OpenSC modules: harness.token.opensc_conf
     named_module: str | None = None  # --p11-module tpm2: harness.token.named_modules
     existing: bool = False  # --p11-existing: every key pair with a certificate, read-only
     key_uris: tuple[str, ...] = ()  # --p11-key: these keys, read-only
@@ -212,6 +217,7 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         record=not _flag(raw, "p11_no_record"),
         spy=_flag(raw, "p11_spy"),
         allow_slot_overwrite=_flag(raw, "p11_allow_slot_overwrite"),
+        opensc_cache=parse_cache_setting(raw["p11_opensc_cache"]),
         named_module=named,
         keys=parse_keys(raw["p11_keys"] or ""),
         clients=parse_clients(raw["p11_clients"] or "", java_homes),

@@ -63,6 +63,7 @@ from harness.token.fixed_slots import fixed_slot_reason
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, Outcome
 from harness.interposer.calls import parse_calls, read_from, size_of
 from harness.run.recording import CallRecorder, provisioned_by
+from harness.run.opensc import run_opensc_environment
 from harness.tls.server import (
     HandshakeServer,
     ServerCase,
@@ -174,6 +175,8 @@ class MatrixRunner:
             self.pin = settings.pin or ""
             assert settings.token_label is not None
             self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
+            self.env = self._module_env = run_opensc_environment(  # OpenSC: cache, one driver
+                settings, self.workdir)
         # Under a profile this process, which provisions the keys, goes through
         # the emulation too: a refused import must be refused here. Its own calls
         # are recorded whenever clients' are (an import cell shows its
@@ -200,6 +203,7 @@ class MatrixRunner:
             "embedded": self.softhsm is not None,
             **({"named": self.setup.name} if self.setup else {}),
             **({"emulates": self.profile.emulates} if self.profile else {}),
+            **({"opensc_conf": self.env["OPENSC_CONF"]} if "OPENSC_CONF" in self.env else {}),
             **({"read_only": True,
                 "existing_keys": [k.describe() for k in self.existing.values()]}
                if settings.read_only else {}),
