@@ -64,6 +64,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_opensc_cache", "P11TLS_OPENSC_CACHE",
            "for OpenSC modules: a run-private OpenSC configuration with file caching in the run "
            "directory and the card's own driver only (yes, the default), or the system's (no)"),
+    Option("p11_warm", "P11TLS_WARM",
+           "load the module once, in one long-lived process that serves every client through "
+           "p11-kit-client.so (p11-kit's RPC); refused when the RPC would change the token's "
+           "mechanisms", flag=True),
     Option("p11_existing", "P11TLS_EXISTING",
            "read-only: test the key pairs already on the token (those with a certificate of "
            "the same CKA_ID); nothing is written to the token", flag=True),
@@ -77,7 +81,7 @@ OPTIONS: tuple[Option, ...] = (
 
 # The switches the commands that drive the MatrixRunner (sweep, token-sweep) take
 # besides every single-valued --p11-… option.
-RUNNER_FLAGS = ("p11_allow_slot_overwrite",)
+RUNNER_FLAGS = ("p11_allow_slot_overwrite", "p11_warm")
 
 
 def add_runner_options(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +121,7 @@ class Settings:
     spy: bool = False  # pkcs11-spy chained below the interposer
     allow_slot_overwrite: bool = False  # the user accepts replacing keys of a fixed-slot card
     opensc_cache: bool = True  # OpenSC modules: harness.token.opensc_conf
+    warm: bool = False  # --p11-warm: harness.token.warm
     named_module: str | None = None  # --p11-module tpm2: harness.token.named_modules
     existing: bool = False  # --p11-existing: every key pair with a certificate, read-only
     key_uris: tuple[str, ...] = ()  # --p11-key: these keys, read-only
@@ -218,6 +223,7 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         spy=_flag(raw, "p11_spy"),
         allow_slot_overwrite=_flag(raw, "p11_allow_slot_overwrite"),
         opensc_cache=parse_cache_setting(raw["p11_opensc_cache"]),
+        warm=_flag(raw, "p11_warm"),
         named_module=named,
         keys=parse_keys(raw["p11_keys"] or ""),
         clients=parse_clients(raw["p11_clients"] or "", java_homes),

@@ -64,6 +64,7 @@ from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, Outcome
 from harness.interposer.calls import parse_calls, read_from, size_of
 from harness.run.recording import CallRecorder, provisioned_by
 from harness.run.opensc import run_opensc_environment
+from harness.run.warm_run import start_run_warm
 from harness.tls.server import (
     HandshakeServer,
     ServerCase,
@@ -177,13 +178,22 @@ class MatrixRunner:
             self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
             self.env = self._module_env = run_opensc_environment(  # OpenSC: cache, one driver
                 settings, self.workdir)
+        self.load_path = self.module  # what clients and this process load (--p11-warm: RPC)
+        self.warm = None
+        if settings.warm:  # harness.run.warm_run
+            self.warm = start_run_warm(self.module, self.token_labels["main"], self.workdir,
+                                       self._module_env, settings.keys, self.setup is not None)
+            self._stack.callback(self.warm.stop)
+            self.load_path = self.warm.client_module
+            self.env, self._module_env = ({**self.env, **self.warm.env},
+                                          {**self._module_env, **self.warm.env})
         # Under a profile this process, which provisions the keys, goes through
         # the emulation too: a refused import must be refused here. Its own calls
         # are recorded whenever clients' are (an import cell shows its
         # C_CreateObject), and in a read-only run: proof that it wrote nothing.
         self.token_module = (self._emulate_here()
                              if self.profile or settings.read_only or settings.record
-                             else self.module)
+                             else self.load_path)
         self.main_token = self._load_token("main")
         if settings.module is not None:  # a named token: one run at a time, a journal
             self._guard_named_token(run_lock_held, say)
@@ -204,6 +214,7 @@ class MatrixRunner:
             **({"named": self.setup.name} if self.setup else {}),
             **({"emulates": self.profile.emulates} if self.profile else {}),
             **({"opensc_conf": self.env["OPENSC_CONF"]} if "OPENSC_CONF" in self.env else {}),
+            **({"via": self.warm.via} if self.warm else {}),
             **({"read_only": True,
                 "existing_keys": [k.describe() for k in self.existing.values()]}
                if settings.read_only else {}),
@@ -250,7 +261,7 @@ class MatrixRunner:
         directory.mkdir(parents=True, exist_ok=True)
         self.provision_record = directory / "calls-provision.jsonl"
         self._module_env.update(write_interposer_config(
-            self.module, self.provision_record,
+            self.load_path, self.provision_record,
             directory / "interposer-provision.conf",
             self.profile.interposer_lines() if self.profile else ()))
         return build_interposer()
@@ -358,7 +369,7 @@ class MatrixRunner:
         """The interposer set-up for `client` (built and configured on first use)."""
         if client not in self.recorders:
             self.recorders[client] = CallRecorder(
-                self.module, self.workdir / "interposer", client, spy=self.settings.spy,
+                self.load_path, self.workdir / "interposer", client, spy=self.settings.spy,
                 extra_lines=tuple(self.profile.interposer_lines()) if self.profile else ())
         return self.recorders[client]
 
@@ -576,7 +587,7 @@ class MatrixRunner:
         """Server + client (through the interposer), then what both saw, into record."""
         server = self.server()
         server_log = logs / "server.log"
-        module, env = self.module, self.env
+        module, env = self.load_path, self.env
         # the software control makes no PKCS#11 call: nothing to record
         recording = self.settings.record and case.client != SOFTWARE
         recorder = self.recorder(case.client) if recording else None
