@@ -229,7 +229,12 @@ def _ask_list(module: Path, label: str, env: Mapping[str, str]) -> dict[str, lis
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
         raise ConfigError(f"--p11-warm: listing the mechanisms of {module.name}: {lines[-1]}")
-    found: dict[str, list[int]] = json.loads(proc.stdout)
+    try:
+        found: dict[str, list[int]] = json.loads(proc.stdout)
+    except ValueError:
+        said = (proc.stdout.strip() or proc.stderr.strip() or "nothing").splitlines()[-1]
+        raise ConfigError(f"--p11-warm: listing the mechanisms of {module.name} gave no "
+                          f"list: {said[:200]}") from None
     return found
 
 
@@ -285,7 +290,7 @@ def main(argv: list[str]) -> int:
         return serve(Path(argv[1]), Path(argv[2]))
     if len(argv) == 3 and argv[0] == "list":
         try:
-            print(json.dumps(list_mechanisms(Path(argv[1]), argv[2])))
+            print(json.dumps(list_mechanisms(Path(argv[1]), argv[2])), flush=True)
         except (OSError, TokenError) as exc:
             print(str(exc), file=sys.stderr)
             return 1
