@@ -586,6 +586,8 @@ class RecordCollector:
             return
         terminalreporter.section("PKCS#11 TLS client-auth matrix")
         terminalreporter.write_line(terminal_matrix(self.records))
+        from harness.verdict.predict import prediction_summary
+
         line = prediction_summary(self.records)
         if line:
             terminalreporter.write_line(line)
@@ -596,18 +598,6 @@ class RecordCollector:
         terminalreporter.write_line(
             f"reports: {reports / 'results.json'}, {reports / 'matrix.html'}, "
             f"{reports / 'matrix.md'}")
-
-
-def prediction_summary(records: list[HandshakeRecord]) -> str | None:
-    """How many cells were what harness/verdict/predict.py said from the token's mechanisms."""
-    compared = [r for r in records if r.prediction_matched is not None]
-    if not compared:
-        return None
-    wrong = sorted(r.case_id for r in compared if not r.prediction_matched)
-    line = (f"prediction (p11tls doctor): {len(compared) - len(wrong)} of {len(compared)} "
-            f"cells as predicted")
-    return line + (f"; not as predicted: {', '.join(wrong[:8])}"
-                   + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "") if wrong else "")
 
 
 def read_only_summary(records: list[HandshakeRecord]) -> list[str]:

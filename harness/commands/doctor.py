@@ -114,6 +114,8 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
 
     from harness.pkcs11 import exception_return_code
     from harness.token.existing_keys import discover
+    from harness.token.fixed_slots import slot_verdict
+    from harness.token.measurements import load_measurement
     from harness.verdict.predict import TokenFacts, case_id, notes, predict_matrix
     from harness.token.session import load_module, text_of, version_of
 
@@ -145,16 +147,27 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
             mechanisms[f"CKM_{name}"] = {
                 "flags": [f for f in MECHANISM_FLAGS if mflags & int(MechanismFlag[f])],
                 "key_sizes": [info.min_key_length, info.max_key_length]}
+        identity = {"token_label": text_of(token.label), "model": text_of(token.model),
+                    "manufacturer": text_of(token.manufacturer_id),
+                    "serial": text_of(token.serial),
+                    "firmware": version_of(getattr(token, "firmware_version", ""))}
+        measured = load_measurement(identity)
+        facts = TokenFacts.of(offered, profile, measurement=measured,
+                              manufacturer=identity["manufacturer"])
         entry: dict[str, Any] = {
             "label": text_of(token.label), "model": text_of(token.model),
             "manufacturer": text_of(token.manufacturer_id), "serial": text_of(token.serial),
-            "firmware": version_of(getattr(slot, "firmware_version", "")),
+            "firmware": version_of(getattr(token, "firmware_version", "")),  # the device's
+            "slot_firmware": version_of(getattr(slot, "firmware_version", "")),  # the reader's
             "flags": [f"CKF_{f}" for f in TOKEN_FLAGS if flags & int(TokenFlag[f])],
             "mechanisms": mechanisms,
             "all_mechanisms": len(offered),
+            "provisioning": slot_verdict(identity),
+            "measured": measured is not None and {"limits": measured.limits,
+                                                  "imports": measured.imports},
             "predictions": [str(n) for n in notes({f"CKM_{m}" for m in offered})],
             "cells": [{"case_id": case_id(c), **c.to_json()} for c in predict_matrix(
-                list(components), list(keys), TokenFacts.of(offered, profile), components)],
+                list(components), list(keys), facts, components)],
         }
         try:
             logged_in = pin is not None and not flags & int(
@@ -200,6 +213,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"token {token['label']!r}: {token['model']} by {token['manufacturer']}, "
                      f"serial {token['serial']}, firmware {token['firmware']}")
         lines.append(f"  flags: {' '.join(token['flags']) or '-'}")
+        lines.append(f"  keys: {token['provisioning']}")
+        lines.append(f"  {measured_line(token.get('measured'))}")
         lines.append(f"  TLS mechanisms ({token['all_mechanisms']} offered in all):")
         for name, info in token["mechanisms"].items():
             low, high = info["key_sizes"]
@@ -222,12 +237,31 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def measured_line(measured: Any) -> str:
+    """What p11tls token-sweep measured on this token, or that nobody did."""
+    if not measured:
+        return ("input limits and private-key import: not advertised by the token and not "
+                "measured; measure with p11tls token-sweep")
+    limits = [f"{m} up to {v.get('largest_ok')} B"
+              + (f" ({v.get('refused_rv')} from {v['smallest_refused']} B)"
+                 if v.get("smallest_refused") else "")
+              for m, v in sorted(measured["limits"].items())]
+    imports = [f"{k} {rv}" for k, rv in sorted(measured["imports"].items())]
+    return (f"measured by p11tls token-sweep: {'; '.join(limits) or 'no combined mechanism'}; "
+            f"imports: {', '.join(imports) or 'not measured'}")
+
+
 def render_cells(cells: list[dict[str, Any]]) -> list[str]:
     """One line per client × key × TLS version (× forced scheme): both
     provisionings on one line when they agree."""
     from harness.verdict.predict import Prediction
 
-    lines = ["  per cell (client, key, TLS, provisioning: mechanism, bytes -> outcome):"]
+    from collections import Counter
+
+    counts = Counter(cell["outcome"] for cell in cells)
+    lines = [f"  per cell ({len(cells)}: " + ", ".join(f"{n} {o}" for o, n in sorted(
+                 counts.items())) + "; client, key, TLS, provisioning: mechanism, bytes -> "
+             "outcome):"]
     seen: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for cell in cells:
         seen.setdefault((cell["client"], cell["key"], cell["tls"], cell["sigalgs"]),

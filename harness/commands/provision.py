@@ -31,7 +31,8 @@ from harness.token.journal import LAB_PREFIX, CleanupError, Journal, LeftObject,
 from harness.matrix.keys import Provisioning
 from harness.tls.lab_ca import LabCA
 from harness.token.locking import TokenLock, token_key
-from harness.token.provision import Provisioner, ProvisioningRefused, fixed_slot_reason
+from harness.token.fixed_slots import fixed_slot_reason
+from harness.token.provision import Provisioner, ProvisioningRefused
 from harness.token.session import Token
 
 DEFAULT_KEYS = "rsa2048,p256,p384"

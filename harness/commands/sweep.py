@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.commands.token_command import token_command
-from harness.run.config import OPTIONS, resolve
+from harness.run.config import OPTIONS, add_runner_options, resolve
 from harness.errors import ConfigError, HarnessError
 from harness.matrix.keys import Provisioning, key_spec
 from harness.matrix.cases import Case
@@ -172,10 +172,7 @@ def sweep_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--coarse", action="store_true",
                         help="stop at the first failing step instead of narrowing the limit down")
-    for option in OPTIONS:
-        if option.name.startswith("p11_") and not option.flag and not option.repeatable:
-            parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
-                                help=option.help)
+    add_runner_options(parser)
     args = parser.parse_args(argv)
     try:
         steps = parse_steps(args.steps)

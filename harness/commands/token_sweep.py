@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, NoReturn
 
-from harness.run.config import OPTIONS, resolve
+from harness.run.config import OPTIONS, add_runner_options, resolve
+from harness.run.measure import keep_measurement
 from harness.errors import ConfigError, HarnessError
 from harness.commands.token_command import token_command
 from harness.matrix.keys import Provisioning, key_spec
@@ -264,10 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                         help="largest input tried (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    for option in OPTIONS:
-        if option.name.startswith("p11_") and not option.flag and not option.repeatable:
-            parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name,
-                                help=option.help)
+    add_runner_options(parser)
     return parser
 
 
@@ -306,6 +304,9 @@ def _sweep_and_say(settings: Any, wanted: list[str], max_bytes: int, as_json: bo
         if say and runner.profile is not None:
             say(f"emulation of {runner.profile.emulates} (profile {runner.profile.name})")
         results = sweep_token(runner, wanted, max_bytes, say)
+        kept = keep_measurement(runner, results)  # for doctor and the matrix
+        if say and kept is not None:
+            say(f"kept for p11tls doctor and the matrix: {kept}")
     finally:
         left: CleanupError | None = None
         try:

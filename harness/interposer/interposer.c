@@ -6,7 +6,8 @@
  * Configuration: the file named by $P11TLS_INTERPOSER_CONF, one setting per
  * line, "key value"; blank lines and lines starting with '#' are ignored.
  * "module PATH" (the real module) and "record PATH" (the JSON-lines file,
- * opened O_APPEND) take the rest of the line.  The emulation settings take
+ * opened O_APPEND) take the rest of the line, as do token_model and
+ * token_manufacturer.  The other emulation settings take
  * whitespace-separated words, and a word starting with '#' ends the line
  * (the harness writes the name of a number there for the reader).  A number
  * is decimal or 0x-hex; where a CKM_/CKR_/CKO_/CKK_ value is expected, a name
@@ -34,9 +35,11 @@
  *                              CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY,
  *                              CKF_USER_PIN_LOCKED (names or numbers); the
  *                              token only says so, C_Login is not changed
- *   token_model TEXT           C_GetTokenInfo's model (1-16 characters, the rest
- *   token_manufacturer TEXT    of the line) / manufacturerID (1-32): a token
- *                              that says it is another device (fixed-slot cards)
+ *   token_model TEXT           C_GetTokenInfo's model (1-16 bytes) /
+ *   token_manufacturer TEXT    manufacturerID (1-32): the rest of the line,
+ *                              '#' included (OpenSC's "PKCS#15 emulated"): no
+ *                              comment follows a text; a token that says it
+ *                              is another device
  *   token_firmware MAJOR.MINOR C_GetTokenInfo's firmwareVersion (0-255 each)
  *   latency C_FN MS (*)        sleep MS before forwarding each C_FN call
  *                              (not a size query with a NULL output buffer)

@@ -164,8 +164,8 @@ class PinRules:
 class TokenDescription:
     """[token]: what C_GetTokenInfo says the token is (None: the real one's)."""
 
-    model: str | None = None  # at most 16 characters
-    manufacturer: str | None = None  # at most 32 characters
+    model: str | None = None  # at most 16 bytes, e.g. OpenSC's "PKCS#15 emulated"
+    manufacturer: str | None = None  # at most 32 bytes
     firmware: str | None = None  # CK_TOKEN_INFO.firmwareVersion, "MAJOR.MINOR"
 
 
@@ -509,9 +509,12 @@ class _Reader:
         for key, most in (("model", 16), ("manufacturer", 32)):
             if key in t:
                 text = self.text(t[key], f"token.{key}")
-                if not 0 < len(text) <= most or not text.isprintable() or "#" in text:
+                # The C side takes the rest of the line as the text, '#' and all
+                # (no comment follows a text); blanks at either end would be lost.
+                if (not 0 < len(text.encode()) <= most or not text.isprintable()
+                        or text != text.strip()):
                     self.fail(f"token.{key}", f"{text!r} is not a {key}",
-                              f"1 to {most} printable characters without '#'")
+                              f"1 to {most} bytes of printable UTF-8, no blank at either end")
                 found[key] = text
         if "firmware" in t:
             text = self.text(t["firmware"], "token.firmware")

@@ -46,6 +46,9 @@ class HandshakeRecord:
     duration_s: float | None = None
     sign: dict[str, Any] | None = None  # summary of the CertificateVerify signing call
     calls: list[dict[str, Any]] | None = None  # PKCS#11 calls made for this handshake
+    # how the harness made the case's key: its C_CreateObject / C_GenerateKeyPair
+    # calls, each {"fn", "rv"} (None: not recorded, --p11-no-record)
+    provisioned: list[dict[str, Any]] | None = None
     explanation: dict[str, Any] | None = None  # `p11tls explain` findings for a failure
     logs: dict[str, str] = field(default_factory=dict)  # name -> path of the case's log
     # -- the verdict (harness/verdict/expectations.py; the pytest plugin reconciles it) --

@@ -6,6 +6,7 @@ plugin and the CLI both hand their raw values to `resolve`.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from harness.clients.base import ClientOptions
 from harness.errors import ConfigError
 from harness.matrix.keys import KeySpec, parse_keys
 from harness.token.named_modules import is_named
+from harness.token.opensc_conf import parse_cache_setting
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_spy", "P11TLS_SPY",
            "also chain OpenSC's pkcs11-spy below the interposer; its log is kept per case",
            flag=True),
-    Option("p11_allow_slot_overwrite", None,
+    Option("p11_allow_slot_overwrite", "P11TLS_ALLOW_SLOT_OVERWRITE",
            "provision on a token whose keys sit in fixed slots (OpenPGP, PIV): existing keys "
            "may be replaced, use a disposable card only", flag=True),
+    Option("p11_opensc_cache", "P11TLS_OPENSC_CACHE",
+           "for OpenSC modules: a run-private OpenSC configuration with file caching in the run "
+           "directory and the card's own driver only (yes, the default), or the system's (no)"),
+    Option("p11_warm", "P11TLS_WARM",
+           "load the module once, in one long-lived process that serves every client through "
+           "p11-kit-client.so (p11-kit's RPC); refused when the RPC would change the token's "
+           "mechanisms", flag=True),
     Option("p11_existing", "P11TLS_EXISTING",
            "read-only: test the key pairs already on the token (those with a certificate of "
            "the same CKA_ID); nothing is written to the token", flag=True),
@@ -69,6 +78,25 @@ OPTIONS: tuple[Option, ...] = (
            "read-only: test this key already on the token, an RFC 7512 URI "
            "(pkcs11:object=LABEL;type=private or id=…); nothing is written", repeatable=True),
 )
+
+# The switches the commands that drive the MatrixRunner (sweep, token-sweep) take
+# besides every single-valued --p11-… option.
+RUNNER_FLAGS = ("p11_allow_slot_overwrite", "p11_warm")
+
+
+def add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """The --p11-… options of `p11tls sweep` and `p11tls token-sweep`."""
+    for option in OPTIONS:
+        if not option.name.startswith("p11_") or option.repeatable:
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        env = f" [env {option.env}]" if option.env else ""
+        if option.flag and option.name in RUNNER_FLAGS:
+            parser.add_argument(flag, dest=option.name, action="store_const", const="yes",
+                                default=None, help=option.help + env)
+        elif not option.flag:
+            parser.add_argument(flag, dest=option.name, help=option.help + env)
+
 
 TRUE_WORDS = ("1", "yes", "true", "on")
 MAX_TIMEOUT_S = 86400.0  # a day: anything longer is a typo, not a handshake
@@ -92,6 +120,8 @@ class Settings:
     record: bool = True  # clients load the recording interposer
     spy: bool = False  # pkcs11-spy chained below the interposer
     allow_slot_overwrite: bool = False  # the user accepts replacing keys of a fixed-slot card
+    opensc_cache: bool = True  # OpenSC modules: harness.token.opensc_conf
+    warm: bool = False  # --p11-warm: harness.token.warm
     named_module: str | None = None  # --p11-module tpm2: harness.token.named_modules
     existing: bool = False  # --p11-existing: every key pair with a certificate, read-only
     key_uris: tuple[str, ...] = ()  # --p11-key: these keys, read-only
@@ -192,6 +222,8 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         record=not _flag(raw, "p11_no_record"),
         spy=_flag(raw, "p11_spy"),
         allow_slot_overwrite=_flag(raw, "p11_allow_slot_overwrite"),
+        opensc_cache=parse_cache_setting(raw["p11_opensc_cache"]),
+        warm=_flag(raw, "p11_warm"),
         named_module=named,
         keys=parse_keys(raw["p11_keys"] or ""),
         clients=parse_clients(raw["p11_clients"] or "", java_homes),

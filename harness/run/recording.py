@@ -22,6 +22,20 @@ from harness.explain.masking import mask_bytes, mask_lines
 from harness.installed import PKCS11_SPY, find_library
 
 
+# The harness's own calls that make a case's key on the token.
+PROVISIONING_FUNCTIONS = ("C_CreateObject", "C_GenerateKeyPair")
+
+
+def provisioned_by(chunk: bytes | None) -> list[dict[str, Any]] | None:
+    """The provisioning calls in the harness's own record of one key (the runner
+    records this process's calls through the interposer, with or without a
+    profile): each {"fn", "rv"}, so an import shows its C_CreateObject and code."""
+    if chunk is None:
+        return None
+    return [{"fn": c.get("fn"), "rv": c.get("rv")} for c in parse_calls(chunk)
+            if c.get("fn") in PROVISIONING_FUNCTIONS]
+
+
 def find_pkcs11_spy() -> Path:
     spy = find_library(*PKCS11_SPY)
     if spy is None:

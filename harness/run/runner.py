@@ -37,7 +37,7 @@ from harness.matrix.keys import Provisioning
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, Outcome
 from harness.process import signals_held
 from harness.run.config import Settings
-from harness.run.recording import CallRecorder
+from harness.run.recording import CallRecorder, provisioned_by
 from harness.tls.server import (
     HandshakeServer,
     ServerCase,
@@ -106,7 +106,8 @@ class MatrixRunner:
         self.tokens, self.keys, self.provisioners = tokens.tokens, tokens.keys, tokens.provisioners
         self.token_labels, self.main_token = tokens.token_labels, tokens.main_token
         self.key, self.token_mechanisms = tokens.key, tokens.token_mechanisms
-        self.token_label_for = tokens.token_label_for
+        self.token_label_for, self.token_info = tokens.token_label_for, tokens.token_info
+        self.load_path, self.warm = tokens.load_path, tokens.warm
         self.missing_mechanism = tokens.missing_mechanism
         self.expectations = CaseExpectations(
             profile=self.profile.name if self.profile else None,
@@ -119,6 +120,8 @@ class MatrixRunner:
             "embedded": self.softhsm is not None,
             **({"named": self.setup.name} if self.setup else {}),
             **({"emulates": self.profile.emulates} if self.profile else {}),
+            **({"opensc_conf": self.env["OPENSC_CONF"]} if "OPENSC_CONF" in self.env else {}),
+            **({"via": self.warm.via} if self.warm else {}),
             **({"read_only": True,
                 "existing_keys": [k.describe() for k in self.existing.values()]}
                if settings.read_only else {}),
@@ -133,7 +136,7 @@ class MatrixRunner:
         """The interposer set-up for `client` (built and configured on first use)."""
         if client not in self.recorders:
             self.recorders[client] = CallRecorder(
-                self.module, self.workdir / "interposer", client, spy=self.settings.spy,
+                self.load_path, self.workdir / "interposer", client, spy=self.settings.spy,
                 extra_lines=tuple(self.profile.interposer_lines()) if self.profile else ())
         return self.recorders[client]
 
@@ -180,7 +183,8 @@ class MatrixRunner:
         """What harness.verdict.predict expects of the case from the token's mechanisms
         (and the profile's rules), and whether the record is that."""
         from harness.matrix.keys import KEYS
-        from harness.verdict.predict import TokenFacts, predict
+        from harness.run.token_facts import token_facts
+        from harness.verdict.predict import predict
 
         if case.key.name not in KEYS or case.padding_bytes is not None:
             return  # a key by label, or a sweep step: no cell of the matrix
@@ -189,7 +193,9 @@ class MatrixRunner:
             # (tpm2: no import, P-521's point) are facts of its own (data/modules/)
             return
         try:
-            token = TokenFacts.of(self.token_mechanisms(case.key), self.profile).seen_by(
+            token = token_facts(self.token_mechanisms(case.key), self.profile,
+                                self.token_info().as_dict(),
+                                self.softhsm is not None).seen_by(
                 case.client, self.settings.java_p11_config)
         except HarnessError:
             return
@@ -228,6 +234,8 @@ class MatrixRunner:
         record.client_version = self._client_version(client)
         with self.run_tokens.turn():
             timed_out = self._run_case(record, case, client)
+        record.provisioned = provisioned_by(  # the harness's own C_CreateObject etc.
+            self.run_tokens.provision_chunks.get((case.key.name, case.provisioning)))
         self._timeouts[label] = self._timeouts.get(label, 0) + 1 if timed_out else 0
         if self._timeouts[label] >= STOP_AFTER_TIMEOUTS:
             self.stopped[label] = (
@@ -329,7 +337,7 @@ class MatrixRunner:
         """Server + client (through the interposer), then what both saw, into record."""
         server = self.server()
         server_log = logs / "server.log"
-        module, env = self.module, self.env
+        module, env = self.load_path, self.env
         # the software control makes no PKCS#11 call: nothing to record
         recording = self.settings.record and case.client != SOFTWARE
         recorder = self.recorder(case.client) if recording else None

@@ -293,37 +293,6 @@ def _why(exc: BaseException) -> str:
     return ckr_name(exc) if isinstance(exc, p11exc.PKCS11Error) else str(exc)
 
 
-# Token descriptions of cards whose keys sit in fixed slots (OpenSC's OpenPGP
-# and PIV emulations, ykcs11): a new key there replaces the one in its slot.
-FIXED_SLOT_MARKERS = (
-    ("openpgp", "an OpenPGP card"),
-    ("piv_ii", "a PIV card (OpenSC)"),
-    ("piv", "a PIV card"),
-    ("yubikey", "a YubiKey"),
-    ("pkcs#15 emulated", "a card OpenSC emulates PKCS#15 for"),
-)
-
-
-def fixed_slot_reason(info: dict[str, Any]) -> str | None:
-    """Why the harness must not provision on this token (its keys sit in
-    fixed slots, or the token does not say what it is), else None."""
-    label = str(info.get("token_label") or "")
-    model = str(info.get("model") or "").strip()
-    maker = str(info.get("manufacturer") or "").strip()
-    hint = ("use a disposable card with --p11-allow-slot-overwrite (its keys may be replaced), "
-            "or test the keys already on it, read-only, with --p11-existing or --p11-key URI")
-    if not model and not maker:
-        return (f"token {label!r} does not say what it is (no model, no manufacturer), so the "
-                f"harness cannot tell whether new keys would replace existing ones: {hint}")
-    text = f"{model} {maker} {label}".lower()
-    for marker, what in FIXED_SLOT_MARKERS:
-        if marker in text:
-            return (f"token {label!r} ({model} by {maker}) looks like {what}, whose keys sit in "
-                    f"fixed slots: new keys could replace the ones on it, so the harness does "
-                    f"not provision there; {hint}")
-    return None
-
-
 def new_private_key(spec: KeySpec) -> Any:
     """A fresh host key of `spec` (cryptography) for import."""
     if spec.algorithm is Algorithm.RSA:

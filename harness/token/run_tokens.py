@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+import pkcs11
 
 from harness.errors import HarnessError
 from harness.interposer import build_interposer, write_interposer_config
@@ -45,14 +48,12 @@ from harness.token.journal import CleanupError, Journal, journal_dir
 from harness.token.locking import TokenLock, token_key
 from harness.token.named_modules import ModuleSetup, open_named_module
 from harness.token.probe import describe_token
-from harness.token.provision import (
-    ProvisionedKey,
-    Provisioner,
-    ProvisioningRefused,
-    fixed_slot_reason,
-)
+from harness.token.fixed_slots import fixed_slot_reason
+from harness.token.opensc_conf import run_opensc_environment
+from harness.token.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.token.session import Token, TokenInfo, calls_in_flight
 from harness.token.softhsm import TemporarySoftHSM
+from harness.token.warm import WarmModule, start_run_warm
 
 EMBEDDED_LABEL = "p11tls"
 # libp11 cannot enumerate a token holding an Ed25519 key, so on the embedded
@@ -76,15 +77,34 @@ def module_environment(variables: dict[str, str]) -> Iterator[None]:
 
 
 def emulated_module(module: Path, profile: Profile | None, directory: Path,
-                    name: str = "interposer") -> tuple[Path, dict[str, str]]:
+                    name: str = "interposer", *, private: bool = False
+                    ) -> tuple[Path, dict[str, str]]:
     """The token as the clients see it: (the module to load, the environment
     that configures it) — the interposer over `module`, with the profile's
-    emulation if any, its calls kept in `directory`/calls-`name`.jsonl."""
+    emulation if any, its calls kept in `directory`/calls-`name`.jsonl.
+
+    `private`: a copy of the interposer of its own in `directory`, for loading
+    in this process. python-pkcs11 keeps a module path initialised for the
+    life of the process, and the interposer reads its configuration once, at
+    C_Initialize: a second run in the same process (another module, another
+    profile) must load another file, or it would get the first run's token."""
     directory.mkdir(parents=True, exist_ok=True)
     env = write_interposer_config(module, directory / f"calls-{name}.jsonl",
                                   directory / f"{name}.conf",
                                   profile.interposer_lines() if profile else ())
-    return build_interposer(), env
+    built = build_interposer()
+    if not private:
+        return built, env
+    copy = directory / f"{name}-{built.name}"  # a new file: glibc dedupes by inode too
+    shutil.copyfile(built, copy)
+    return copy, env
+
+
+def unload_here(module: Path) -> None:
+    """C_Finalize and unload a module this process loaded — unless one of the
+    harness's own calls is still inside it (it must never see C_Finalize then)."""
+    if not calls_in_flight():
+        pkcs11.unload(str(module))
 
 
 # -- the token guard (a user's token), shared with the pytest plugin ------------------
@@ -173,13 +193,29 @@ class RunTokens:
             self.pin = settings.pin or ""
             assert settings.token_label is not None
             self.token_labels = {"main": settings.token_label, "eddsa": settings.token_label}
+            self.env = self._module_env = run_opensc_environment(  # OpenSC: cache, one driver
+                settings, workdir)
+        self.load_path = self.module  # what clients and this process load (--p11-warm: RPC)
+        self.warm: WarmModule | None = None
+        if settings.warm:
+            self.warm = start_run_warm(self.module, self.token_labels["main"], workdir,
+                                       self._module_env, settings.keys, self.setup is not None)
+            stack.callback(self.warm.stop)
+            self.load_path = self.warm.client_module
+            self.env, self._module_env = ({**self.env, **self.warm.env},
+                                          {**self._module_env, **self.warm.env})
         # Under a profile this process, which provisions the keys, goes through
-        # the emulation too: a refused import must be refused here. A read-only
-        # run records this process's own calls too: proof that it wrote nothing.
-        self.token_module = self.module
-        if profile or settings.read_only:
-            self.token_module, env = emulated_module(self.module, profile,
-                                                     workdir / "interposer", "provision")
+        # the emulation too: a refused import must be refused here. Its own calls
+        # are recorded whenever clients' are (an import cell shows its
+        # C_CreateObject), and in a read-only run: proof that it wrote nothing.
+        self.token_module = self.load_path
+        if profile or settings.read_only or settings.record:
+            self.token_module, env = emulated_module(self.load_path, profile,
+                                                     workdir / "interposer", "provision",
+                                                     private=True)
+            # after the tokens close (callbacks run in reverse): C_Finalize through
+            # the copy, so the real module is initialised afresh by a later run here
+            stack.callback(unload_here, self.token_module)
             self.provision_record = workdir / "interposer" / "calls-provision.jsonl"
             self._module_env.update(env)
         self.main_token = self.load_token("main")

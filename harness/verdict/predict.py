@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from harness.verdict.expectations import Expectation, FactTable
     from harness.interposer.profile import Profile
+    from harness.token.measurements import Measurement
     from harness.versions import Versions
 
 
@@ -103,10 +104,18 @@ MEASURED_TOKEN = frozenset({
 })
 
 
+# Tokens whose input limits and imports are known without measuring: software
+# tokens (no input buffer; they import), by CK_TOKEN_INFO.manufacturerID.
+SOFTWARE_TOKENS = frozenset({"SoftHSM project"})
+MEASURE = "measure with p11tls token-sweep"
+
+
 @dataclass(frozen=True)
 class TokenFacts:
     """What is known of a token: its mechanisms (CKM_ names) and, when an
-    emulation profile says so, how it limits signing and imports."""
+    emulation profile says so or p11tls token-sweep measured it, how it limits
+    signing and imports. What a token does not advertise and nobody measured
+    is unknown: `limits_known` False, `imports_known` without the key type."""
 
     mechanisms: frozenset[str]
     max_input_bytes: int | None = None
@@ -114,14 +123,26 @@ class TokenFacts:
     over_limit_rv: str = "CKR_GENERAL_ERROR"
     multipart: bool = True
     refused_imports: tuple[tuple[str | None, str], ...] = ()  # private keys: (CKK_ or any, rv)
+    limits_known: bool = True
+    imports_known: frozenset[str] | None = None  # CKK_ types; None: every one
+    measured: bool = False  # the limits come from p11tls token-sweep
 
     @classmethod
-    def of(cls, mechanisms: Iterable[str], profile: Profile | None = None) -> TokenFacts:
+    def of(cls, mechanisms: Iterable[str], profile: Profile | None = None, *,
+           measurement: Measurement | None = None,
+           manufacturer: str | None = None) -> TokenFacts:
         """From mechanism names (with or without CKM_) as the clients see them
-        (under a profile: through the interposer) and the profile's own rules."""
+        (under a profile: through the interposer), the profile's own rules, and
+        what p11tls token-sweep measured. `manufacturer` None: a token the
+        caller vouches for (the embedded SoftHSM2); else a software token's
+        maker (SOFTWARE_TOKENS) makes limits and imports known."""
         names = frozenset("CKM_" + m.removeprefix("CKM_") for m in mechanisms)
+        if measurement is not None:
+            return cls._measured(names, measurement)
         if profile is None:
-            return cls(names)
+            known = manufacturer is None or manufacturer.strip() in SOFTWARE_TOKENS
+            return cls(names, limits_known=known,
+                       imports_known=None if known else frozenset())
         sign = profile.sign
         return cls(
             names, max_input_bytes=sign.max_input_bytes,
@@ -130,6 +151,23 @@ class TokenFacts:
             over_limit_rv=sign.over_limit_rv, multipart=sign.multipart,
             refused_imports=tuple((r.key_type, r.rv) for r in profile.create_object.refuse
                                   if r.object_class == "CKO_PRIVATE_KEY"))
+
+    @classmethod
+    def _measured(cls, names: frozenset[str], found: Measurement) -> TokenFacts:
+        """The smallest limit token-sweep found, on the mechanisms that had one."""
+        limited = {m: v for m, v in found.limits.items() if v.get("smallest_refused")}
+        cap = min(((v.get("largest_ok") or 0, str(v.get("refused_rv") or "CKR_GENERAL_ERROR"))
+                   for v in limited.values()), default=None)
+        return cls(
+            names, max_input_bytes=cap[0] if cap else None,
+            limit_mechanisms=frozenset(limited) if limited else None,
+            over_limit_rv=cap[1] if cap else "CKR_GENERAL_ERROR",
+            refused_imports=tuple((kt, rv) for kt, rv in found.imports.items()
+                                  if rv != "CKR_OK"),
+            imports_known=frozenset(found.imports), measured=True)
+
+    def import_known(self, key_type: str) -> bool:
+        return self.imports_known is None or key_type in self.imports_known
 
     def seen_by(self, client: str, java_config: Iterable[str] = ()) -> TokenFacts:
         """The token as one client sees it: SunPKCS11's disabledMechanisms
@@ -154,7 +192,7 @@ class Prediction:
     mechanism: str | None = None  # None: the token is not asked to sign
     bytes_min: int | None = None
     bytes_max: int | None = None
-    outcome: str = "ok"  # ok / fail / skip
+    outcome: str = "ok"  # ok / fail / skip / unknown (depends on what nobody measured)
     error: str | None = None  # the CKR code or reason of a predicted failure
     why: str = ""
     source: str = "rule"  # "rule" or the data file whose measured fact it is
@@ -179,7 +217,7 @@ class Prediction:
         get = record.get if isinstance(record, Mapping) else (
             lambda name: getattr(record, name, None))
         outcome = get("outcome")
-        if outcome not in ("ok", "fail"):
+        if outcome not in ("ok", "fail") or self.outcome == "unknown":
             return None
         sign = get("sign") or {}
         found: list[str] = []
@@ -294,6 +332,10 @@ def _limited(cell: Prediction, token: TokenFacts) -> Prediction:
     if not token.multipart and _STREAMED.match(cell.mechanism):
         return replace(cell, outcome="fail", error="CKR_FUNCTION_NOT_SUPPORTED",
                        why=cell.why + "; the token refuses multi-part signing")
+    if not token.limits_known and _STREAMED.match(cell.mechanism):
+        return replace(cell, outcome="unknown", why=cell.why + (
+            f"; depends on the token's input limit for {cell.mechanism}, which it does not "
+            f"advertise: {MEASURE}"))
     cap = token.max_input_bytes
     if cap is None or (token.limit_mechanisms is not None
                        and cell.mechanism not in token.limit_mechanisms):
@@ -301,9 +343,22 @@ def _limited(cell: Prediction, token: TokenFacts) -> Prediction:
     high = cell.bytes_max or cell.bytes_min
     usual = TYPICAL_TLS12_TRANSCRIPT if (cell.bytes_min, high) == TLS12_TRANSCRIPT else high
     if cell.bytes_min > cap or usual > cap:
+        how = " (measured by p11tls token-sweep)" if token.measured else ""
         return replace(cell, outcome="fail", error=token.over_limit_rv,
-                       why=cell.why + f"; past the token's {cap}-byte input limit")
+                       why=cell.why + f"; past the token's {cap}-byte input limit{how}")
     return cell
+
+
+def _import_unknown(cell: Prediction, token: TokenFacts) -> Prediction:
+    """An import cell on a token whose private-key import nobody measured."""
+    from harness.matrix.keys import key_spec
+
+    key_type = CKK[key_spec(cell.key).algorithm.value]
+    if cell.provisioning != "import" or cell.outcome == "skip" or token.import_known(key_type):
+        return cell
+    return replace(cell, outcome="unknown", error=None, why=(cell.why + "; " if cell.why else "")
+                   + f"depends on whether the token imports {key_type} private keys "
+                   f"(C_CreateObject), which it does not advertise: {MEASURE}")
 
 
 @lru_cache(maxsize=1)
@@ -349,6 +404,14 @@ def _measured(cell: Prediction, fact: Expectation) -> Prediction:
 def predict(client: str, key: str, tls: str, token: TokenFacts, versions: Versions, *,
             sigalgs: str | None = None, provisioning: str = "generate") -> Prediction:
     """The prediction for one cell on a token, for a client of these versions."""
+    cell = _predict(client, key, tls, token, versions, sigalgs, provisioning)
+    if cell.outcome == "fail" or _family(client, versions) == "software":
+        return cell  # fails whatever the import does / the software control imports nothing
+    return _import_unknown(cell, token)
+
+
+def _predict(client: str, key: str, tls: str, token: TokenFacts, versions: Versions,
+             sigalgs: str | None, provisioning: str) -> Prediction:
     rule = _limited(_rule(client, key, tls, sigalgs, provisioning, token, versions), token)
     if rule.outcome == "skip" or _family(client, versions) == "software":
         return rule
@@ -389,6 +452,28 @@ def agreement(predictions: dict[str, Prediction], records: list[Any]) -> tuple[i
         compared += 1
         matched += verdict
     return matched, compared
+
+
+def prediction_summary(records: list[Any]) -> str | None:
+    """How many of all the run's cells were what was predicted (HandshakeRecords
+    with `predicted`), the ones not compared said apart: skipped, depending on
+    what the token does not advertise, or not predicted at all."""
+    if not any(r.predicted for r in records):
+        return None
+    wrong = sorted(r.case_id for r in records if r.prediction_matched is False)
+    matched = sum(r.prediction_matched is True for r in records)
+    apart = {
+        "skipped": sum(r.outcome == "skip" for r in records),
+        "depend on what the token does not advertise (measure with p11tls token-sweep)": sum(
+            r.outcome != "skip" and (r.predicted or {}).get("outcome") == "unknown"
+            for r in records)}
+    apart["not compared (no prediction, or the case did not run)"] = (
+        len(records) - matched - len(wrong) - sum(apart.values()))
+    line = f"prediction (p11tls doctor): {matched} of {len(records)} cells as predicted"
+    if wrong:
+        line += (f"; {len(wrong)} not as predicted: {', '.join(wrong[:8])}"
+                 + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else ""))
+    return line + "".join(f"; {n} {what}" for what, n in apart.items() if n)
 
 
 def case_id(cell: Prediction) -> str:

@@ -94,3 +94,40 @@ def test_calls_command_keeps_a_record_cut_short_by_a_killed_client(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "harness.cli", "calls", str(middle)],
                              capture_output=True, text=True, check=False)
     assert refused.returncode == 2 and "line 1 is not JSON" in refused.stderr
+
+
+IMPORT_CASE = "gnutls and p256 and import and tls13 and not generate"  # not the tmp dir's name
+NO_IMPORT = ('name = "no-import"\n[create_object]\n'
+             'refuse = [{ class = "CKO_PRIVATE_KEY", rv = "CKR_GENERAL_ERROR" }]\n')
+
+
+@pytest.mark.parametrize("profile", [None, "no-import"])
+def test_an_import_cell_shows_the_harness_c_create_object(matrix, tmp_path, profile):
+    """The harness's own provisioning is recorded with or without a profile: an
+    import cell says which C_CreateObject made its key and what it returned
+    (the profile refuses private-key imports, the plain token takes them)."""
+    extra = []
+    if profile:
+        (tmp_path / "no-import.toml").write_text(NO_IMPORT)
+        extra = ["--p11-profile", str(tmp_path / "no-import.toml")]
+    result = matrix.runpytest_subprocess(
+        "-k", IMPORT_CASE, *extra, timeout=180)
+    records = json.loads((matrix.path / "reports/results.json").read_text())
+    assert len(records) == 1, [r["case_id"] for r in records]
+    (record,) = records
+    creates = [c for c in record["provisioned"] if c["fn"] == "C_CreateObject"]
+    assert creates, record["provisioned"]
+    if profile is None:
+        result.assert_outcomes(passed=1)
+        assert {c["rv"] for c in creates} == {"CKR_OK"}
+    else:  # the refused import: the refusal's code, and the calls kept in the record
+        assert creates[-1]["rv"] == "CKR_GENERAL_ERROR", record["provisioned"]
+        assert record["error"] == "provisioning: CKR_GENERAL_ERROR", record
+        assert "C_CreateObject" in [c["fn"] for c in record["calls"]]
+
+
+def test_no_record_records_no_provisioning_either(matrix):
+    result = matrix.runpytest_subprocess("-k", IMPORT_CASE, "--p11-no-record", timeout=180)
+    result.assert_outcomes(passed=1)
+    (record,) = json.loads((matrix.path / "reports/results.json").read_text())
+    assert record["provisioned"] is None and record["calls"] is None
