@@ -62,7 +62,7 @@ def make_client(name: str, options: ClientOptions | None = None) -> Client:
         raise ConfigError(f"unknown client {name!r}: no further JDK {suffix} here; choose "
                           f"from {', '.join(client_names(options.java_homes))}")
     return JAVA_CLIENTS[base](java_home=jdk.home, extra_config=options.java_p11_config,
-                              jdk_suffix=suffix)
+                              jdk_suffix=suffix, read_only=options.read_only)
 
 
 class ClientSettings(Protocol):

@@ -19,6 +19,7 @@ class ClientOptions:
 
     java_homes: tuple[str, ...] = ()  # --java, repeatable: the first is the default JDK
     java_p11_config: tuple[str, ...] = ()  # --java-p11-config lines
+    read_only: bool = False  # --p11-existing / --p11-key: clients open read-only sessions
 
     @property
     def java_home(self) -> str | None:

@@ -153,7 +153,8 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
                     "firmware": version_of(getattr(token, "firmware_version", ""))}
         measured = load_measurement(identity)
         facts = TokenFacts.of(offered, profile, measurement=measured,
-                              manufacturer=identity["manufacturer"])
+                              manufacturer=identity["manufacturer"],
+                              write_protected=bool(flags & int(TokenFlag.WRITE_PROTECTED)))
         entry: dict[str, Any] = {
             "label": text_of(token.label), "model": text_of(token.model),
             "manufacturer": text_of(token.manufacturer_id), "serial": text_of(token.serial),

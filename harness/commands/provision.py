@@ -31,7 +31,7 @@ from harness.token.journal import LAB_PREFIX, CleanupError, Journal, LeftObject,
 from harness.matrix.keys import Provisioning
 from harness.tls.lab_ca import LabCA
 from harness.token.locking import TokenLock, token_key
-from harness.token.fixed_slots import fixed_slot_reason
+from harness.token.fixed_slots import fixed_slot_reason, override_in
 from harness.token.provision import Provisioner, ProvisioningRefused
 from harness.token.session import Token
 
@@ -132,7 +132,7 @@ def _provision(args: argparse.Namespace, pin: str) -> int:
     lock = TokenLock(token_key(token.identity), f"token {token.label!r}")
     try:
         lock.acquire(lambda line: print(line, file=sys.stderr))
-        if not args.remove and not args.p11_allow_slot_overwrite:
+        if not args.remove and not args.p11_allow_slot_overwrite and not override_in(os.environ):
             reason = fixed_slot_reason(token.info().as_dict())
             if reason is not None:
                 raise HarnessError(reason)

@@ -41,6 +41,10 @@
  *                              comment follows a text; a token that says it
  *                              is another device
  *   token_firmware MAJOR.MINOR C_GetTokenInfo's firmwareVersion (0-255 each)
+ *   token_write_protected yes  C_GetTokenInfo says CKF_WRITE_PROTECTED: a
+ *                              read-only run's clients that open read-write
+ *                              sessions unless the token is write-protected
+ *                              (Java's SunPKCS11) open read-only ones
  *   latency C_FN MS (*)        sleep MS before forwarding each C_FN call
  *                              (not a size query with a NULL output buffer)
  *   fail_after C_FN N CKR (*)  after N successful C_FN calls (size queries do
@@ -1086,6 +1090,7 @@ static struct {
     size_t n_refuse;
     CK_ULONG pin_max_tries;          /* 0: no PIN emulation */
     CK_FLAGS token_pin_flags;        /* ORed into C_GetTokenInfo's flags */
+    int token_write_protected;       /* C_GetTokenInfo: CKF_WRITE_PROTECTED */
     char token_model[16], token_manufacturer[32]; /* blank-padded; "" : the real one's */
     int token_firmware_set;
     CK_VERSION token_firmware;
@@ -1279,7 +1284,7 @@ static int config_error(const char *path, int line, const char *what, const char
 #define KNOWN_KEYS "module, record, hide, add_combined, sign_max_input, " \
                    "sign_limit_mechanism, sign_over_limit_rv, sign_multipart, refuse_create, " \
                    "pin_max_tries, token_pin_flags, token_model, token_manufacturer, " \
-                   "token_firmware, latency, fail_after, hang_after"
+                   "token_firmware, token_write_protected, latency, fail_after, hang_after"
 
 /* A whole word as an unsigned number (decimal or 0x-hex). */
 static int parse_number(const char *word, CK_ULONG *out)
@@ -1450,6 +1455,11 @@ static int parse_emulation(const char *key, char *value, const char **why)
                     "CKF_USER_PIN_LOCKED or a number of those bits: token_pin_flags ");
             emu.token_pin_flags |= v;
         }
+    } else if (!strcmp(key, "token_write_protected")) {
+        WANT(1, "yes");
+        if (strcmp(w[0], "yes"))
+            BAD("not yes: token_write_protected ");
+        emu.token_write_protected = 1;
     } else if (!strcmp(key, "latency")) {
         WANT(2, "C_FUNCTION MILLISECONDS");
         if (!parse_function(w[0], &fn))
@@ -2375,6 +2385,10 @@ static CK_RV ip_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
     }
     if (rv == CKR_OK && info && emu.token_firmware_set) {
         info->firmwareVersion = emu.token_firmware;
+        c.emulated = "token_info";
+    }
+    if (rv == CKR_OK && info && emu.token_write_protected) {
+        info->flags |= CKF_WRITE_PROTECTED;
         c.emulated = "token_info";
     }
     if (rv == CKR_OK && info)

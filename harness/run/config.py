@@ -138,7 +138,8 @@ class Settings:
 
     def client_options(self) -> ClientOptions:
         """What the clients are built from (harness.clients.make_client)."""
-        return ClientOptions(java_homes=self.java_homes, java_p11_config=self.java_p11_config)
+        return ClientOptions(java_homes=self.java_homes, java_p11_config=self.java_p11_config,
+                             read_only=self.read_only)
 
 
 def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],

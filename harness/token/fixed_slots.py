@@ -80,9 +80,14 @@ def fixed_slot_card(info: Mapping[str, Any]) -> str | None:
     return next((what for marker, what in FIXED_SLOT_MARKERS if marker in text), None)
 
 
+def override_in(env: Mapping[str, str]) -> bool:
+    """The override set in the environment (for commands without Settings)."""
+    return env.get(OVERRIDE_ENV, "").strip().lower() in ("1", "yes", "true", "on")
+
+
 def override_hint() -> str:
     return (f"use a disposable card with {OVERRIDE_OPTION} (or {OVERRIDE_ENV}=yes; its keys "
-            "may be replaced), or test the keys already on it, read-only, with "
+            "may be replaced), or, in the matrix, test the keys already on it read-only with "
             "--p11-existing or --p11-key URI")
 
 

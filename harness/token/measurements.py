@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.token.locking import state_dir
+from harness.token.locking import shared_dir, state_dir
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def measurement_path(serial: str, firmware: str) -> Path:
 def save_measurement(found: Measurement) -> Path:
     """Write (replace) the token's measurement atomically; return its path."""
     path = measurement_path(found.serial, found.firmware)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    shared_dir(path.parent)  # every user's runs read and replace it
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(asdict(found), indent=2, sort_keys=True))
     tmp.replace(path)

@@ -130,13 +130,20 @@ class TokenFacts:
     @classmethod
     def of(cls, mechanisms: Iterable[str], profile: Profile | None = None, *,
            measurement: Measurement | None = None,
-           manufacturer: str | None = None) -> TokenFacts:
+           manufacturer: str | None = None, write_protected: bool = False) -> TokenFacts:
         """From mechanism names (with or without CKM_) as the clients see them
         (under a profile: through the interposer), the profile's own rules, and
         what p11tls token-sweep measured. `manufacturer` None: a token the
         caller vouches for (the embedded SoftHSM2); else a software token's
-        maker (SOFTWARE_TOKENS) makes limits and imports known."""
+        maker (SOFTWARE_TOKENS) makes limits and imports known. `write_protected`
+        (CKF_WRITE_PROTECTED): no import can work, known without writing. No
+        other import probe writes nothing everywhere (OpenSC may store a
+        CKA_TOKEN=FALSE private key on the card), so none is made."""
         names = frozenset("CKM_" + m.removeprefix("CKM_") for m in mechanisms)
+        if write_protected:
+            facts = cls.of(names, profile, measurement=measurement, manufacturer=manufacturer)
+            return replace(facts, imports_known=None, refused_imports=(
+                (None, "CKR_TOKEN_WRITE_PROTECTED"),))
         if measurement is not None:
             return cls._measured(names, measurement)
         if profile is None:

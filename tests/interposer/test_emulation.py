@@ -634,6 +634,7 @@ def test_threads_sign_with_a_combined_mechanism_at_once(bench: Bench, tmp_path: 
     ("pin_max_tries 0", "not a number of tries (1 or more)"),
     ("token_pin_flags CKF_SO_PIN_LOCKED", "not CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY"),
     ("token_pin_flags 0x1", "not CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY"),
+    ("token_write_protected no", "not yes: token_write_protected"),
     ("latency C_Bogus 5", "not a PKCS#11 2.40 function name (C_Sign, ...): latency"),
     ("fail_after C_Sign 3", "expected C_FUNCTION CALLS RV after key fail_after"),
     ("hang_after C_Sign", "expected C_FUNCTION CALLS after key hang_after"),

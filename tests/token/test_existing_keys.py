@@ -187,3 +187,34 @@ def test_existing_keys_have_their_own_case_axis():
     assert {c.provisioning for c in existing} == {Provisioning.EXISTING}
     assert {c.client for c in existing} == {"gnutls"}  # no host copy for the control
     assert "existing" in existing[0].markers
+
+
+CKF_RW_SESSION = 0x2
+
+
+def session_flags(record: dict) -> list[int]:
+    return [int(c["flags"], 16) for c in record["calls"] or () if c["fn"] == "C_OpenSession"]
+
+
+def test_read_only_runs_open_read_only_sessions_in_every_client(pytester, users_token):
+    """Java's SunPKCS11 opens read-write sessions unless the token says it is
+    write-protected: in a read-only run the interposer tells the JVM so."""
+    store, token = users_token
+    run_matrix(pytester, store, token, "--p11-existing",
+               "--p11-clients=java,java-nocombined,openssl-engine,gnutls", "-k", "tls13")
+    got = records(pytester)
+    assert {r["client"] for r in got.values()} == {"java", "java-nocombined", "openssl-engine",
+                                                    "gnutls"}
+    opened: dict[str, list[int]] = {}
+    for record in got.values():  # a warm JVM opens its sessions in its first case
+        opened.setdefault(record["client"], []).extend(session_flags(record))
+    assert all(opened.values()), opened
+    assert all(not f & CKF_RW_SESSION for flags in opened.values() for f in flags), opened
+
+
+def test_a_provisioning_run_leaves_java_s_sessions_as_they_are(pytester, softhsm_store):
+    """Negative control: outside read-only mode SunPKCS11 opens read-write sessions."""
+    store, token = softhsm_store
+    run_matrix(pytester, store, token, "--p11-clients=java", "-k", "p256 and generate and tls13")
+    (record,) = records(pytester).values()
+    assert any(f & CKF_RW_SESSION for f in session_flags(record)), session_flags(record)

@@ -222,3 +222,49 @@ def test_java_config_that_disables_a_mechanism_changes_javas_prediction():
                    sigalgs="rsa_pkcs1_sha256")
     assert (java.mechanism, java.bytes_min) == ("CKM_RSA_PKCS", 51)
     assert token.seen_by("gnutls", config) is token  # only SunPKCS11 reads that line
+
+
+def test_what_the_token_does_not_advertise_is_unknown_until_measured():
+    from harness.token.measurements import Measurement
+    from harness.verdict.predict import TokenFacts, predict
+
+    mechanisms = {"CKM_ECDSA", "CKM_ECDSA_SHA256", "CKM_RSA_PKCS", "CKM_RSA_PKCS_PSS"}
+    card = TokenFacts.of(mechanisms, manufacturer="Pol Henarejos")
+    seed = predict("java", "p256", "1.2", card, {})
+    assert seed.outcome == "unknown" and "measure with p11tls token-sweep" in seed.why
+    assert seed.differences({"outcome": "fail", "sign": {}}) is None  # not compared
+    hashed = predict("gnutls", "p256", "1.2", card, {})
+    assert hashed.outcome == "ok"  # a host-made digest: no input limit in play
+    imported = predict("gnutls", "p256", "1.2", card, {}, provisioning="import")
+    assert imported.outcome == "unknown" and "CKK_EC" in imported.why
+    measured = TokenFacts.of(mechanisms, measurement=Measurement(
+        "1", "6.6", limits={"CKM_ECDSA_SHA256": {"largest_ok": 2029, "smallest_refused": 2030,
+                                                 "refused_rv": "CKR_GENERAL_ERROR"}},
+        imports={"CKK_EC": "CKR_FUNCTION_NOT_SUPPORTED"}))
+    seed = predict("java", "p256", "1.2", measured, {})
+    assert (seed.outcome, seed.error) == ("fail", "CKR_GENERAL_ERROR")
+    assert predict("java", "p256", "1.3", measured, {}).outcome == "ok"
+    refused = predict("gnutls", "p256", "1.2", measured, {}, provisioning="import")
+    assert refused.outcome == "fail" and "CKR_FUNCTION_NOT_SUPPORTED" in str(refused.error)
+    # a software token and a write-protected one are known without measuring
+    assert predict("java", "p256", "1.2", TokenFacts.of(
+        mechanisms, manufacturer="SoftHSM project"), {}).outcome == "ok"
+    locked = TokenFacts.of(mechanisms, manufacturer="x", write_protected=True)
+    assert "CKR_TOKEN_WRITE_PROTECTED" in str(
+        predict("gnutls", "p256", "1.2", locked, {}, provisioning="import").error)
+
+
+def test_the_count_covers_every_cell_and_says_the_skipped_apart():
+    from types import SimpleNamespace
+
+    from harness.verdict.predict import prediction_summary
+
+    def rec(case, outcome, matched, predicted="ok"):
+        return SimpleNamespace(case_id=case, outcome=outcome, prediction_matched=matched,
+                               predicted={"outcome": predicted})
+
+    line = prediction_summary([rec("a", "ok", True), rec("b", "fail", False),
+                               rec("c", "skip", None), rec("d", "fail", None, "unknown")])
+    assert line is not None and line.startswith(
+        "prediction (p11tls doctor): 1 of 4 cells as predicted; 1 not as predicted: b")
+    assert "; 1 skipped" in line and "1 depend on what the token does not advertise" in line

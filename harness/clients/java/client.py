@@ -113,6 +113,7 @@ class JavaClient(Client):
         java_options: Sequence[str] = DEFAULT_JAVA_OPTIONS,
         start_timeout_s: float = 60.0,
         jdk_suffix: str | None = None,
+        read_only: bool = False,
     ) -> None:
         """java_home: a JDK home or its bin/java (else $JAVA_HOME, else PATH).
         extra_config: SunPKCS11 configuration lines added after the harness's own
@@ -120,6 +121,11 @@ class JavaClient(Client):
         $XDG_CACHE_HOME/p11tls). java_options: JVM options (e.g. -Djavax.net.debug=all).
         jdk_suffix: for a JDK other than the default one, the client is named
         `java@SUFFIX` (jdk.jdk_variants); its marker stays `java`.
+        read_only: a read-only run. SunPKCS11 has no option for read-only
+        sessions: it opens read-write ones unless the token says
+        CKF_WRITE_PROTECTED (SessionManager), so through the recording
+        interposer the JVM is shown a write-protected token
+        (`token_write_protected yes`) and opens read-only sessions.
         """
         if jdk_suffix:
             self.name = f"{type(self).name}@{jdk_suffix}"
@@ -128,6 +134,7 @@ class JavaClient(Client):
         self.cache_dir = cache_dir
         self.java_options = tuple(java_options)
         self.start_timeout_s = start_timeout_s
+        self.read_only = read_only
         _check_extra_config(self.extra_config, self.name)
         self._jdk: JDK | None = None
         self._classes: Path | None = None
@@ -141,7 +148,8 @@ class JavaClient(Client):
 
     @classmethod
     def from_options(cls, options: ClientOptions) -> JavaClient:
-        return cls(java_home=options.java_home, extra_config=options.java_p11_config)
+        return cls(java_home=options.java_home, extra_config=options.java_p11_config,
+                   read_only=options.read_only)
 
     # -- Client API ---------------------------------------------------------------
     def unavailable_reason(self) -> str | None:
@@ -333,12 +341,14 @@ class JavaClient(Client):
         jdk, classes = self.jdk(), self.classes()
         env = base_env(job.env)
         env["JAVA_HOME"] = str(jdk.home)
+        config_dir = Path(tempfile.mkdtemp(prefix="p11tls-java-"))
+        if self.read_only:
+            env.update(write_protected(env, config_dir))
         try:
             slot = find_slot(job.module, job.token_label, env)
         except TokenError as exc:
             self._broken[key] = exc
             raise
-        config_dir = Path(tempfile.mkdtemp(prefix="p11tls-java-"))
         config = config_dir / "sunpkcs11.cfg"
         config.write_text(self.p11_config(job.module, slot))
         self._jvm_count += 1
@@ -388,6 +398,17 @@ class JavaClient(Client):
     def jvm_pids(self) -> list[int]:
         """Process ids of the running warm JVMs (for tests and diagnostics)."""
         return [jvm.pid for jvm in self._jvms.values() if jvm.alive()]
+
+
+def write_protected(env: dict[str, str], directory: Path) -> dict[str, str]:
+    """The interposer configuration of `env` with `token_write_protected yes`
+    added, as a copy in `directory` ({} without the interposer: --p11-no-record)."""
+    conf = env.get("P11TLS_INTERPOSER_CONF")
+    if not conf:
+        return {}
+    copy = directory / "interposer-read-only.conf"
+    copy.write_text(Path(conf).read_text().rstrip("\n") + "\ntoken_write_protected yes\n")
+    return {"P11TLS_INTERPOSER_CONF": str(copy)}
 
 
 class JavaNoCombinedClient(JavaClient):
