@@ -22,7 +22,6 @@ import pytest
 
 from harness.explain import masking as pin_masking
 from harness.clients import CLIENTS, check_clients, make_client
-from harness.reports.compare import write_reports
 from harness.run.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
 from harness.run.lab import LabModuleMissing
@@ -31,8 +30,9 @@ from harness.token.locking import TokenLock
 from harness.token.locking import token_key as lock_name
 from harness.process import install_signal_handlers, tool_version
 from harness.interposer.profile import Profile, load_profile
-from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, write_results
-from harness.reports.terminal import terminal_matrix
+from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord
+from harness.reports.files import write_reports, write_results
+from harness.reports.terminal import fit_lines, terminal_matrix
 from harness.reports.rundir import new_run_id, publish, run_dir
 from harness.run.runner import STOPPED
 from harness.token.probe import check_login, describe_token
@@ -588,17 +588,16 @@ class RecordCollector:
         if not self.records:
             return
         terminalreporter.section("PKCS#11 TLS client-auth matrix")
-        terminalreporter.write_line(terminal_matrix(self.records))
-        line = prediction_summary(self.records)
-        if line:
-            terminalreporter.write_line(line)
-        if self.settings.read_only:
-            for line in read_only_summary(self.records):
-                terminalreporter.write_line(line)
+        # pytest's own width: the terminal's, COLUMNS, or 80 in a pipe
+        width = None if self.settings.wide else terminalreporter._tw.fullwidth
+        terminalreporter.write_line(terminal_matrix(self.records, width))
         reports = self.settings.reports
-        terminalreporter.write_line(
-            f"reports: {reports / 'results.json'}, {reports / 'matrix.html'}, "
-            f"{reports / 'matrix.md'}")
+        lines = [prediction_summary(self.records) or "",
+                 *(read_only_summary(self.records) if self.settings.read_only else ()),
+                 f"reports: {reports / 'results.json'}, {reports / 'matrix.html'}, "
+                 f"{reports / 'matrix.md'}"]
+        for line in fit_lines([line for line in lines if line], width):
+            terminalreporter.write_line(line)
 
 
 def prediction_summary(records: list[HandshakeRecord]) -> str | None:

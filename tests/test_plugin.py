@@ -53,7 +53,7 @@ def test_run_writes_results_json_and_prints_the_matrix(matrix):
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*PKCS#11 TLS client-auth matrix*",
                                  "p256*generate*ok ECDSA 32B*"])
-    records = json.loads((matrix.path / "reports" / "results.json").read_text())
+    records = json.loads((matrix.path / "reports" / "results.json").read_text())["cases"]
     assert len(records) == 4
     for record in records:
         for field in ("client", "key", "provisioning", "tls", "outcome", "negotiated_version",
@@ -196,7 +196,7 @@ def test_eddsa_cases_run_last(matrix):
 def reports_of(pytester: pytest.Pytester) -> tuple[dict[str, dict], str, str]:
     """results.json by case id, matrix.md and matrix.html of a child run."""
     reports = pytester.path / "reports"
-    records = json.loads((reports / "results.json").read_text())
+    records = json.loads((reports / "results.json").read_text())["cases"]
     return ({r["case_id"]: r for r in records}, (reports / "matrix.md").read_text(),
             (reports / "matrix.html").read_text())
 

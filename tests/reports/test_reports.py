@@ -24,13 +24,8 @@ from harness.reports import html as html_report
 from harness.commands.diff import diff_main
 from harness.commands.merge import merge_main
 from harness.commands.report import report_main
-from harness.reports.compare import (
-    ChangeKind,
-    diff,
-    load_results,
-    merge,
-    write_reports,
-)
+from harness.reports.compare import ChangeKind, diff, merge
+from harness.reports.files import load_results, write_reports
 from harness.reports.html import render_html
 from harness.reports.markdown import render_markdown
 from harness.reports.layout import cell_text
