@@ -20,6 +20,9 @@ optional=(pkcs11-provider)  # the openssl-provider client; Debian 13 and later
 optional+=(swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools
            libtss2-tcti-swtpm0t64 libtss2-tcti-swtpm0)
 
+# `./run test`: headless Chromium checks matrix.html's layout (tests/reports); skipped without
+[ "${1:-}" = test ] && optional+=(chromium)
+
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 # A JDK >= 17 for the Java client: keep one that is there, else the distribution's default.
