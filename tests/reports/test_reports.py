@@ -282,15 +282,17 @@ def test_result_counts_are_pytests():
     assert "unmeasured" not in result  # nothing unmeasured: no note
 
 
-def page_width(html: str, tmp_path: Path, window: int) -> tuple[int, int]:
-    """(scroll width, window width) of the page in headless Chromium."""
+def page_width(html: str, tmp_path: Path, window: int,
+               element: str = "document.documentElement") -> tuple[int, int]:
+    """(scroll width, visible width) of the page (or of `element`, a JS
+    expression) in headless Chromium."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed")
     page = tmp_path / "measure.html"
-    page.write_text(html.replace("</body>", "<script>document.title = 'W ' + "
-                                 "document.documentElement.scrollWidth + ' ' + "
-                                 "document.documentElement.clientWidth;</script></body>"))
+    page.write_text(html.replace("</body>", f"<script>document.title = 'W ' + "
+                                 f"{element}.scrollWidth + ' ' + "
+                                 f"{element}.clientWidth;</script></body>"))
     profile = tmp_path / "profile"
     out = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -604,3 +606,16 @@ def test_empty_results_render():
     assert "No handshake cases were run" in render_html([])
     assert "No handshake cases were run" in render_markdown([])
     assert MatrixPage(render_html([])).tables == 0
+
+
+def test_the_default_matrix_fits_1400_px_and_comes_first(tmp_path):
+    from test_terminal import default_matrix  # every case of the default matrix
+
+    text = render_html(default_matrix())
+    assert text.index('<table class="matrix">') < text.index("Causes of the failures")
+    assert text.index("Causes of the failures") < text.index("Expected failures")
+    box = "document.querySelector('div.scroll')"  # the matrix's own scroll box
+    scroll, client = page_width(text, tmp_path, 1400, box)
+    assert scroll <= client
+    scroll, client = page_width(text, tmp_path, 1000, box)  # control: it sees an overflow
+    assert scroll > client
