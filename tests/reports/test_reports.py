@@ -282,26 +282,35 @@ def test_result_counts_are_pytests():
     assert "unmeasured" not in result  # nothing unmeasured: no note
 
 
+def in_browser(html: str, tmp_path: Path, window: int, expression: str) -> str:
+    """The value of a JS expression on the page in headless Chromium at
+    window × 900 px."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (./run test installs it on the machine's own "
+                    "release, not inside a chroot)")
+    page = tmp_path / "measure.html"
+    page.write_text(html.replace("</body>", f"<script>document.title = 'W ' + "
+                                 f"({expression});</script></body>"))
+    profile = tmp_path / "profile"
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", f"--window-size={window},900",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=60, check=False).stdout
+    found = re.search(r"<title>W ([^<]*)</title>", out)
+    assert found, out[-2000:]
+    return found.group(1)
+
+
 def page_width(html: str, tmp_path: Path, window: int,
                element: str = "document.documentElement") -> tuple[int, int]:
     """(scroll width, visible width) of the page (or of `element`, a JS
     expression) in headless Chromium."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed")
-    page = tmp_path / "measure.html"
-    page.write_text(html.replace("</body>", f"<script>document.title = 'W ' + "
-                                 f"{element}.scrollWidth + ' ' + "
-                                 f"{element}.clientWidth;</script></body>"))
-    profile = tmp_path / "profile"
-    out = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", f"--window-size={window},900", "--dump-dom",
-         page.as_uri()], capture_output=True, text=True, timeout=60, check=False).stdout
-    found = re.search(r"<title>W (\d+) (\d+)</title>", out)
-    assert found, out[-2000:]
-    return int(found.group(1)), int(found.group(2))
+    scroll, client = in_browser(html, tmp_path, window,
+                                f"{element}.scrollWidth + ' ' + {element}.clientWidth").split()
+    return int(scroll), int(client)
 
 
 @pytest.mark.parametrize("window", [1000, 1600])
@@ -619,3 +628,8 @@ def test_the_default_matrix_fits_1400_px_and_comes_first(tmp_path):
     assert scroll <= client
     scroll, client = page_width(text, tmp_path, 1000, box)  # control: it sees an overflow
     assert scroll > client
+    # the table starts in the first screen (900 px), the causes below it
+    top = "document.querySelector('%s').getBoundingClientRect().top"
+    table, causes = in_browser(text, tmp_path, 1400, f"{top % 'table.matrix'} + ' ' + "
+                               f"{top % 'section.causes'}").split()
+    assert float(table) < 900 < float(causes)
