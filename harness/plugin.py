@@ -32,6 +32,7 @@ from harness.process import install_signal_handlers, tool_version
 from harness.interposer.profile import Profile, load_profile
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord
 from harness.reports.files import write_reports, write_results
+from harness.reports.progress import SlowCases, matrix_case
 from harness.reports.terminal import fit_lines, terminal_matrix
 from harness.reports.rundir import new_run_id, publish, run_dir
 from harness.run.runner import STOPPED
@@ -215,6 +216,16 @@ def _say(config: pytest.Config, line: str) -> None:
         reporter.write_line(line)
     else:
         print(line, file=sys.stderr)
+
+
+def _say_uncaptured(config: pytest.Config, line: str) -> None:
+    """A line to the terminal while a test runs: its output is being captured."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
+        _say(config, line)
+        return
+    with capture.global_and_fixture_disabled():
+        _say(config, line)
 
 
 def _start_matrix(config: pytest.Config, token: bool) -> None:
@@ -543,7 +554,18 @@ class RecordCollector:
         self.records: list[HandshakeRecord] = []
         self._by_test: dict[str, HandshakeRecord] = {}
         self.stopped: str | None = None  # a token stopped answering: the one line
+        self.slow = SlowCases(lambda line: _say_uncaptured(config, line))  # slow tokens
         self.no_import: str | None = None  # the token cannot import: said once
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        case = matrix_case(nodeid)
+        if case is not None:
+            self.slow.start(case)
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        case = matrix_case(nodeid)
+        if case is not None:
+            self.slow.stop(case)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self._by_test.get(report.nodeid)
@@ -572,6 +594,7 @@ class RecordCollector:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """After the token's clean-up (the plugin's tryfirst hook): the run's
         own directory, then the latest-run links and top-level copies."""
+        self.slow.close()
         if not self.records:
             return
         reports = self.settings.reports
@@ -593,11 +616,12 @@ class RecordCollector:
         terminalreporter.write_line(terminal_matrix(self.records, width))
         reports = self.settings.reports
         lines = [prediction_summary(self.records) or "",
-                 *(read_only_summary(self.records) if self.settings.read_only else ()),
-                 f"reports: {reports / 'results.json'}, {reports / 'matrix.html'}, "
-                 f"{reports / 'matrix.md'}"]
+                 *(read_only_summary(self.records) if self.settings.read_only else ())]
         for line in fit_lines([line for line in lines if line], width):
             terminalreporter.write_line(line)
+        # paths whole, to be copied
+        terminalreporter.write_line(f"reports: {reports / 'results.json'}, "
+                                    f"{reports / 'matrix.html'}, {reports / 'matrix.md'}")
 
 
 def prediction_summary(records: list[HandshakeRecord]) -> str | None:

@@ -206,8 +206,9 @@ def _wrap(line: str, width: int | None) -> list[str]:
     if width is None or len(line) <= width:
         return [line]
     indent = " " * (len(line) - len(line.lstrip()))
+    # a word longer than the line (a path) stays whole: it is copied, not read
     return textwrap.wrap(line, width, initial_indent="", subsequent_indent=indent + "  ",
-                         break_long_words=True, break_on_hyphens=False) or [line]
+                         break_long_words=False, break_on_hyphens=False) or [line]
 
 
 def fit_lines(lines: Sequence[str], width: int | None) -> list[str]:
@@ -234,8 +235,8 @@ def _table_text(table: MatrixTable, width: int | None) -> list[str]:
 
 def terminal_matrix(records: Sequence[HandshakeRecord], width: int | None = DEFAULT_WIDTH) -> str:
     """Plain-text tables, each with its legend, client lines, counts and notes;
-    no line longer than `width` (but a cell or row label wider than the
-    terminal alone, which is printed whole); `width=None`: one table."""
+    no line longer than `width` (but a cell, row label or word wider than
+    the terminal alone, which is printed whole); `width=None`: one table."""
     if not records:
         return "no handshake cases were run"
     blocks = ["\n".join(_table_text(table, width)) for table in matrix_tables(records)]
