@@ -385,7 +385,12 @@ def _header_lines(config: pytest.Config) -> list[str]:
     if profile is not None:
         lines.append(f"p11tls profile: {profile.label} -- an emulation, "
                      "not the device")
-    return lines
+    return fit_lines(lines, _width(config, settings))
+
+
+def _width(config: pytest.Config, settings: Settings) -> int | None:
+    """pytest's own width (the terminal's, COLUMNS, 80 in a pipe); None: --p11-wide."""
+    return None if settings.wide else config.get_terminal_writer().fullwidth
 
 
 def _describe(settings: Settings) -> dict[str, Any]:
@@ -611,17 +616,16 @@ class RecordCollector:
         if not self.records:
             return
         terminalreporter.section("PKCS#11 TLS client-auth matrix")
-        # pytest's own width: the terminal's, COLUMNS, or 80 in a pipe
-        width = None if self.settings.wide else terminalreporter._tw.fullwidth
+        width = _width(self.config, self.settings)
         terminalreporter.write_line(terminal_matrix(self.records, width))
         reports = self.settings.reports
         lines = [prediction_summary(self.records) or "",
                  *(read_only_summary(self.records) if self.settings.read_only else ())]
         for line in fit_lines([line for line in lines if line], width):
             terminalreporter.write_line(line)
-        # paths whole, to be copied
-        terminalreporter.write_line(f"reports: {reports / 'results.json'}, "
-                                    f"{reports / 'matrix.html'}, {reports / 'matrix.md'}")
+        # the directory once and whole, to be copied
+        terminalreporter.write_line(f"reports in {reports}: results.json, matrix.html, "
+                                    "matrix.md")
 
 
 def prediction_summary(records: list[HandshakeRecord]) -> str | None:

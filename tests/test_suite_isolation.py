@@ -67,7 +67,7 @@ def test_a_suite_run_leaves_reports_and_the_user_state_alone(
     assert re.search(r"\b1 passed\b", out), out
     session = re.search(r"p11tls test session: reports and state in (\S+)", out)
     assert session, out
-    assert f"reports: {session.group(1)}/reports/results.json" in out, out
+    assert f"reports in {session.group(1)}/reports: results.json" in out, out
     after = {name: snapshot(path) for name, path in watched.items()}
     assert after == before
     assert not Path(session.group(1)).exists()  # the session cleans its own directory
