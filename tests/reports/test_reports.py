@@ -633,3 +633,14 @@ def test_the_default_matrix_fits_1400_px_and_comes_first(tmp_path):
     table, causes = in_browser(text, tmp_path, 1400, f"{top % 'table.matrix'} + ' ' + "
                                f"{top % 'section.causes'}").split()
     assert float(table) < 900 < float(causes)
+
+
+def test_a_client_column_group_can_be_hidden_in_a_browser(tmp_path):
+    text = render_html(load_results(REAL), log_base=DATA)
+    shown = "getComputedStyle(document.querySelector('td.g1c0')).display"
+    assert in_browser(text, tmp_path, 1400, shown) == "table-cell"  # control
+    hidden = f"(document.getElementById('hide-g1c0').click(), {shown})"
+    assert in_browser(text, tmp_path, 1400, hidden) == "none"
+    other = "getComputedStyle(document.querySelector('td.g1c1')).display"
+    assert in_browser(text, tmp_path, 1400, f"(document.getElementById('hide-g1c0').click(), "
+                      f"{other})") == "table-cell"  # only that client's columns

@@ -160,3 +160,13 @@ def test_show_of_a_real_run_fits(capsys, monkeypatch):
     assert max(len(line) for line in out.splitlines()) <= 100
     records = load_results(DATA / "softhsm-real.json")
     assert read_cells(out) == expected_cells(records)
+
+
+def test_p11_wide_is_an_option_an_ini_key_and_an_environment_variable(tmp_path):
+    from harness.run.config import resolve
+
+    base = {"p11_reports": str(tmp_path)}
+    assert resolve(base, {}, {}).wide is False  # control: fitted by default
+    assert resolve({**base, "p11_wide": "yes"}, {}, {}).wide is True
+    assert resolve(base, {"p11_wide": "true"}, {}).wide is True
+    assert resolve(base, {}, {"P11TLS_WIDE": "1"}).wide is True
