@@ -49,14 +49,19 @@ def session_dir() -> Path | None:
 
 @pytest.hookimpl(tryfirst=True)  # before the p11tls plugin resolves any setting
 def pytest_configure(config: pytest.Config) -> None:
-    if session_dir() is None:
-        if _matrix_only(config):
-            return
-        base = Path(tempfile.mkdtemp(prefix="p11tls-tests-"))
-        _made.append(base)
-        os.environ[SESSION_ENV] = str(base)  # xdist workers and children find it
     base = session_dir()
-    assert base is not None
+    if base is not None:
+        # a child of the suite (xdist worker, a test's own pytest run): the state
+        # directory it was given stands (the session's, or the test's own)
+        os.environ.setdefault("P11TLS_STATE_DIR", str(base / "state"))
+        os.environ.setdefault("P11TLS_REPORTS", str(base / "reports"))
+        return
+    if _matrix_only(config):
+        return
+    base = Path(tempfile.mkdtemp(prefix="p11tls-tests-"))
+    _made.append(base)
+    os.environ[SESSION_ENV] = str(base)  # xdist workers and children find it
+    # over any of the user's: the suite writes only into its own directories
     os.environ["P11TLS_STATE_DIR"] = str(base / "state")
     os.environ["P11TLS_REPORTS"] = str(base / "reports")
 
