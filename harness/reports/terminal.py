@@ -181,12 +181,17 @@ def _blocks(groups: list[list[_Column]], room: int | None) -> list[list[list[_Co
     return blocks
 
 
+def _label_widths(labels: list[tuple[str, str]]) -> tuple[int, int]:
+    return (max(len("key"), *(len(k) for k, _ in labels)),
+            max(len("provisioning"), *(len(p) for _, p in labels)))
+
+
 def _render_block(labels: list[tuple[str, str]], block: list[list[_Column]]) -> list[str]:
-    key_w = max(len("key"), *(len(k) for k, _ in labels))
-    prov_w = max(len("provisioning"), *(len(p) for _, p in labels))
-    clients, tls, rule = [" " * key_w, " " * prov_w], ["key".ljust(key_w),
-                                                        "provisioning".ljust(prov_w)], \
-        ["-" * key_w, "-" * prov_w]
+    """Three heading lines (clients, TLS versions, a rule), then the rows."""
+    key_w, prov_w = _label_widths(labels)
+    clients = [" " * key_w, " " * prov_w]
+    tls = ["key".ljust(key_w), "provisioning".ljust(prov_w)]
+    rule = ["-" * key_w, "-" * prov_w]
     rows = [[k.ljust(key_w), p.ljust(prov_w)] for k, p in labels]
     for group in block:
         widths = [c.width for c in group]
@@ -218,9 +223,8 @@ def fit_lines(lines: Sequence[str], width: int | None) -> list[str]:
 
 def _table_text(table: MatrixTable, width: int | None) -> list[str]:
     labels = [_row_label(row) for row in table.rows]
-    label_w = (max(len("key"), *(len(k) for k, _ in labels)) + len(GAP)
-               + max(len("provisioning"), *(len(p) for _, p in labels)))
-    room = None if width is None else max(width - label_w, 1)
+    key_w, prov_w = _label_widths(labels)
+    room = None if width is None else max(width - key_w - len(GAP) - prov_w, 1)
     blocks = _blocks(_groups(_columns(table)), room)
     lines = [table.title]
     for n, block in enumerate(blocks):
