@@ -562,17 +562,16 @@ class RecordCollector:
         self.slow = SlowCases(lambda line: _say_uncaptured(config, line))  # slow tokens
         self.no_import: str | None = None  # the token cannot import: said once
 
-    def pytest_runtest_logstart(self, nodeid: str) -> None:
-        case = matrix_case(nodeid)
-        if case is not None:
-            self.slow.start(case)
-
     def pytest_runtest_logfinish(self, nodeid: str) -> None:
         case = matrix_case(nodeid)
         if case is not None:
             self.slow.stop(case)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        case = matrix_case(report.nodeid)
+        # from the end of its set-up: the session's (token, CA, builds) is no case's
+        if case is not None and report.when == "setup" and report.passed:
+            self.slow.start(case)
         record = self._by_test.get(report.nodeid)
         if record is None:
             for name, value in report.user_properties:

@@ -1,6 +1,8 @@
 """Progress of slow cases: on a slow token (a real card, a remote HSM) a case
 can take many seconds; the run then says which case is running and for how
 long, instead of sitting silent after its last dot. A fast case says nothing.
+The time counts from the end of the case's set-up: the session's (the token,
+the CA, the interposer build) belongs to no case.
 """
 
 from __future__ import annotations
