@@ -22,7 +22,6 @@ import pytest
 
 from harness.explain import masking as pin_masking
 from harness.clients import CLIENTS, check_clients, make_client
-from harness.reports.compare import write_reports
 from harness.run.config import OPTIONS, Settings, resolve
 from harness.errors import HarnessError
 from harness.run.lab import LabModuleMissing
@@ -30,10 +29,13 @@ from harness.matrix.cases import cases
 from harness.token.locking import TokenLock, token_key
 from harness.process import install_signal_handlers, tool_version
 from harness.interposer.profile import Profile, load_profile
-from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, write_results
-from harness.reports.terminal import terminal_matrix
+from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord
+from harness.reports.files import write_reports, write_results
+from harness.reports.progress import SlowCases, matrix_case
+from harness.reports.terminal import fit_lines, terminal_matrix
 from harness.reports.rundir import new_run_id, publish, run_dir
 from harness.run.runner import STOPPED
+from harness.verdict.predict import prediction_summary
 from harness.token.probe import check_login, describe_token
 from harness.token.run_tokens import emulated_module, lock_token, refuse_fixed_slot
 from harness.token.session import exit_if_in_flight
@@ -212,6 +214,16 @@ def _say(config: pytest.Config, line: str) -> None:
         print(line, file=sys.stderr)
 
 
+def _say_uncaptured(config: pytest.Config, line: str) -> None:
+    """A line to the terminal while a test runs: its output is being captured."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
+        _say(config, line)
+        return
+    with capture.global_and_fixture_disabled():
+        _say(config, line)
+
+
 def _start_matrix(config: pytest.Config, token: bool) -> None:
     """Matrix tests were collected: act (if not yet), check the token once."""
     if lab_missing_key in config.stash:
@@ -371,7 +383,12 @@ def _header_lines(config: pytest.Config) -> list[str]:
     if profile is not None:
         lines.append(f"p11tls profile: {profile.label} -- an emulation, "
                      "not the device")
-    return lines
+    return fit_lines(lines, _width(config, settings))
+
+
+def _width(config: pytest.Config, settings: Settings) -> int | None:
+    """pytest's own width (the terminal's, COLUMNS, 80 in a pipe); None: --p11-wide."""
+    return None if settings.wide else config.get_terminal_writer().fullwidth
 
 
 def _describe(settings: Settings) -> dict[str, Any]:
@@ -540,9 +557,19 @@ class RecordCollector:
         self.records: list[HandshakeRecord] = []
         self._by_test: dict[str, HandshakeRecord] = {}
         self.stopped: str | None = None  # a token stopped answering: the one line
+        self.slow = SlowCases(lambda line: _say_uncaptured(config, line))  # slow tokens
         self.no_import: str | None = None  # the token cannot import: said once
 
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        case = matrix_case(nodeid)
+        if case is not None:
+            self.slow.stop(case)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        case = matrix_case(report.nodeid)
+        # from the end of its set-up: the session's (token, CA, builds) is no case's
+        if case is not None and report.when == "setup" and report.passed:
+            self.slow.start(case)
         record = self._by_test.get(report.nodeid)
         if record is None:
             for name, value in report.user_properties:
@@ -569,6 +596,7 @@ class RecordCollector:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """After the token's clean-up (the plugin's tryfirst hook): the run's
         own directory, then the latest-run links and top-level copies."""
+        self.slow.close()
         if not self.records:
             return
         reports = self.settings.reports
@@ -585,19 +613,16 @@ class RecordCollector:
         if not self.records:
             return
         terminalreporter.section("PKCS#11 TLS client-auth matrix")
-        terminalreporter.write_line(terminal_matrix(self.records))
-        from harness.verdict.predict import prediction_summary
-
-        line = prediction_summary(self.records)
-        if line:
-            terminalreporter.write_line(line)
-        if self.settings.read_only:
-            for line in read_only_summary(self.records):
-                terminalreporter.write_line(line)
+        width = _width(self.config, self.settings)
+        terminalreporter.write_line(terminal_matrix(self.records, width))
         reports = self.settings.reports
-        terminalreporter.write_line(
-            f"reports: {reports / 'results.json'}, {reports / 'matrix.html'}, "
-            f"{reports / 'matrix.md'}")
+        lines = [prediction_summary(self.records) or "",
+                 *(read_only_summary(self.records) if self.settings.read_only else ())]
+        for line in fit_lines([line for line in lines if line], width):
+            terminalreporter.write_line(line)
+        # the directory once and whole, to be copied
+        terminalreporter.write_line(f"reports in {reports}: results.json, matrix.html, "
+                                    "matrix.md")
 
 
 def read_only_summary(records: list[HandshakeRecord]) -> list[str]:

@@ -1,9 +1,24 @@
-"""Shared fixtures for the harness's own tests."""
+"""Shared fixtures for the harness's own tests, and the suite's isolation.
+
+The suite writes only into its own temporary directories: one session
+directory holds the reports of the matrix cases the suite runs
+(`P11TLS_REPORTS`) and the locks and journals of every run the suite starts
+(`P11TLS_STATE_DIR`, inherited by pytester runs and subprocesses), so the
+checkout's reports/ and the user's ~/.cache/p11tls stay as they were.
+
+A session that runs only tests/test_matrix.py (`./run matrix`, `tox -e
+softhsm`) is the main job, not the suite: it writes reports as documented.
+Shared on purpose: the interposer and Java build caches ($XDG_CACHE_HOME/p11tls):
+their entries are named by a hash of their sources and renamed into place
+whole, so a test run can only add a correct entry, never change a user's.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,11 +29,61 @@ from harness.token.softhsm import SoftHSMToken, TemporarySoftHSM
 
 pytest_plugins = ["pytester"]
 
-# The suite's locks and journals stay in its own directory, never the host's
-# /var/lib/p11tls. Set at import, in the controller: xdist workers and child
-# runs inherit it, so they share it as runs on one host do.
-os.environ.setdefault("P11TLS_STATE_DIR", tempfile.mkdtemp(prefix="p11tls-test-state-"))
+MATRIX = Path(__file__).resolve().parent / "test_matrix.py"
+SESSION_ENV = "P11TLS_TEST_SESSION"  # the suite's session directory, for its children
+_made: list[Path] = []  # the session directory this process made (and removes)
 
+
+def _matrix_only(config: pytest.Config) -> bool:
+    """The run collects tests/test_matrix.py and nothing else: the main job."""
+    root = config.invocation_params.dir
+    paths = [a.split("::", 1)[0] for a in config.args]
+    return bool(paths) and all((root / p).resolve() == MATRIX for p in paths)
+
+
+def session_dir() -> Path | None:
+    """The suite's session directory (reports/, state/), None in a matrix job."""
+    value = os.environ.get(SESSION_ENV)
+    return Path(value) if value else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before the p11tls plugin resolves any setting
+def pytest_configure(config: pytest.Config) -> None:
+    base = session_dir()
+    if base is not None:
+        # a child of the suite (xdist worker, a test's own pytest run): the state
+        # directory it was given stands (the session's, or the test's own)
+        os.environ.setdefault("P11TLS_STATE_DIR", str(base / "state"))
+        os.environ.setdefault("P11TLS_REPORTS", str(base / "reports"))
+        return
+    if _matrix_only(config):
+        return
+    base = Path(tempfile.mkdtemp(prefix="p11tls-tests-"))
+    _made.append(base)
+    os.environ[SESSION_ENV] = str(base)  # xdist workers and children find it
+    # over any of the user's: the suite writes only into its own directories
+    os.environ["P11TLS_STATE_DIR"] = str(base / "state")
+    os.environ["P11TLS_REPORTS"] = str(base / "reports")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    base = session_dir()
+    return [f"p11tls test session: reports and state in {base}"] if base else []
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for base in _made:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _own_reports_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside a test, runs it starts (pytester, subprocesses) use their own
+    working directory's reports/ as a user's would: the session's reports
+    directory is for the suite's own matrix cases, resolved before any test."""
+    if session_dir() is not None:
+        monkeypatch.delenv("P11TLS_REPORTS", raising=False)
+    yield
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def test_run_writes_results_json_and_prints_the_matrix(matrix):
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*PKCS#11 TLS client-auth matrix*",
                                  "p256*generate*ok ECDSA 32B*"])
-    records = json.loads((matrix.path / "reports" / "results.json").read_text())
+    records = json.loads((matrix.path / "reports" / "results.json").read_text())["cases"]
     assert len(records) == 4
     for record in records:
         for field in ("client", "key", "provisioning", "tls", "outcome", "negotiated_version",
@@ -66,11 +66,16 @@ def test_run_writes_results_json_and_prints_the_matrix(matrix):
 
 
 def test_report_header_names_module_and_clients(matrix, softhsm_store):
-    result = run(matrix, "--collect-only", "-q", "-m", "tls12", "-v")
+    result = run(matrix, "--collect-only", "-q", "-m", "tls12", "-v", "--p11-wide")
     result.stdout.fnmatch_lines(["p11tls module: embedded default: throw-away SoftHSM2*",
                                  "p11tls clients: OpenSSL*gnutls-cli*Java *python-pkcs11*"])
+    # fitted to the width (80 in a pipe), the same text on continuation lines
+    fitted = run(matrix, "--collect-only", "-q", "-m", "tls12", "-v").stdout.lines
+    first = next(i for i, line in enumerate(fitted) if line.startswith("p11tls clients:"))
+    last = next(i for i, line in enumerate(fitted) if "python-pkcs11" in line)
+    assert first < last and all(len(line) <= 80 for line in fitted[first:last + 1])
     store, token = softhsm_store
-    own = run(matrix, "--collect-only", "-q", "-v", f"--p11-module={store.module}",
+    own = run(matrix, "--collect-only", "-q", "-v", "--p11-wide", f"--p11-module={store.module}",
               f"--p11-token-label={token.label}", f"--p11-pin={token.pin}", env=store.env)
     header = (f"p11tls module: {store.module} (Implementation of PKCS11*), "
               "token 'spare' (SoftHSM v2 by SoftHSM project, firmware *)")
@@ -196,7 +201,7 @@ def test_eddsa_cases_run_last(matrix):
 def reports_of(pytester: pytest.Pytester) -> tuple[dict[str, dict], str, str]:
     """results.json by case id, matrix.md and matrix.html of a child run."""
     reports = pytester.path / "reports"
-    records = json.loads((reports / "results.json").read_text())
+    records = json.loads((reports / "results.json").read_text())["cases"]
     return ({r["case_id"]: r for r in records}, (reports / "matrix.md").read_text(),
             (reports / "matrix.html").read_text())
 
@@ -216,11 +221,12 @@ FORCED_JAVA = "java-rsa2048-generate-tls12-rsa_pkcs1_sha256"
 def test_failed_expectation_after_a_good_handshake_is_failed_in_every_report(matrix):
     # SunPKCS11 without CKM_SHA256_RSA_PKCS signs a DigestInfo with CKM_RSA_PKCS:
     # the handshake works, the measured fact (the combined mechanism) does not hold
-    result = run(matrix, "--p11-clients", "java", "-k", "rsa2048",
+    result = run(matrix, "--p11-clients", "java", "-k", "rsa2048", "--p11-wide",  # whole lines
                  "--java-p11-config", "disabledMechanisms = { CKM_SHA256_RSA_PKCS }")
     result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines([
-        "*failed RSA_PKCS 51B*", "4 passed, 1 failed, 0 xfailed, 0 skipped",
+        "*F PKCS1 51B*", "java: 4 ok, 1 failed (checks failed, RSA_PKCS 51 B)",
+        "4 passed, 1 failed, 0 xfailed, 0 skipped",
         f"FAILED {FORCED_JAVA}: mechanism: expected 'CKM_SHA256_RSA_PKCS', token saw "
         "'CKM_RSA_PKCS'*"])
     cases, markdown, html = reports_of(matrix)
@@ -270,11 +276,11 @@ def test_case_whose_facts_are_for_another_version_is_reported_unmeasured(matrix)
     assert installed
     matrix.makeconftest(FACTS_CONFTEST)
     (matrix.path / "mechanisms.toml").write_text(GNUTLS_P256.format(gnutls="99.1"))
-    args = ("--p11-clients", "gnutls", "-k", "p256 and generate")
+    args = ("--p11-clients", "gnutls", "-k", "p256 and generate", "--p11-wide")  # whole lines
     result = run(matrix, *args)
     result.assert_outcomes(passed=2)  # not a test failure
     result.stdout.fnmatch_lines([
-        "*ok ECDSA 32B (unmeasured)*",
+        "*? ECDSA 32B*",
         "2 passed, 0 failed, 0 xfailed, 0 skipped; 2 unmeasured on this version",
         f"2 cases unmeasured on this version: signing call: gnutls {installed} "
         "(measured on 99.1)"])
@@ -298,7 +304,8 @@ def test_case_whose_facts_are_for_another_version_is_reported_unmeasured(matrix)
     again.assert_outcomes(passed=2)
     again.stdout.fnmatch_lines(["2 passed, 0 failed, 0 xfailed, 0 skipped"])
     matrix_text = again.stdout.str().split("client-auth matrix")[1]
-    assert "(unmeasured)" not in matrix_text and "on this version" not in matrix_text
+    assert "? ECDSA" not in matrix_text and "cases unmeasured" not in matrix_text
+    assert "; 2 unmeasured" not in matrix_text
     cases, _, _ = reports_of(matrix)
     assert all(r["unmeasured"] == [] and r["verdict"] == "passed" for r in cases.values())
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.commands import run_command
-from harness.reports.compare import diff, load_results
+from harness.reports.compare import diff
+from harness.reports.files import load_results
 
 def diff_main(argv: Sequence[str] | None = None) -> int:
     """`p11tls diff OLD.json NEW.json`: exit 1 when a case that was ok now fails."""

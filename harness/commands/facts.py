@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.commands import run_command
-from harness.reports.compare import load_results
+from harness.reports.files import load_results
 from harness.errors import ConfigError
 from harness.reports.layout import failure_code
 from harness.matrix.record import HandshakeRecord, verdict_of

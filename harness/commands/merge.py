@@ -9,8 +9,8 @@ from pathlib import Path
 
 from harness.commands import run_command
 from harness.errors import ConfigError
-from harness.matrix.record import write_results
-from harness.reports.compare import load_results, merge
+from harness.reports.compare import merge
+from harness.reports.files import load_results, write_results
 
 def merge_main(argv: Sequence[str] | None = None) -> int:
     """`p11tls merge A.json B.json ... -o ALL.json`."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 
@@ -100,8 +98,3 @@ def problems_of(record: HandshakeRecord) -> list[str]:
                 if record.expected else "failed"]
     return [f"handshake failed: {record.error}" if record.error else "handshake failed"]
 
-
-def write_results(records: list[HandshakeRecord], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = [r.to_json() for r in sorted(records, key=lambda r: r.case_id)]
-    path.write_text(json.dumps(data, indent=2) + "\n")

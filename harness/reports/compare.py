@@ -1,4 +1,4 @@
-"""Working on results files: render them (`p11tls report`), merge runs from
+"""Working on results: merge runs from
 several lab hosts (`p11tls merge`) and compare two runs (`p11tls diff`).
 
 A case is identified across files by (host, module path, profile, case_id):
@@ -7,19 +7,14 @@ the same case id on two hosts or two modules is two cases.
 
 from __future__ import annotations
 
-import argparse
 import enum
-import json
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness.errors import ConfigError, HarnessError
-from harness.reports.markdown import render_markdown
+from harness.errors import ConfigError
 from harness.reports.layout import FAILED, cell_text, group_key
-from harness.matrix.record import VERDICTS, HandshakeRecord, verdict_of, write_results
+from harness.matrix.record import HandshakeRecord, verdict_of
 
 __all__ = [
     "CaseKey",
@@ -28,18 +23,11 @@ __all__ = [
     "DiffResult",
     "diff",
     "failed_cases",
-    "load_results",
     "merge",
-    "write_reports",
 ]
 
 # (host, module path, profile, case_id, token): the token last, so key[3] stays the case id
 CaseKey = tuple[str, str, str, str, str]
-MAX_RESULTS_BYTES = 512 * 1024 * 1024  # far above any real run; more is not a results file
-MAX_DEPTH = 64  # a record nests a few levels (calls, params); deeper is not one
-_REQUIRED = ("case_id", "client", "key", "provisioning", "tls", "outcome")
-_OPTIONAL_TEXT = ("profile", "client_version", "negotiated_version", "cipher",
-                  "signature_scheme", "client_subject", "error", "expected")
 
 
 def case_key(record: HandshakeRecord) -> CaseKey:
@@ -52,132 +40,6 @@ def token_of(record: HandshakeRecord) -> str:
     module = record.module if isinstance(record.module, dict) else {}
     label, serial = str(module.get("token_label") or ""), str(module.get("serial") or "")
     return f"{label}#{serial}" if serial else label
-
-
-def _too_deep(value: object) -> bool:
-    """Nesting deeper than MAX_DEPTH (walked without recursion)."""
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return False
-
-
-# --- reading ------------------------------------------------------------------------
-
-
-def load_results(path: Path) -> list[HandshakeRecord]:
-    """Read a results.json; anything that is not one raises ConfigError (one line).
-
-    Each entry must be an object with the identifying fields as strings, so a
-    hand-edited or foreign file fails here and not as a traceback somewhere in
-    a renderer.
-    """
-    try:
-        size = Path(path).stat().st_size
-        if size > MAX_RESULTS_BYTES:
-            raise ConfigError(f"{path} is not a results file: {size} bytes, more than "
-                              f"{MAX_RESULTS_BYTES // (1024 * 1024)} MiB")
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"results file {path} not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a results file: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read results file {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a results file: not JSON ({exc})") from None
-    except RecursionError:
-        raise ConfigError(f"{path} is not a results file: JSON nested too deeply") from None
-    except MemoryError:
-        raise ConfigError(f"{path} is not a results file: too large to read") from None
-    if _too_deep(data):
-        raise ConfigError(f"{path} is not a results file: JSON nested more than "
-                          f"{MAX_DEPTH} levels deep")
-    if not isinstance(data, list):
-        raise ConfigError(f"{path} is not a results file: expected a JSON list of cases, "
-                          f"found {_json_kind(data)}")
-    known = set(HandshakeRecord.__dataclass_fields__)
-    records = []
-    for i, entry in enumerate(data):
-        where = f"{path} is not a results file: entry {i}"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} is {_json_kind(entry)}, not an object")
-        for name in _REQUIRED:
-            if not isinstance(entry.get(name), str):
-                raise ConfigError(f"{where} needs {name!r} as text, found {entry.get(name)!r}")
-        for name in _OPTIONAL_TEXT:
-            if not isinstance(entry.get(name), (str, type(None))):
-                raise ConfigError(f"{where}: {name!r} must be text or null")
-        values = {k: v for k, v in entry.items() if k in known}
-        for name in ("module", "logs"):  # null is read as empty
-            if values.get(name) is None:
-                values[name] = {}
-            elif not isinstance(values[name], dict):
-                raise ConfigError(f"{where}: {name!r} must be an object")
-        if values.get("sign") is not None and not isinstance(values["sign"], dict):
-            raise ConfigError(f"{where}: 'sign' must be an object or null")
-        if values.get("calls") is not None and not isinstance(values["calls"], list):
-            raise ConfigError(f"{where}: 'calls' must be a list or null")
-        if values.get("verdict") is not None and values["verdict"] not in VERDICTS:
-            raise ConfigError(f"{where}: 'verdict' must be one of {', '.join(VERDICTS)} or null")
-        for name in ("problems", "unmeasured"):  # lists of texts; null is read as empty
-            if values.get(name) is None:
-                values[name] = []
-            elif not (isinstance(values[name], list)
-                      and all(isinstance(v, str) for v in values[name])):
-                raise ConfigError(f"{where}: {name!r} must be a list of texts")
-        if values.get("versions") is None:
-            values["versions"] = {}
-        elif not isinstance(values["versions"], dict):
-            raise ConfigError(f"{where}: 'versions' must be an object")
-        records.append(HandshakeRecord(**values))
-    return records
-
-
-def _json_kind(value: object) -> str:
-    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true/false",
-             int: "a number", float: "a number", type(None): "null"}
-    return kinds.get(type(value), type(value).__name__)
-
-
-# --- writing ------------------------------------------------------------------------
-
-
-def write_reports(records: Sequence[HandshakeRecord], out_dir: Path, *,
-                  log_base: Path | None = None) -> tuple[Path, Path]:
-    """Write out_dir/matrix.html and out_dir/matrix.md; returns their paths.
-
-    Relative log paths in the records are read from `log_base` (default
-    out_dir, the reports directory they are relative to).
-    """
-    from harness.reports.html import render_html
-
-    out_dir = Path(out_dir)
-    html_path, md_path = out_dir / "matrix.html", out_dir / "matrix.md"
-    html = render_html(records, log_base=log_base if log_base is not None else out_dir)
-    markdown = render_markdown(records)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(html_path, html)
-        _write_atomic(md_path, markdown)
-    except OSError as exc:
-        raise ConfigError(f"cannot write reports into {out_dir}: {exc.strerror or exc}") from None
-    return html_path, md_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # a browser or CI artefact upload never sees a half-written report
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- merge --------------------------------------------------------------------------

@@ -47,10 +47,12 @@ ul.toc { padding-left: 1.2em; }
    case's panel is placed against the page and stays in view */
 div.scroll { overflow-x: auto; padding-bottom: 2px; }
 /* separate borders: collapsed ones would stay behind when the row labels stick */
-table.matrix { border-collapse: separate; border-spacing: 0; font-size: 13px;
+table.matrix { border-collapse: separate; border-spacing: 0; font-size: 11px;
   border-top: 1px solid #bbb; }
 table.matrix > * > tr > th, table.matrix > * > tr > td { border: solid #bbb;
-  border-width: 0 1px 1px 0; padding: 3px 5px; vertical-align: top; text-align: left; }
+  border-width: 0 1px 1px 0; padding: 2px 3px; vertical-align: top; text-align: left; }
+/* narrow cells: the default matrix (20 columns) fits 1400 px; names break after _ */
+table.matrix > tbody td { max-width: 5.6em; overflow-wrap: anywhere; }
 table.matrix > thead th { background: #eee; white-space: nowrap; }
 table.matrix > thead th.client { text-align: center; }
 /* the row labels stay in view while the matrix scrolls sideways */
@@ -58,9 +60,13 @@ table.matrix th.key, table.matrix th.label { position: sticky; z-index: 1; backg
 table.matrix > thead th.key, table.matrix > thead th.label { background: #eee; }
 table.matrix th.key { left: 0; box-sizing: border-box; width: 5.5em; min-width: 5.5em;
   max-width: 5.5em; overflow-wrap: anywhere; border-left-width: 1px; }
-table.matrix th.label { left: 5.5em; min-width: 8em; max-width: 13em; }
+table.matrix th.label { left: 5.5em; min-width: 7em; max-width: 9em; }
 /* a cell: the outcome, below it the signing call (mechanism, bytes signed) */
-.matrix summary { white-space: nowrap; }
+.matrix summary { white-space: normal; }
+p.hide label { margin-right: .6em; white-space: nowrap; }
+section.causes details, section.expected details { display: inline; margin-left: .5em; }
+section.causes details > summary, section.expected details > summary { display: inline;
+  cursor: pointer; color: #555; }
 .matrix summary .gap { white-space: normal; }
 .matrix .sign { display: block; }
 td.ok { background: #dff0d8; }
@@ -115,7 +121,6 @@ def render_html(records: Sequence[HandshakeRecord], *, log_base: Path | None = N
         tables = matrix_tables(records)
         anchors = {r.case_id: f"g{number}-{_slug(r.case_id)}"
                    for number, table in enumerate(tables, 1) for r in table.records}
-        body.append(_causes(failure_causes(records), anchors))
         if len(tables) > 1:  # say up front which table holds the failures
             body.append('<ul class="toc">')
             body += [f'<li><a href="#group-{number}">{escape(table.title)}</a>: '
@@ -124,30 +129,45 @@ def render_html(records: Sequence[HandshakeRecord], *, log_base: Path | None = N
             body.append("</ul>")
         for number, table in enumerate(tables, 1):
             body.append(_table(table, number, log_base))
+        body.append(_causes(failure_causes(records), anchors, records))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<title>PKCS#11 TLS client-authentication matrix</title>\n"
             f"<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body)
             + "\n</body>\n</html>\n")
 
 
-def _causes(causes: Sequence[Cause], anchors: dict[str, str]) -> str:
-    """The causes of the run's failures, before the tables: each once, with
-    its cases (links to their cells) and the workaround."""
-    if not causes:
-        return ""
-    items = []
-    for cause in causes:
-        cases = ", ".join(f'<a href="#{escape(anchors[c])}">{escape(c)}</a>' if c in anchors
-                          else escape(c) for c in cause.cases)
-        parts = [f"<b>{escape(cause.title)}</b> — {len(cause.cases)} "
-                 f"case{'' if len(cause.cases) == 1 else 's'}: {cases}"]
-        if cause.example and cause.example != cause.title:
-            parts.append(f"<br>{escape(_cap(cause.example, 300))}")
-        if cause.workaround:
-            parts.append(f"<br><i>Workaround:</i> {escape(_cap(cause.workaround, 1000))}")
-        items.append(f"<li>{''.join(parts)}</li>")
-    return ('<section class="causes"><h2>Causes of the failures</h2><ol>'
-            + "".join(items) + "</ol></section>")
+def _causes(causes: Sequence[Cause], anchors: dict[str, str],
+            records: Sequence[HandshakeRecord]) -> str:
+    """After the tables, the causes as a compact list: the cause, how many
+    cases, the workaround, the cases (links to their cells) behind a
+    disclosure; the expected failures in a list of their own."""
+    verdicts = {r.case_id: verdict_of(r) for r in records}
+
+    def expected(cause: Cause) -> bool:
+        return bool(getattr(cause, "expected", False)) or all(
+            verdicts.get(c) == "xfailed" for c in cause.cases)
+
+    out = []
+    for title, chosen in (("Causes of the failures", [c for c in causes if not expected(c)]),
+                          ("Expected failures", [c for c in causes if expected(c)])):
+        if not chosen:
+            continue
+        items = []
+        for cause in chosen:
+            count = len(cause.cases)
+            cases = ", ".join(f'<a href="#{escape(anchors[c])}">{escape(c)}</a>'
+                              if c in anchors else escape(c) for c in cause.cases)
+            text = f"<b>{escape(cause.title)}</b>: {count} case{'' if count == 1 else 's'}"
+            if cause.workaround:
+                text += f" — <i>workaround:</i> {escape(_cap(cause.workaround, 1000))}"
+            example = (f"<br>{escape(_cap(cause.example, 300))}"
+                       if cause.example and cause.example != cause.title else "")
+            items.append(f"<li>{text}<details><summary>the cases</summary>{cases}{example}"
+                         "</details></li>")
+        kind = "causes" if title.startswith("Causes") else "expected"
+        out.append(f'<section class="{kind}"><h2>{title}</h2><ol>' + "".join(items)
+                   + "</ol></section>")
+    return "\n".join(out)
 
 
 def _table(table: MatrixTable, number: int, log_base: Path | None) -> str:
@@ -159,13 +179,22 @@ def _table(table: MatrixTable, number: int, log_base: Path | None) -> str:
     # its cells and not as "openssl-provider TLS1.2"
     clients = [(client, len(list(group)))
                for client, group in groupby(table.columns, key=lambda c: c[0])]
-    out += ["</ul>", '<div class="scroll"><table class="matrix">',
+    column_of = {client: f"g{number}c{n}" for n, (client, _) in enumerate(clients)}
+    # a checkbox per client hides its column group (CSS :has, no script)
+    out.append("</ul>")
+    out.append('<p class="hide">Hide: ' + " ".join(
+        f'<label><input type="checkbox" id="hide-{column_of[c]}">{escape(c)}</label>'
+        for c, _ in clients) + "</p><style>" + "".join(
+        f"body:has(#hide-{k}:checked) .{k} {{ display: none; }}" for k in column_of.values())
+        + "</style>")
+    out += ['<div class="scroll"><table class="matrix">',
             '<thead><tr><th class="key" rowspan="2">key</th>',
             '<th class="label" rowspan="2">provisioning</th>']
-    out += [f'<th class="client" colspan="{span}">{escape(client)}</th>'
+    out += [f'<th class="client {column_of[client]}" colspan="{span}">{escape(client)}</th>'
             for client, span in clients]
     out.append("</tr><tr>")
-    out += [f"<th>TLS{escape(tls)}</th>" for _, tls in table.columns]
+    out += [f'<th class="{column_of[client]}">TLS{escape(tls)}</th>'
+            for client, tls in table.columns]
     out.append("</tr></thead><tbody>")
     # the key once for its consecutive rows (rsa2048: generate, import, ...)
     for i, row in enumerate(table.rows):
@@ -178,10 +207,11 @@ def _table(table: MatrixTable, number: int, log_base: Path | None) -> str:
         out.append(f'<th class="label">{escape(row[1])}</th>')
         for column in table.columns:
             cases = table.cases(row, column)
+            group = column_of[column[0]]
             if not cases:
-                out.append('<td class="empty">-</td>')
+                out.append(f'<td class="empty {group}">-</td>')
                 continue
-            out.append(f'<td class="{worst_state(cases)}">')
+            out.append(f'<td class="{worst_state(cases)} {group}">')
             for r in cases:
                 out.append(_case(r, f"g{number}-{_slug(r.case_id)}", len(cases) > 1, log_base))
             out.append("</td>")
@@ -206,7 +236,7 @@ def _case(record: HandshakeRecord, anchor: str, prefix: bool, log_base: Path | N
     # break at these spaces
     text = '<span class="gap"> </span>'.join(words)
     if sign:
-        text += f' <span class="sign">{escape(sign)}</span>'
+        text += f' <span class="sign">{escape(sign).replace("_", "_<wbr>")}</span>'
     hover = ""
     if state in ("fail", "known", "unmeasured"):
         label = {"fail": "failed", "known": "expected failure", "unmeasured": "unmeasured"}[state]

@@ -43,7 +43,8 @@ FAILED = ("fail", "error")
 
 # (host, module path, profile); "" where the record does not say
 GroupKey = tuple[str, str, str]
-Slot = tuple[str, str]  # (key, provisioning) for rows, (client, tls) for columns
+# the heading of one row, (key, provisioning), or of one column, (client, tls)
+Heading = tuple[str, str]
 
 _CKR = re.compile(r"\bCKR_[A-Z0-9_]+\b")
 
@@ -198,21 +199,21 @@ def _compact(value: Any) -> str:
 class MatrixTable:
     """One table: rows key × provisioning, columns client × TLS version.
 
-    A cell holds every case of its slot; more than one when cases differ by a
+    A cell holds every case of its row and column; more than one when cases differ by a
     server constraint (forced signature scheme, inflated transcript).
     """
 
     key: GroupKey
     records: tuple[HandshakeRecord, ...]
-    rows: tuple[Slot, ...]
-    columns: tuple[Slot, ...]
-    cells: dict[tuple[Slot, Slot], tuple[HandshakeRecord, ...]]
+    rows: tuple[Heading, ...]
+    columns: tuple[Heading, ...]
+    cells: dict[tuple[Heading, Heading], tuple[HandshakeRecord, ...]]
 
     @property
     def title(self) -> str:
         return group_title(self.key, self.records)
 
-    def cases(self, row: Slot, column: Slot) -> tuple[HandshakeRecord, ...]:
+    def cases(self, row: Heading, column: Heading) -> tuple[HandshakeRecord, ...]:
         return self.cells.get((row, column), ())
 
     def counts(self) -> str:
@@ -240,7 +241,7 @@ def matrix_tables(records: Sequence[HandshakeRecord]) -> list[MatrixTable]:
     tables = []
     for key in sorted(groups):
         members = sorted(groups[key], key=lambda r: r.case_id)
-        cells: dict[tuple[Slot, Slot], list[HandshakeRecord]] = {}
+        cells: dict[tuple[Heading, Heading], list[HandshakeRecord]] = {}
         for r in members:
             cells.setdefault(((r.key, r.row_label), (r.client, r.tls)), []).append(r)
         rows = sorted({row for row, _ in cells}, key=_row_order)
@@ -250,7 +251,7 @@ def matrix_tables(records: Sequence[HandshakeRecord]) -> list[MatrixTable]:
     return tables
 
 
-def _row_order(row: Slot) -> tuple[int, str, int, str]:
+def _row_order(row: Heading) -> tuple[int, str, int, str]:
     from harness.matrix.keys import KEYS
 
     key, label = row
@@ -260,7 +261,7 @@ def _row_order(row: Slot) -> tuple[int, str, int, str]:
             _index(PROVISIONING_ORDER, provisioning), label)
 
 
-def _column_order(column: Slot) -> tuple[int, str, int, str, int, str]:
+def _column_order(column: Heading) -> tuple[int, str, int, str, int, str]:
     client, tls = column
     # java@25 next to java: order by the name before "@", then the JDK's number
     base, _, jdk = client.partition("@")

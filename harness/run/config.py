@@ -77,6 +77,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("p11_key", None,
            "read-only: test this key already on the token, an RFC 7512 URI "
            "(pkcs11:object=LABEL;type=private or id=…); nothing is written", repeatable=True),
+    Option("p11_wide", "P11TLS_WIDE",
+           "print the terminal matrix as one table, however wide (default: fit the terminal, "
+           "80 columns when not a terminal)", flag=True),
 )
 
 # The switches the commands that drive the MatrixRunner (sweep, token-sweep) take
@@ -125,6 +128,7 @@ class Settings:
     named_module: str | None = None  # --p11-module tpm2: harness.token.named_modules
     existing: bool = False  # --p11-existing: every key pair with a certificate, read-only
     key_uris: tuple[str, ...] = ()  # --p11-key: these keys, read-only
+    wide: bool = False  # --p11-wide: the terminal matrix as one table
 
     @property
     def read_only(self) -> bool:
@@ -222,6 +226,7 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
                               if line.strip()),
         record=not _flag(raw, "p11_no_record"),
         spy=_flag(raw, "p11_spy"),
+        wide=_flag(raw, "p11_wide"),
         allow_slot_overwrite=_flag(raw, "p11_allow_slot_overwrite"),
         opensc_cache=parse_cache_setting(raw["p11_opensc_cache"]),
         warm=_flag(raw, "p11_warm"),

@@ -209,7 +209,7 @@ def run_profile(pytester: pytest.Pytester, profile: str, *args: str):
     pytester.makepyfile(test_matrix=MATRIX_TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--p11-profile", profile,
                                            *args, timeout=300)
-    records = json.loads((pytester.path / "reports/results.json").read_text())
+    records = json.loads((pytester.path / "reports/results.json").read_text())["cases"]
     return result, {r["case_id"]: r for r in records}
 
 

@@ -72,7 +72,7 @@ def test_provision_once_run_read_only_then_remove_exactly_those(lab, pytester):
     finally:
         mp.undo()
     result.assert_outcomes(passed=5)  # 2 keys × 2 TLS versions + the forced RSA row
-    records = json.loads((pytester.path / "reports" / "results.json").read_text())
+    records = json.loads((pytester.path / "reports" / "results.json").read_text())["cases"]
     assert {r["key"] for r in records} == {"p11tls-lab-p256", "p11tls-lab-rsa2048"}
     assert all("p11tls lab CA" in k["issuer"] for k in records[0]["module"]["existing_keys"])
     assert objects() == listed

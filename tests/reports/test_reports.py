@@ -24,13 +24,8 @@ from harness.reports import html as html_report
 from harness.commands.diff import diff_main
 from harness.commands.merge import merge_main
 from harness.commands.report import report_main
-from harness.reports.compare import (
-    ChangeKind,
-    diff,
-    load_results,
-    merge,
-    write_reports,
-)
+from harness.reports.compare import ChangeKind, diff, merge
+from harness.reports.files import load_results, write_reports
 from harness.reports.html import render_html
 from harness.reports.markdown import render_markdown
 from harness.reports.layout import cell_text
@@ -68,7 +63,7 @@ class MatrixPage(HTMLParser):
         a = dict(attrs)
         self.tags[tag] += 1
         if tag == "td":
-            self._td_class = a.get("class") or ""
+            self._td_class = (a.get("class") or "").split(" ")[0]  # then the client's group
         if tag == "table" and "matrix" in (a.get("class") or ""):
             self.tables += 1
         if tag == "details" and a.get("data-case"):
@@ -225,10 +220,10 @@ def test_emulation_profile_gets_its_own_labelled_table():
 
 def test_matrix_header_puts_the_client_over_its_tls_versions():
     text = render_html(load_results(REAL), log_base=DATA)
-    clients = re.findall(r'<th class="client" colspan="(\d)">([^<]+)</th>', text)
+    clients = re.findall(r'<th class="client g1c\d+" colspan="(\d)">([^<]+)</th>', text)
     assert ("2", "openssl-engine") in clients and ("2", "java") in clients
     # a column header is only the TLS version: no "openssl-provider TLS1.2" sets its width
-    assert text.count("<th>TLS1.2</th>") == len(clients)
+    assert len(re.findall(r'<th class="g1c\d+">TLS1.2</th>', text)) == len(clients)
     assert "TLS1.2</th>" in text and "openssl-engine TLS1.2" not in text
     # the key is written once for its rows
     assert text.count('<th class="key" rowspan="2">rsa2048</th>') == 1
@@ -245,7 +240,7 @@ def test_matrix_scrolls_in_its_own_box():
 def test_cell_summary_puts_the_signing_call_on_its_own_line():
     records = lab1()
     failed = render_html([by_id(records, "java-p256-generate-tls12")])
-    assert ('>CKR_GENERAL_ERROR <span class="sign">ECDSA_SHA256 3037B</span>'
+    assert ('>CKR_GENERAL_ERROR <span class="sign">ECDSA_<wbr>SHA256 3037B</span>'
             "</summary>") in failed
     known = render_html([by_id(records, "openssl-engine-rsa2048-import-tls13")])
     assert '>CKR_TEMPLATE_INCONSISTENT<span class="gap"> </span>(known)</summary>' in known
@@ -287,24 +282,35 @@ def test_result_counts_are_pytests():
     assert "unmeasured" not in result  # nothing unmeasured: no note
 
 
-def page_width(html: str, tmp_path: Path, window: int) -> tuple[int, int]:
-    """(scroll width, window width) of the page in headless Chromium."""
+def in_browser(html: str, tmp_path: Path, window: int, expression: str) -> str:
+    """The value of a JS expression on the page in headless Chromium at
+    window × 900 px."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("chromium is not installed")
+        pytest.skip("chromium is not installed (./run test installs it on the machine's own "
+                    "release, not inside a chroot)")
     page = tmp_path / "measure.html"
-    page.write_text(html.replace("</body>", "<script>document.title = 'W ' + "
-                                 "document.documentElement.scrollWidth + ' ' + "
-                                 "document.documentElement.clientWidth;</script></body>"))
+    page.write_text(html.replace("</body>", f"<script>document.title = 'W ' + "
+                                 f"({expression});</script></body>"))
     profile = tmp_path / "profile"
     out = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", f"--window-size={window},900", "--dump-dom",
-         page.as_uri()], capture_output=True, text=True, timeout=60, check=False).stdout
-    found = re.search(r"<title>W (\d+) (\d+)</title>", out)
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", f"--window-size={window},900",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=60, check=False).stdout
+    found = re.search(r"<title>W ([^<]*)</title>", out)
     assert found, out[-2000:]
-    return int(found.group(1)), int(found.group(2))
+    return found.group(1)
+
+
+def page_width(html: str, tmp_path: Path, window: int,
+               element: str = "document.documentElement") -> tuple[int, int]:
+    """(scroll width, visible width) of the page (or of `element`, a JS
+    expression) in headless Chromium."""
+    scroll, client = in_browser(html, tmp_path, window,
+                                f"{element}.scrollWidth + ' ' + {element}.clientWidth").split()
+    return int(scroll), int(client)
 
 
 @pytest.mark.parametrize("window", [1000, 1600])
@@ -609,3 +615,32 @@ def test_empty_results_render():
     assert "No handshake cases were run" in render_html([])
     assert "No handshake cases were run" in render_markdown([])
     assert MatrixPage(render_html([])).tables == 0
+
+
+def test_the_default_matrix_fits_1400_px_and_comes_first(tmp_path):
+    from test_terminal import default_matrix  # every case of the default matrix
+
+    text = render_html(default_matrix())
+    assert text.index('<table class="matrix">') < text.index("Causes of the failures")
+    assert text.index("Causes of the failures") < text.index("Expected failures")
+    box = "document.querySelector('div.scroll')"  # the matrix's own scroll box
+    scroll, client = page_width(text, tmp_path, 1400, box)
+    assert scroll <= client
+    scroll, client = page_width(text, tmp_path, 1000, box)  # control: it sees an overflow
+    assert scroll > client
+    # the table starts in the first screen (900 px), the causes below it
+    top = "document.querySelector('%s').getBoundingClientRect().top"
+    table, causes = in_browser(text, tmp_path, 1400, f"{top % 'table.matrix'} + ' ' + "
+                               f"{top % 'section.causes'}").split()
+    assert float(table) < 900 < float(causes)
+
+
+def test_a_client_column_group_can_be_hidden_in_a_browser(tmp_path):
+    text = render_html(load_results(REAL), log_base=DATA)
+    shown = "getComputedStyle(document.querySelector('td.g1c0')).display"
+    assert in_browser(text, tmp_path, 1400, shown) == "table-cell"  # control
+    hidden = f"(document.getElementById('hide-g1c0').click(), {shown})"
+    assert in_browser(text, tmp_path, 1400, hidden) == "none"
+    other = "getComputedStyle(document.querySelector('td.g1c1')).display"
+    assert in_browser(text, tmp_path, 1400, f"(document.getElementById('hide-g1c0').click(), "
+                      f"{other})") == "table-cell"  # only that client's columns

@@ -191,7 +191,7 @@ def test_shipped_softhsm2_entry_runs_read_only_on_provisioned_keys(lab_token, tm
                  cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr
     assert "the run wrote nothing" in ran.stdout and token.pin not in ran.stdout
-    records = json.loads((tmp_path / "reports" / "results.json").read_text())
+    records = json.loads((tmp_path / "reports" / "results.json").read_text())["cases"]
     assert {(r["key"], r["provisioning"], r["verdict"]) for r in records} == {
         ("p11tls-lab-p256", "existing", "passed")}
     assert len(records) == 2  # TLS 1.2 and 1.3
@@ -213,7 +213,7 @@ clients = ["gnutls"]
     ran = p11tls("run", "--p11-lab", "mine", "--p11-reports", "reports", "-m", "generate",
                  env=env, cwd=lab.parent)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr
-    records = json.loads((tmp_path / "reports" / "results.json").read_text())
+    records = json.loads((tmp_path / "reports" / "results.json").read_text())["cases"]
     assert {(r["key"], r["provisioning"], r["client"], r["verdict"]) for r in records} == {
         ("p256", "generate", "gnutls", "passed")}
     listed = subprocess.run(["pkcs11-tool", "--module", str(store.module), "--token-label",
@@ -255,7 +255,7 @@ def test_shipped_tpm2_entry_runs_the_matrix_on_swtpm(tmp_path):
                  "gnutls", "--p11-reports", "reports", env=env, cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr
     assert "named module tpm2" in ran.stdout
-    records = json.loads((tmp_path / "reports" / "results.json").read_text())
+    records = json.loads((tmp_path / "reports" / "results.json").read_text())["cases"]
     generated = [r for r in records if r["provisioning"] == "generate"]
     assert generated and all(r["verdict"] == "passed" for r in generated)
     assert all("tpm2" in json.dumps(r["module"]).lower() for r in records)

@@ -24,7 +24,7 @@ def matrix(pytester: pytest.Pytester) -> pytest.Pytester:
 def test_each_case_keeps_its_calls_and_the_sign_summary(matrix):
     result = matrix.runpytest_subprocess("-k", ONE_CASE, timeout=120)
     result.assert_outcomes(passed=1)
-    (record,) = json.loads((matrix.path / "reports/results.json").read_text())
+    (record,) = json.loads((matrix.path / "reports/results.json").read_text())["cases"]
     assert record["sign"] == {"mechanism": "CKM_ECDSA", "params": None, "parts": 0,
                               "input_bytes": 32, "rv": "CKR_OK"}
     assert [c["fn"] for c in record["calls"]].count("C_Sign") >= 1
@@ -54,14 +54,14 @@ def test_p11_spy_keeps_the_familiar_log_per_case_without_the_pin(matrix, pkcs11_
     raw = next(p for p in matrix.path.rglob("spy-openssl-engine.log") if "reports" not in p.parts)
     assert "pPin[ulPinLen]" in raw.read_text() and pin_hex not in raw.read_text()
     assert raw.stat().st_mode & 0o777 == 0o600
-    (record,) = json.loads((matrix.path / "reports/results.json").read_text())
+    (record,) = json.loads((matrix.path / "reports/results.json").read_text())["cases"]
     assert record["sign"]["mechanism"] == "CKM_ECDSA"  # the interposer still records
 
 
 def test_no_record_runs_the_module_directly(matrix):
     result = matrix.runpytest_subprocess("-k", ONE_CASE, "--p11-no-record", timeout=120)
     result.assert_outcomes(passed=1)
-    (record,) = json.loads((matrix.path / "reports/results.json").read_text())
+    (record,) = json.loads((matrix.path / "reports/results.json").read_text())["cases"]
     assert record["calls"] is None and record["sign"] is None
     assert not (matrix.path / CASE_DIR / "calls.jsonl").exists()
 

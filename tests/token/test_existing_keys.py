@@ -91,7 +91,7 @@ def run_matrix(pytester, store, token, *args: str):
 
 
 def records(pytester) -> dict[str, dict]:
-    data = json.loads((pytester.path / "reports" / "results.json").read_text())
+    data = json.loads((pytester.path / "reports" / "results.json").read_text())["cases"]
     return {r["case_id"]: r for r in data["records"]} if isinstance(data, dict) else {
         r["case_id"]: r for r in data}
 

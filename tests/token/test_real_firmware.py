@@ -33,7 +33,7 @@ def run(pytester: pytest.Pytester, profile: str):
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--p11-profile", str(path), "--p11-keys", "p256",
         "--p11-clients", "openssl-engine,software", timeout=300)
-    records = json.loads((pytester.path / "reports/results.json").read_text())
+    records = json.loads((pytester.path / "reports/results.json").read_text())["cases"]
     return result, {r["case_id"]: r for r in records}
 
 

@@ -155,7 +155,7 @@ def runs(tmp_path_factory):
                  "--basetemp", str(where / "tmp"), *extra],
                 capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-            records = json.loads((where / "reports" / "results.json").read_text())
+            records = json.loads((where / "reports" / "results.json").read_text())["cases"]
             made[profile] = (records, proc.stdout)
         return made[profile]
 
