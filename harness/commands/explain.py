@@ -36,7 +36,8 @@ def _notes(call: Call) -> str:
     if call.curve:
         notes.append(call.curve)
     if call.inferred:
-        notes.append("inferred from OpenSC internals")
+        notes.append(f"function inferred from {call.inferred_from}" if call.inferred_from
+                     else "inferred from OpenSC internals")
     return ", ".join(notes)
 
 
@@ -79,7 +80,8 @@ def render_text(explanation: Explanation, source: str) -> str:
         out.append(("  " + "  ".join(cells) + ("  " + row[6] if row[6] else "")).rstrip())
     out.append("")
     if e.first_failure is None:
-        out.append("No call failed.")
+        out.append("No PKCS#11 call failed." if e.calls or e.total_calls
+                   else "No failing PKCS#11 call in the text.")
     else:
         call = e.calls[e.first_failure]
         out.append(
@@ -108,9 +110,17 @@ def render_text(explanation: Explanation, source: str) -> str:
         )
         for n, finding in enumerate(e.findings, start=1):
             probe = " (probably harmless: the client went on normally)" if finding.harmless else ""
-            out.append(f"  {n}. [{finding.rule}] call #{finding.call}{probe}")
+            where = f"call #{finding.call}" if finding.call is not None else "no call"
+            out.append(f"  {n}. [{finding.rule}] {where}{probe}")
             out.extend(wrap.wrap(finding.summary))
             out.extend(wrap.wrap("What to do: " + finding.hint))
+    if e.next_steps:
+        out.append("")
+        out.append("Next, here:")
+        steps = textwrap.TextWrapper(width=100, initial_indent="  - ", subsequent_indent="    ",
+                                     break_on_hyphens=False, break_long_words=False)
+        for step in e.next_steps:
+            out.extend(steps.wrap(step))
     return "\n".join(out) + "\n"
 
 

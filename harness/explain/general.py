@@ -126,7 +126,8 @@ def meaning(call: Call) -> str:
 
 def general_finding(call: Call, harmless: bool) -> tuple[str, str]:
     """(summary, hint) for a failing call no specific rule explained."""
-    parts = [f"{call.fn}"]
+    # pasted text with a return code but no function name ("C_?")
+    parts = [call.fn if call.fn != "C_?" else "A PKCS#11 call the text does not name"]
     if call.mechanism:
         kind = family(call.mechanism)
         parts.append(f"with {call.mechanism}" + (f" ({kind})" if kind else ""))

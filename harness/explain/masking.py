@@ -236,12 +236,18 @@ def _mask_records(lines: Sequence[str]) -> list[str]:
     return out
 
 
+def _mask_pasted(lines: Sequence[str]) -> list[str]:
+    """Pasted text: PINs in command lines and URIs, hex dumps after pPin/CKA_VALUE."""
+    return mask_secrets(list(lines))
+
+
 _MASKERS = {
     LogFormat.PKCS11_SPY: _mask_spy,
     LogFormat.P11_KIT: _mask_p11kit,
     LogFormat.PKCS11_LOGGER: _mask_logger,
     LogFormat.OPENSC_DEBUG: _mask_opensc,
     LogFormat.HARNESS: _mask_records,
+    LogFormat.PASTED: _mask_pasted,
 }
 
 
