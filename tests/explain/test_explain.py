@@ -508,7 +508,7 @@ def test_pasted_issue_text_is_read_as_its_dominant_format(tmp_path):
     )
     explanation = explain_file(pasted)
     assert explanation.format is LogFormat.PKCS11_SPY
-    assert [f.rule for f in explanation.findings] == ["import-refused"]
+    assert [f.rule for f in explanation.findings] == ["openpgp-import", "import-refused"]
 
 
 # --- parsers: logs made for real --------------------------------------------------------
@@ -739,6 +739,8 @@ RULE_CASES = [
     ("tls13-rsa-without-pss", "records:rsa_without_pss", "spy:keygen_mechanisms"),
     ("import-refused", "data:seed000-spy.log", "spy:import_ok"),
     ("import-refused", "data:seed000-opensc.log", "spy:import_nologin"),
+    ("openpgp-import", "data:seed000-opensc.log", "spy:import_nologin"),
+    ("openpgp-import", "data:seed000-spy.log", "spy:import_ok"),
     ("mechanism-invalid", "spy:mech_invalid", "spy:ecdsa_ok"),
     ("mechanism-invalid", "p11kit:mech_invalid", "p11kit:ecdsa_ok"),
     ("pin", "spy:wrong_pin", "spy:good_login"),
@@ -810,7 +812,7 @@ def test_rule(rule, source, expected, request, tmp_path):
 
 def test_every_rule_has_positive_and_negative_cases():
     assert {case[0] for case in RULE_CASES} == set(RULE_NAMES)
-    assert len(RULE_NAMES) == 23
+    assert len(RULE_NAMES) == 24
 
 
 def test_pin_retry_after_incorrect_is_reported_once(spy_logs):
