@@ -173,8 +173,8 @@ def source_of(text: str) -> tuple[str, str]:
 def _code(raw: str) -> str | None:
     """A pasted code as a CKR_ name, or None for what is no PKCS#11 code."""
     raw = raw.strip()
-    if raw.startswith("CKR_"):
-        return raw if names.return_code_value(raw) is not None else None
+    if raw.startswith("CKR_"):  # a known name, and a failure: pasted text shows no OK calls
+        return raw if raw != "CKR_OK" and names.return_code_value(raw) is not None else None
     value = names.number(raw)
     if value is None:
         return None
@@ -235,6 +235,11 @@ def _inferred(lines: Sequence[str], at: int) -> tuple[str | None, str | None, bo
     return None, None, False
 
 
+# Codes only a login (or a PIN change) returns: the function they imply.
+LOGIN_CODES = {"CKR_PIN_INCORRECT", "CKR_PIN_LOCKED", "CKR_PIN_LEN_RANGE", "CKR_PIN_EXPIRED",
+               "CKR_USER_TYPE_INVALID", "CKR_USER_ALREADY_LOGGED_IN",
+               "CKR_USER_ANOTHER_ALREADY_LOGGED_IN", "CKR_USER_PIN_NOT_INITIALIZED"}
+LOGIN_FUNCTIONS = {"C_Login", "C_LoginUser", "C_InitPIN", "C_SetPIN", "C_InitToken"}
 CKR_NAME = re.compile(r"\bCKR_\w+")
 UNKNOWN_FUNCTION = "C_?"  # the text has the code but names no function at all
 
@@ -290,6 +295,9 @@ def parse(lines: Sequence[str]) -> ParsedLog:
                     break
         if rv is not None and fn is None:
             fn, source, inferred = _inferred(lines, index)
+            if rv in LOGIN_CODES and fn not in LOGIN_FUNCTIONS:
+                # only a login answers with these (python-pkcs11's token.open logs in)
+                fn, source, inferred = "C_Login", f"the code {rv}", True
         if rv is not None:
             previous = seen.get(rv)
             if previous is not None and number - calls[previous].end_line <= CONTEXT:
