@@ -139,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="p11tls explain",
         description="Read a PKCS#11 call log (pkcs11-spy, p11-kit log-calls, pkcs11-logger, "
         "OpenSC debug log, tpm2-pkcs11's log, NSS's module debug log or p11tls interposer "
-        "records; the format is detected), show the "
-        "calls that matter, the first failing call and the likely cause with workarounds. "
-        "PINs and key values in the log are masked.",
+        "records; the format is detected) or any pasted error text (pkcs11-tool, wrapper "
+        "exceptions, OpenSSL/NSS/curl errors), show the calls that matter, the first failing "
+        "call, what the harness has measured about it, the likely cause with workarounds and "
+        "the next commands to run. PINs and key values are masked.",
     )
     parser.add_argument("log", type=Path, help="the log file, or - for standard input")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -43,6 +43,7 @@ class Fact:
     reason: str
     mechanism: str | None
     input_bytes: int | None  # the measured input (or its lower bound)
+    parts: int | None = None  # C_SignUpdate calls (0: one C_Sign)
 
     def fits(self, client: str | None, key: str | None, tls: str | None) -> bool:
         """True if nothing known about the case contradicts this entry."""
@@ -67,13 +68,15 @@ def _entries(path: Path, source: str, profile: str | None) -> list[Fact]:
             outcome=outcome, error=entry.get("error"),
             reason=str(entry.get("reason", "")), mechanism=entry.get("mechanism"),
             input_bytes=size if isinstance(size, int) else None,
+            parts=entry.get("parts") if isinstance(entry.get("parts"), int) else None,
         ))
     return out
 
 
 @functools.lru_cache(maxsize=1)
 def all_facts() -> tuple[Fact, ...]:
-    facts = _entries(DATA / "known_failures.toml", "known failure", None)
+    facts = _entries(DATA / "expected_mechanisms.toml", "default stack", None)
+    facts += _entries(DATA / "known_failures.toml", "known failure", None)
     for path in sorted((DATA / "outcomes").glob("*.toml")):
         facts += _entries(path, f"profile {path.stem}", path.stem)
     for path in sorted((DATA / "modules").glob("*.toml")):
@@ -113,6 +116,15 @@ def failures(rv: str | None, fn: str | None, client: str | None, key: str | None
         if fits:
             out.append(f)
     return out
+
+
+def signing_call(client: str | None, key: str | None, tls: str | None) -> Fact | None:
+    """What the client asks the token for with this key, measured on the
+    default stack (expected_mechanisms.toml); only with client and key known."""
+    if client is None or key is None:
+        return None
+    return next((f for f in all_facts() if f.source == "default stack" and f.mechanism
+                 and f.fits(client, key, tls) and f.clients and f.keys), None)
 
 
 def workaround(fact: Fact, key: str | None) -> Fact | None:

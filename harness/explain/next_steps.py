@@ -51,8 +51,11 @@ def limit_suspected(call: Call | None, context: Context) -> bool:
 
 
 def _facts(call: Call | None, context: Context, lines: Sequence[str]) -> list[facts.Fact]:
-    return facts.failures(call.rv if call else None, call.fn if call else None, context.client,
-                          context.key, context.tls, "\n".join(lines[:5000]))
+    """The measured failures that fit, one per profile (or data file): the same
+    failure measured again on other versions says nothing new here."""
+    found = facts.failures(call.rv if call else None, call.fn if call else None, context.client,
+                           context.key, context.tls, "\n".join(lines[:5000]))
+    return list({(f.profile, f.source): f for f in reversed(found)}.values())[::-1]
 
 
 def fact_findings(call: Call | None, index: int | None, context: Context,
@@ -86,6 +89,23 @@ def fact_findings(call: Call | None, index: int | None, context: Context,
         out.append(Finding(FACT_RULE, summary, index, hint.strip() or
                            "Compare with your versions: the entry is keyed to the versions "
                            "it was measured on."))
+    stack = facts.signing_call(context.client, context.key, context.tls)
+    if stack is not None and (call is None or _signing(call) or call.fn == pasted.UNKNOWN_FUNCTION):
+        size = (f"{stack.input_bytes} bytes" if stack.input_bytes else "its input")
+        how = ("in one C_Sign" if stack.parts == 0 else
+               "streamed through C_SignUpdate" if stack.parts else "")
+        tls = f" in TLS {context.tls}" if context.tls else ""
+        out.append(Finding(FACT_RULE, (
+            f"Measured on the default stack (SoftHSM2): {context.client} with a {context.key} "
+            f"key{tls} asks the token for {stack.mechanism} over {size} {how}".rstrip() + ". "
+            "A token that refuses that mechanism or that size fails here."
+            + (f" The failing call here is {call.fn}, a multi-part signature: the client took "
+               "a combined mechanism (CKM_ECDSA_SHA*, CKM_SHA*_RSA_PKCS*) this token lists "
+               "and SoftHSM2 does not, and hands it the whole input."
+               if call is not None and call.fn in ("C_SignUpdate", "C_SignFinal")
+               and stack.parts == 0 else "")),
+            index, "Compare with `pkcs11-tool -M` (the token's mechanisms and flags); "
+            "`p11tls token-sweep` measures the input the token takes."))
     return out
 
 

@@ -82,6 +82,7 @@ BLOCK = 8_000_000
 MAX_BYTES = 20_000_000_000  # scanned at most (a log, not a disk image)
 # A failing return value in any format's spelling; codes that are part of
 # normal operation (probes, length queries) do not count.
+CANDIDATE = re.compile(rb"CKR_(?!OK\b)")  # fast (a literal prefix); FAILURE then decides
 FAILURE = re.compile(
     rb"\bCKR_(?!OK\b|ATTRIBUTE_TYPE_INVALID\b|BUFFER_TOO_SMALL\b|USER_ALREADY_LOGGED_IN\b|"
     rb"CRYPTOKI_ALREADY_INITIALIZED\b|CRYPTOKI_NOT_INITIALIZED\b|MECHANISM_INVALID\b|"
@@ -97,7 +98,7 @@ def _window(stream: BinaryIO, head: bytes) -> tuple[bytes, str | None]:
     offset = 0  # where `data` starts in the file
     lines_before = 0
     while True:
-        found = FAILURE.search(data)
+        found = _first_failure(data)
         if found:
             start = max(0, found.start() - BEFORE)
             start = data.find(b"\n", start) + 1 if start else 0  # from a line start
@@ -118,6 +119,20 @@ def _window(stream: BinaryIO, head: bytes) -> tuple[bytes, str | None]:
         if not block:  # no failure anywhere: the end, where a cut or hung log shows it
             return keep, _note(lines_before, "its end (no failing return value in it)")
         data = keep + block
+
+
+def _first_failure(data: bytes) -> re.Match[bytes] | None:
+    at = 0
+    while True:
+        candidate = CANDIDATE.search(data, at)
+        if candidate is None:
+            return None
+        found = FAILURE.match(data, candidate.start())
+        if found is not None and (candidate.start() == 0 or not (
+                data[candidate.start() - 1:candidate.start()].isalnum()
+                or data[candidate.start() - 1:candidate.start()] == b"_")):
+            return found
+        at = candidate.end()
 
 
 def _note(skipped: int, where: str) -> str:

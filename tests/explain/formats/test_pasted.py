@@ -88,7 +88,9 @@ def test_java_rsa_text_cites_no_ecdsa_fact():
     lines = ["Java 17, RSA 2048 key, TLS 1.3",
              "Caused by: sun.security.pkcs11.wrapper.PKCS11Exception: CKR_KEY_HANDLE_INVALID"]
     explanation = explain(parse(lines))
-    assert not any(f.rule == "measured" for f in explanation.findings)
+    assert not any("picohsm" in f.summary or "ECDSA" in f.summary for f in explanation.findings)
+    (stack,) = [f for f in explanation.findings if f.rule == "measured"]
+    assert "rsa2048 key in TLS 1.3" in stack.summary and "CKM_RSA_PKCS_PSS" in stack.summary
     assert '-m "java and rsa and tls13"' in " ".join(explanation.next_steps)
 
 
