@@ -248,7 +248,7 @@ def parse(lines: Sequence[str]) -> ParsedLog:
     calls: list[Call] = []
     client: list[ClientError] = []
     seen: dict[str, int] = {}  # rv -> index of the call that has it (one event, many lines)
-    shown = masking.mask_secrets(list(lines))  # what may be quoted: PINs masked
+    shown = masking.mask_lines(lines, LogFormat.PASTED)  # what may be quoted: PINs masked
     for index, line in enumerate(lines):
         number = index + 1
         fn: str | None = None

@@ -231,3 +231,21 @@ def test_no_pin_echoed_text_or_json(capsys, tmp_path):
     for args in ((), ("--json",)):
         rc, out, err = run(capsys, str(path), *args)
         assert rc == 0 and "s3cr3tPIN" not in out + err and "pin-value=***" in out
+
+
+def test_pins_quoted_in_code_are_masked(capsys, tmp_path):
+    """Tracebacks quote source lines and configurations: their PINs never show."""
+    path = tmp_path / "traceback.txt"
+    path.write_text('Traceback (most recent call last):\n'
+                    '  File "sign.py", line 4, in <module>\n'
+                    '    with token.open(user_pin="55512345") as session:\n'
+                    '  File "pkcs11/_pkcs11.pyx", line 51, in pkcs11._pkcs11.assertRV\n'
+                    'pkcs11.exceptions.PinIncorrect\n'
+                    'pkcs11-tool --so-pin 3537363231383830 --login --pin 55512345\n'
+                    'PyKCS11.PyKCS11Error: CKR_PIN_INCORRECT (0x000000a0)\n')
+    for args in ((), ("--json",)):
+        rc, out, err = run(capsys, str(path), *args)
+        assert rc == 0 and "55512345" not in out and "3537363231383830" not in out
+    # Control: PIN flags and codes are no PIN values.
+    explanation = explain(parse(["Returned:  5 CKR_PIN_INCORRECT", "PIN_FLAG = 3"]))
+    assert explanation.failure_excerpt[0][1] == "Returned:  5 CKR_PIN_INCORRECT"
