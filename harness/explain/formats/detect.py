@@ -76,7 +76,7 @@ def read_log_window(path: Path) -> tuple[list[str], str | None]:
 
 
 WINDOW_START = 16_000_000  # logs up to this size are read whole
-BEFORE = 6_000_000  # bytes kept before the first failure of a larger log
+BEFORE = 3_000_000  # bytes kept before the first failure of a larger log
 AFTER = 1_000_000  # and after it
 BLOCK = 8_000_000
 MAX_BYTES = 20_000_000_000  # scanned at most (a log, not a disk image)
