@@ -159,7 +159,8 @@ def speed(megabytes: int) -> None:
             print(f"  speed: the child failed: {done.stderr.strip()[-300:]}")
             return
         took, rss_kb, calls, fn, rv = done.stdout.split()
-        print(f"  {size / 1e6:.0f} MB pkcs11-spy log ({calls} calls in the window read): {float(took):.1f} s, "
+        print(f"  {size / 1e6:.0f} MB pkcs11-spy log ({calls} calls in the window read): "
+              f"{float(took):.1f} s, "
               f"peak RSS {int(rss_kb) / 1024:.0f} MB; first failing call {fn} {rv} "
               f"(target: < 10 s, memory bounded)")
         binary = Path(tmp) / "binary.log"

@@ -174,3 +174,18 @@ def first_sentence(text: str) -> str:
 
 def names_of(profiles: Sequence[Profile]) -> list[str]:
     return [p.name for p in profiles]
+
+
+def refusing_profiles(object_class: str | None, key_type: str | None,
+                      rv: str | None) -> list[Profile]:
+    """Shipped profiles that refuse this import (C_CreateObject) with this code."""
+    out = []
+    for path in sorted((DATA.parent / "profiles").glob("*.toml")):
+        found = profile(path.stem)
+        if found is None:
+            continue
+        if any(r.rv == rv and r.object_class == (object_class or r.object_class)
+               and (r.key_type is None or key_type in (None, r.key_type))
+               for r in found.create_object.refuse):
+            out.append(found)
+    return out

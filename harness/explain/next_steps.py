@@ -30,6 +30,8 @@ DEFAULT_CAPTURE = ("the module's own debug log around the failing call shows the
                    "underneath (OpenSC: OPENSC_DEBUG=9; tpm2-pkcs11: TPM2_PKCS11_LOG_LEVEL=2; "
                    "NSS: NSS_DEBUG_PKCS11_MODULE)")
 TOKEN = "--p11-module MODULE --p11-token-label LABEL"
+PROVISIONING = {"C_CreateObject": "import", "C_GenerateKeyPair": "generate"}
+NOUNS = {"import": "an import", "generate": "a key generation"}
 
 
 def _signing(call: Call | None) -> bool:
@@ -123,7 +125,16 @@ def next_steps(fmt: LogFormat, call: Call | None, context: Context,
         steps.append("Read the retry counter first (`pkcs11-tool -T`, read-only: "
                      "CKF_USER_PIN_COUNT_LOW / FINAL_TRY) and do not try that PIN again; "
                      "p11tls checks a PIN once and never logs in on a final try.")
-    if rv != "CKR_PIN_LOCKED":
+    provisioning = PROVISIONING.get(call.fn) if call else None
+    if provisioning:
+        # read-only mode makes no key: an import or generation shows only when the harness
+        # makes its own (labelled p11tls-…, removed at the end; nothing else is touched)
+        markers = " and ".join(p for p in (provisioning, markers) if p)
+        select = f' -m "{markers}"'
+        steps.append(f"See it on your own token: `p11tls run {TOKEN}{select}` makes its own "
+                     f"key objects (labelled p11tls-…, destroyed at the end; read-only "
+                     f"--p11-existing cannot show {NOUNS[provisioning]}).")
+    elif rv != "CKR_PIN_LOCKED":
         steps.append(f"See it on your own token, read-only (its keys and certificates, "
                      f"nothing created): `p11tls run {TOKEN} --p11-existing{select}`.")
     profiles = [f.profile for f in _facts(call, context, lines) if f.profile]
@@ -133,6 +144,9 @@ def next_steps(fmt: LogFormat, call: Call | None, context: Context,
         steps.append(f"Measure the token's input limit per mechanism, directly (no TLS): "
                      f"`p11tls token-sweep {TOKEN}"
                      + (f" --mechanisms {mechanism}" if mechanism else "") + "`.")
+    if call is not None and call.fn == "C_CreateObject":
+        profiles += facts.names_of(facts.refusing_profiles(call.object_class, call.key_type,
+                                                           call.rv or "CKR_GENERAL_ERROR"))
     for name in dict.fromkeys(profiles):
         found = facts.profile(name)
         what = f" (an emulation of {found.emulates})" if found else ""
