@@ -89,7 +89,7 @@ def failure_causes(records: Sequence[HandshakeRecord]) -> list[Cause]:
             reason = " ".join(str(record.expected).split())
             key = f"expected {reason}"
             title = f"expected (known failure): {_first_sentence(reason)}"
-            example = reason
+            example = reason if reason != _first_sentence(reason) else ""
             hint = ""
         elif finding is not None:
             rule = str(finding.get("rule"))
