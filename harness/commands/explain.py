@@ -57,8 +57,10 @@ def render_text(explanation: Explanation, source: str) -> str:
         f"call{'' if e.total_calls == 1 else 's'}, "
         f"{len(e.calls)} shown (init/sign/decrypt/create/login/generate and failures)"
     )
+    if not e.calls:
+        heading = f"{source}: {e.format.title}, no PKCS#11 call in it"
     out = [heading, ""]
-    rows = [("#", "line", "call", "mechanism", "input", "rv", "")]
+    rows = [("#", "line", "call", "mechanism", "input", "rv", "")] if e.calls else []
     for index, call in enumerate(e.calls):
         rows.append(
             (
@@ -71,14 +73,15 @@ def render_text(explanation: Explanation, source: str) -> str:
                 _notes(call),
             )
         )
-    widths = [max(len(row[col]) for row in rows) for col in range(6)]
+    widths = [max(len(row[col]) for row in rows) for col in range(6)] if rows else []
     for row in rows:
         cells = [row[0].rjust(widths[0]), row[1].rjust(widths[1])]
         cells += [
             row[c].ljust(widths[c]) if c != 4 else row[c].rjust(widths[c]) for c in (2, 3, 4, 5)
         ]
         out.append(("  " + "  ".join(cells) + ("  " + row[6] if row[6] else "")).rstrip())
-    out.append("")
+    if rows:
+        out.append("")
     if e.first_failure is None:
         out.append("No PKCS#11 call failed." if e.calls or e.total_calls
                    else "No failing PKCS#11 call in the text.")
