@@ -145,6 +145,8 @@ def explain(parsed: ParsedLog) -> Explanation:
         summary, hint = java_log.disabled_summary(disabled)
         at = first if first is not None else 0
         findings.append(Finding(rules.JAVA_RULE, summary, at, hint))
+    if first is None:
+        findings += _last_probe(calls)
     context = context_of(parsed.lines, calls)
     if not calls and parsed.client_errors:
         summary, hint = client_side.finding(parsed.client_errors)
@@ -176,6 +178,36 @@ def explain(parsed: ParsedLog) -> Explanation:
         problems=parsed.problems + _cut_inside(calls),
         next_steps=next_steps.next_steps(parsed.format, failing, context, parsed.lines),
     )
+
+
+# Probe results that are normal, but the last word before a client gives up
+# when nothing useful follows them (the token lacks the mechanism or interface).
+TELLING_PROBES = {
+    "C_GetMechanismInfo": "the token does not offer this mechanism",
+    "C_GetInterface": "the module has no such interface (a PKCS#11 3.0 client on a 2.40 "
+                      "module falls back to C_GetFunctionList)",
+    "C_GetTokenInfo": "no token in the slot",
+}
+PROBE_RULE = "probe-only"
+
+
+def _last_probe(calls: Sequence[Call]) -> list[Finding]:
+    """No call failed in a way that matters: if a telling probe failed and no
+    operation succeeded after it, say so (harmless; it may be why the client stopped)."""
+    for i in range(len(calls) - 1, -1, -1):
+        call = calls[i]
+        if call.fn in TELLING_PROBES and call.rv not in (None, "CKR_OK", "CKR_BUFFER_TOO_SMALL"):
+            if any(c.ok and c.fn in rules.PROGRESS for c in calls[i + 1:]):
+                return []
+            what = f" {call.mechanism}" if call.mechanism else ""
+            return [Finding(PROBE_RULE, (
+                f"No call failed in a way that matters, but the last probe did: {call.fn}{what} "
+                f"returned {call.rv} ({TELLING_PROBES[call.fn]}) and no operation succeeded "
+                "after it. If the client failed, this may be why it stopped."), i,
+                "Compare with what the client needs (`pkcs11-tool -M` lists the token's "
+                "mechanisms); a pkcs11-spy log of the client's whole run shows what it tried "
+                "next.", harmless=True)]
+    return []
 
 
 def _cut_inside(calls: Sequence[Call]) -> tuple[str, ...]:

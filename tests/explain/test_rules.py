@@ -184,3 +184,45 @@ def test_a_log_cut_anywhere_still_explains(name, tmp_path):
             assert "no PKCS#11 calls" in str(exc) or "unknown log format" in str(exc)
             continue
         assert explanation.total_calls >= 1
+
+
+PROBE_LOG = """*************** OpenSC PKCS#11 spy *****************
+0: C_GetFunctionList
+Returned:  0 CKR_OK
+
+1: C_Initialize
+Returned:  0 CKR_OK
+
+2: C_GetMechanismInfo
+[in] slotID = 0x0
+[in] type = CKM_ECDSA_SHA256
+Returned:  112 CKR_MECHANISM_INVALID
+{more}
+9: C_Finalize
+Returned:  0 CKR_OK
+"""
+SIGNED = """
+3: C_SignInit
+[in] hSession = 0x1
+pMechanism->type=CKM_ECDSA
+[in] hKey = 0x2
+Returned:  0 CKR_OK
+
+4: C_Sign
+[in] hSession = 0x1
+[in] pData[ulDataLen] 00007ffd2709bdf0 / 32
+Returned:  0 CKR_OK
+"""
+
+
+def test_a_failed_probe_with_nothing_after_it_is_named_not_blamed(tmp_path):
+    path = tmp_path / "probe.log"
+    path.write_text(PROBE_LOG.format(more=""))
+    explanation = explain_file(path)
+    assert explanation.first_failure is None  # nothing failed in a way that matters
+    (probe,) = explanation.findings
+    assert probe.rule == "probe-only" and probe.harmless
+    assert explanation.calls[probe.call].fn == "C_GetMechanismInfo"
+    # Control: the same probe followed by a successful signature is just a probe.
+    path.write_text(PROBE_LOG.format(more=SIGNED))
+    assert explain_file(path).findings == ()
