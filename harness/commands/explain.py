@@ -36,7 +36,8 @@ def _notes(call: Call) -> str:
     if call.curve:
         notes.append(call.curve)
     if call.inferred:
-        notes.append("inferred from OpenSC internals")
+        notes.append(f"function inferred from {call.inferred_from}" if call.inferred_from
+                     else "inferred from OpenSC internals")
     return ", ".join(notes)
 
 
@@ -56,8 +57,10 @@ def render_text(explanation: Explanation, source: str) -> str:
         f"call{'' if e.total_calls == 1 else 's'}, "
         f"{len(e.calls)} shown (init/sign/decrypt/create/login/generate and failures)"
     )
+    if not e.calls:
+        heading = f"{source}: {e.format.title}, no PKCS#11 call in it"
     out = [heading, ""]
-    rows = [("#", "line", "call", "mechanism", "input", "rv", "")]
+    rows = [("#", "line", "call", "mechanism", "input", "rv", "")] if e.calls else []
     for index, call in enumerate(e.calls):
         rows.append(
             (
@@ -70,16 +73,18 @@ def render_text(explanation: Explanation, source: str) -> str:
                 _notes(call),
             )
         )
-    widths = [max(len(row[col]) for row in rows) for col in range(6)]
+    widths = [max(len(row[col]) for row in rows) for col in range(6)] if rows else []
     for row in rows:
         cells = [row[0].rjust(widths[0]), row[1].rjust(widths[1])]
         cells += [
             row[c].ljust(widths[c]) if c != 4 else row[c].rjust(widths[c]) for c in (2, 3, 4, 5)
         ]
         out.append(("  " + "  ".join(cells) + ("  " + row[6] if row[6] else "")).rstrip())
-    out.append("")
+    if rows:
+        out.append("")
     if e.first_failure is None:
-        out.append("No call failed.")
+        out.append("No PKCS#11 call failed." if e.calls or e.total_calls
+                   else "No failing PKCS#11 call in the text.")
     else:
         call = e.calls[e.first_failure]
         out.append(
@@ -108,9 +113,17 @@ def render_text(explanation: Explanation, source: str) -> str:
         )
         for n, finding in enumerate(e.findings, start=1):
             probe = " (probably harmless: the client went on normally)" if finding.harmless else ""
-            out.append(f"  {n}. [{finding.rule}] call #{finding.call}{probe}")
+            where = f"call #{finding.call}" if finding.call is not None else "no call"
+            out.append(f"  {n}. [{finding.rule}] {where}{probe}")
             out.extend(wrap.wrap(finding.summary))
             out.extend(wrap.wrap("What to do: " + finding.hint))
+    if e.next_steps:
+        out.append("")
+        out.append("Next, here:")
+        steps = textwrap.TextWrapper(width=100, initial_indent="  - ", subsequent_indent="    ",
+                                     break_on_hyphens=False, break_long_words=False)
+        for step in e.next_steps:
+            out.extend(steps.wrap(step))
     return "\n".join(out) + "\n"
 
 
@@ -129,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="p11tls explain",
         description="Read a PKCS#11 call log (pkcs11-spy, p11-kit log-calls, pkcs11-logger, "
         "OpenSC debug log, tpm2-pkcs11's log, NSS's module debug log or p11tls interposer "
-        "records; the format is detected), show the "
-        "calls that matter, the first failing call and the likely cause with workarounds. "
-        "PINs and key values in the log are masked.",
+        "records; the format is detected) or any pasted error text (pkcs11-tool, wrapper "
+        "exceptions, OpenSSL/NSS/curl errors), show the calls that matter, the first failing "
+        "call, what the harness has measured about it, the likely cause with workarounds and "
+        "the next commands to run. PINs and key values are masked.",
     )
     parser.add_argument("log", type=Path, help="the log file, or - for standard input")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

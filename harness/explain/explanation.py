@@ -6,6 +6,7 @@ text rendering and the `p11tls explain` command live in harness.commands.explain
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.explain import masking
-from harness.explain import rules
+from harness.explain import client_side, masking, next_steps, rules
+from harness.explain.context import context_of
 from harness.explain.formats import (
     detect,
     java_log,
     nss_log,
     opensc,
     p11kit,
+    pasted,
     pkcs11_logger,
     spy,
     tpm2_log,
@@ -36,28 +38,43 @@ PARSERS = {
     LogFormat.OPENSC_DEBUG: opensc.parse,
     LogFormat.TPM2_PKCS11: tpm2_log.parse,
     LogFormat.NSS_DEBUG: nss_log.parse,
+    LogFormat.PASTED: pasted.parse,
 }
 MATTER = {"C_CreateObject", "C_Login", "C_GenerateKeyPair", "C_GenerateKey"}
 EXCERPT_LINES = 24
 
 
 def parse_log(lines: list[str], fmt: LogFormat | None = None) -> ParsedLog:
-    """Parse log lines in the given format, or the detected one."""
-    if fmt is None:
-        fmt = detect.detect_format(lines)
-        if fmt is None:
-            raise ConfigError(f"unknown log format: no line looks like a {detect.FORMAT_NAMES} log")
-    return PARSERS[fmt](lines)
+    """Parse log lines in the given format, or the detected one; text in no
+    structured format (or one whose reader finds no call) is read as pasted text."""
+    if fmt is not None:
+        return PARSERS[fmt](lines)
+    found = detect.detect_format(lines)
+    if found is not None:
+        parsed = PARSERS[found](lines)
+        if parsed.calls:
+            return parsed
+    parsed = pasted.parse(lines)
+    if parsed.calls or parsed.client_errors:
+        return parsed
+    tool, capture = pasted.source_of("\n".join(lines[: detect.SAMPLE_LINES]))
+    raise ConfigError(
+        f"unknown log format: no PKCS#11 call, return code or TLS error in it (not a "
+        f"{detect.FORMAT_NAMES} log nor an error message); it seems to come from {tool}: "
+        f"{capture}"
+    )
 
 
 def parse_file(path: Path, fmt: LogFormat | None = None) -> ParsedLog:
     """Read and parse a log file; a ConfigError (one line) if it is not a call log."""
-    lines = detect.read_log(path)
+    lines, note = detect.read_log_window(path)
     try:
         parsed = parse_log(lines, fmt)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    if not parsed.calls:
+    if note:
+        parsed = dataclasses.replace(parsed, problems=(note, *parsed.problems))
+    if not parsed.calls and not parsed.client_errors:
         raise ConfigError(
             f"{path}: no PKCS#11 calls found (read as {parsed.format.title}): "
             f"expected a {detect.FORMAT_NAMES} log"
@@ -77,12 +94,14 @@ class Explanation:
     # (line number, text) of the first failing call in the log, PINs and keys masked
     failure_excerpt: tuple[tuple[int, str], ...] = ()
     problems: tuple[str, ...] = ()  # what the reader could not read (torn lines, gaps)
+    next_steps: tuple[str, ...] = ()  # what to run or capture next, here
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": self.format.value,
             "calls": [
-                {"fn": c.fn, "mechanism": c.mechanism, "input_bytes": c.input_bytes, "rv": c.rv}
+                {"fn": c.fn, "mechanism": c.mechanism, "input_bytes": c.input_bytes, "rv": c.rv,
+                 **({"inferred_from": c.inferred_from} if c.inferred_from else {})}
                 for c in self.calls
             ],
             "first_failure": self.first_failure,
@@ -92,6 +111,7 @@ class Explanation:
                 for f in self.findings
             ],
             "problems": list(self.problems),
+            "next_steps": list(self.next_steps),
         }
 
 
@@ -125,7 +145,15 @@ def explain(parsed: ParsedLog) -> Explanation:
         summary, hint = java_log.disabled_summary(disabled)
         at = first if first is not None else 0
         findings.append(Finding(rules.JAVA_RULE, summary, at, hint))
-    cited = {f.call for f in findings}
+    if first is None:
+        findings += _last_probe(calls)
+    context = context_of(parsed.lines, calls)
+    if not calls and parsed.client_errors:
+        summary, hint = client_side.finding(parsed.client_errors)
+        findings.append(Finding(client_side.RULE, summary, None, hint))
+    failing = calls[first] if first is not None else None
+    findings[:0] = next_steps.fact_findings(failing, first, context, parsed.lines)
+    cited = {f.call for f in findings if f.call is not None}
     if first is not None:
         cited.add(first)
     shown = [i for i, call in enumerate(calls) if matters(call) or rules.failed(call) or i in cited]
@@ -140,14 +168,46 @@ def explain(parsed: ParsedLog) -> Explanation:
         calls=tuple(calls[i] for i in shown),
         first_failure=position[first] if first is not None else None,
         findings=tuple(
-            Finding(rule=f.rule, summary=f.summary, call=position[f.call], hint=f.hint,
+            Finding(rule=f.rule, summary=f.summary,
+                    call=position[f.call] if f.call is not None else None, hint=f.hint,
                     harmless=f.harmless)
             for f in findings
         ),
         total_calls=len(calls),
         failure_excerpt=excerpt,
         problems=parsed.problems + _cut_inside(calls),
+        next_steps=next_steps.next_steps(parsed.format, failing, context, parsed.lines),
     )
+
+
+# Probe results that are normal, but the last word before a client gives up
+# when nothing useful follows them (the token lacks the mechanism or interface).
+TELLING_PROBES = {
+    "C_GetMechanismInfo": "the token does not offer this mechanism",
+    "C_GetInterface": "the module has no such interface (a PKCS#11 3.0 client on a 2.40 "
+                      "module falls back to C_GetFunctionList)",
+    "C_GetTokenInfo": "no token in the slot",
+}
+PROBE_RULE = "probe-only"
+
+
+def _last_probe(calls: Sequence[Call]) -> list[Finding]:
+    """No call failed in a way that matters: if a telling probe failed and no
+    operation succeeded after it, say so (harmless; it may be why the client stopped)."""
+    for i in range(len(calls) - 1, -1, -1):
+        call = calls[i]
+        if call.fn in TELLING_PROBES and call.rv not in (None, "CKR_OK", "CKR_BUFFER_TOO_SMALL"):
+            if any(c.ok and c.fn in rules.PROGRESS for c in calls[i + 1:]):
+                return []
+            what = f" {call.mechanism}" if call.mechanism else ""
+            return [Finding(PROBE_RULE, (
+                f"No call failed in a way that matters, but the last probe did: {call.fn}{what} "
+                f"returned {call.rv} ({TELLING_PROBES[call.fn]}) and no operation succeeded "
+                "after it. If the client failed, this may be why it stopped."), i,
+                "Compare with what the client needs (`pkcs11-tool -M` lists the token's "
+                "mechanisms); a pkcs11-spy log of the client's whole run shows what it tried "
+                "next.", harmless=True)]
+    return []
 
 
 def _cut_inside(calls: Sequence[Call]) -> tuple[str, ...]:

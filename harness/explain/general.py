@@ -87,7 +87,11 @@ NEXT_STEPS = {
     "attributes (`pkcs11-tool -O`: CKA_SIGN, CKA_ALLOWED_MECHANISMS, key type).",
     "create": "Try the same key with `pkcs11-tool --write-object KEY.der --type privkey` and "
     "compare templates; check which key types and curves the token imports.",
-    "login": "Check the PIN and its retry counter with `pkcs11-tool -T` before another try.",
+    "login": "The token did not refuse the PIN (no CKR_PIN_* code): do not try it again. Look "
+    "at the module's own log for the error underneath (the session, the reader, a TPM "
+    "context), and at which library called C_Login.",
+    "pin": "Read the retry counter first (`pkcs11-tool -T`, read-only) and do not try that PIN "
+    "again until you know it is right.",
     "*": "Look at the call in a pkcs11-spy log (arguments and output) and at the module's own "
     "debug output for the error underneath.",
 }
@@ -126,7 +130,8 @@ def meaning(call: Call) -> str:
 
 def general_finding(call: Call, harmless: bool) -> tuple[str, str]:
     """(summary, hint) for a failing call no specific rule explained."""
-    parts = [f"{call.fn}"]
+    # pasted text with a return code but no function name ("C_?")
+    parts = [call.fn if call.fn != "C_?" else "A PKCS#11 call the text does not name"]
     if call.mechanism:
         kind = family(call.mechanism)
         parts.append(f"with {call.mechanism}" + (f" ({kind})" if kind else ""))
@@ -152,4 +157,7 @@ def general_finding(call: Call, harmless: bool) -> tuple[str, str]:
             " The client went on normally after it (a later call succeeded), so this is "
             "probably a probe, not the cause."
         )
-    return summary, NEXT_STEPS[group_of(call.fn)]
+    group = group_of(call.fn)
+    if group == "login" and (call.rv or "").startswith("CKR_PIN_"):
+        group = "pin"
+    return summary, NEXT_STEPS[group]

@@ -236,12 +236,29 @@ def _mask_records(lines: Sequence[str]) -> list[str]:
     return out
 
 
+# Pasted tracebacks quote source lines: `token.open(user_pin="1234")`, `session.login("1234")`,
+# `PIN = 123456` in a configuration, `--so-pin 3537363231383830`.
+_PASTED_SECRET = re.compile(
+    r"(?i)(\b(?:user_?|so_?|new_?|old_?)?pin(?:_?code|_?value)?\s*[=:]\s*|"
+    r"\bpassword\s*[=:]\s*|--(?:so-|new-)?pin[= ]|\.login\(\s*(?:[\w.]+\s*,\s*)*)"
+    r"([\"']?)[^\s\"',;)&]+"
+)
+
+
+def _mask_pasted(lines: Sequence[str]) -> list[str]:
+    """Pasted text: PINs in command lines, URIs, code and configuration quoted
+    in it, and the hex dumps after pPin/CKA_VALUE."""
+    return [_PASTED_SECRET.sub(lambda m: m.group(1) + m.group(2) + "***", line)
+            for line in mask_secrets(list(lines))]
+
+
 _MASKERS = {
     LogFormat.PKCS11_SPY: _mask_spy,
     LogFormat.P11_KIT: _mask_p11kit,
     LogFormat.PKCS11_LOGGER: _mask_logger,
     LogFormat.OPENSC_DEBUG: _mask_opensc,
     LogFormat.HARNESS: _mask_records,
+    LogFormat.PASTED: _mask_pasted,
 }
 
 

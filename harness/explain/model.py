@@ -17,6 +17,7 @@ class LogFormat(enum.Enum):
     OPENSC_DEBUG = "opensc-debug"  # OPENSC_DEBUG / opensc.conf `debug = N`
     TPM2_PKCS11 = "tpm2-pkcs11"  # tpm2-pkcs11's own log (TPM2_PKCS11_LOG_LEVEL)
     NSS_DEBUG = "nss-debug"  # NSS_DEBUG_PKCS11_MODULE with NSPR_LOG_MODULES=nss_mod_log:4
+    PASTED = "pasted"  # any other text: error messages, tracebacks, tool output
 
     @property
     def title(self) -> str:
@@ -31,6 +32,7 @@ _TITLES = {
     LogFormat.OPENSC_DEBUG: "OpenSC debug log",
     LogFormat.TPM2_PKCS11: "tpm2-pkcs11 log",
     LogFormat.NSS_DEBUG: "NSS PKCS#11 module debug log",
+    LogFormat.PASTED: "pasted text (error messages, tracebacks, tool output)",
 }
 
 
@@ -72,6 +74,7 @@ class Call:
     pin_flags: tuple[str, ...] = ()  # CKF_USER_PIN_* flags a C_GetTokenInfo showed
     ec_point_len: int | None = None  # length of a CKA_EC_POINT the call returned
     inferred: bool = False  # fn guessed from module internals, no PKCS#11 line seen
+    inferred_from: str | None = None  # what an inferred fn was told from (`session.decrypt`)
 
     @property
     def ok(self) -> bool:
@@ -89,6 +92,17 @@ class ParsedLog:
     calls: tuple[Call, ...]
     lines: tuple[str, ...] = field(repr=False, default=())
     problems: tuple[str, ...] = ()  # what the reader could not read (torn lines, gaps)
+    # pasted text: failures of the TLS stack or engine itself, not of a PKCS#11 call
+    client_errors: tuple[ClientError, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientError:
+    """A failure the TLS stack or engine reported itself (OpenSSL, GnuTLS, curl …)."""
+
+    stack: str
+    line: int
+    text: str
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,7 @@ class Finding:
 
     rule: str
     summary: str
-    call: int  # index into the call list diagnosed (Explanation.calls after explain())
+    call: int | None  # index into the calls diagnosed (Explanation.calls); None: no call
     hint: str
     harmless: bool = False
 

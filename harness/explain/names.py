@@ -5,15 +5,18 @@ curves told by a point's length, and which attributes are key material.
 
 from __future__ import annotations
 
+from harness.interposer.profile import PKCS11_FUNCTIONS
 from harness.pkcs11 import (
     attribute_name,
     curve_from_params,
+    exception_class_code,
     curve_name,
     key_type_name,
     mechanism_name,
     number,
     object_class_name,
     return_code_name,
+    return_code_value,
     user_type_name,
 )
 from harness.pkcs11.vocabulary import (
@@ -34,11 +37,13 @@ __all__ = [
     "curve_from_params",
     "curve_name",
     "curve_size",
+    "exception_class_code",
     "key_type_name",
     "mechanism_name",
     "number",
     "object_class_name",
     "return_code_name",
+    "return_code_value",
     "user_type_name",
 ]
 
@@ -111,3 +116,17 @@ def curve_from_point_length(length: int) -> str | None:
 
 def scard_error_name(code: int) -> str | None:
     return SCARD_ERRORS.get(code)
+
+
+# The functions of PKCS#11 3.0 (the interposer's 2.40 list and 3.0's new ones),
+# to tell a function name in pasted text from any other C_ identifier.
+FUNCTIONS = frozenset(PKCS11_FUNCTIONS) | frozenset(
+    "C_" + name for name in (
+        "GetInterfaceList GetInterface LoginUser SessionCancel MessageEncryptInit "
+        "EncryptMessage EncryptMessageBegin EncryptMessageNext MessageEncryptFinal "
+        "MessageDecryptInit DecryptMessage DecryptMessageBegin DecryptMessageNext "
+        "MessageDecryptFinal MessageSignInit SignMessage SignMessageBegin SignMessageNext "
+        "MessageSignFinal MessageVerifyInit VerifyMessage VerifyMessageBegin "
+        "VerifyMessageNext MessageVerifyFinal"
+    ).split()
+)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from harness.explain import card, general, names, tpm2_rules
+from harness.explain import card, general, names, openpgp, tpm2_rules
 from harness.explain.model import Call, Finding, operation_of
 
 # Results that are part of normal operation, not failures.
@@ -744,6 +744,8 @@ def check_pin_flags(calls: Sequence[Call]) -> Iterator[tuple[int, str, str]]:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule("openpgp-import", "OpenSC <= 0.26's OpenPGP driver refuses the EC key import (seed 000)",
+         openpgp.check, lines=True),
     Rule("tpm2-import", "tpm2-pkcs11 takes no private key through C_CreateObject",
          tpm2_rules.check_import, lines=True),
     Rule("tpm2-lockout", "the TPM's dictionary-attack lockout (CKR_PIN_LOCKED)",

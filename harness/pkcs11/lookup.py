@@ -146,10 +146,15 @@ def exception_return_code(exc: BaseException) -> str | None:
     """The CKR_ name a python-pkcs11 exception stands for (PinIncorrect ->
     CKR_PIN_INCORRECT), or None for exceptions that name no single code."""
     for cls in type(exc).__mro__:
-        name = cls.__name__
-        if name in _EXCEPTION_CODES:
-            return _EXCEPTION_CODES[name]
-        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).upper()
-        if RETURN_CODES.value("CKR_" + snake) is not None:
-            return "CKR_" + snake
+        code = exception_class_code(cls.__name__)
+        if code is not None:
+            return code
     return None
+
+
+def exception_class_code(name: str) -> str | None:
+    """The CKR_ name of a python-pkcs11 exception class name (as a traceback prints it)."""
+    if name in _EXCEPTION_CODES:
+        return _EXCEPTION_CODES[name]
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).upper()
+    return "CKR_" + snake if RETURN_CODES.value("CKR_" + snake) is not None else None

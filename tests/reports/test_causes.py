@@ -77,3 +77,51 @@ def test_a_failure_without_signing_call_says_why_in_its_cell():
     assert cell_text(_record("gnutls-rsa2048-generate-tls13", explanation=no_pss)) == (
         "fail: tls13-rsa-without-pss")
     assert cell_text(_record("gnutls-rsa2048-generate-tls13")) == "fail"  # control
+
+
+TPM2_ENGINE = ("s_client -engine pkcs11 makes the libp11 engine OpenSSL's default for every "
+               "algorithm; tpm2-pkcs11's TSS (tss2-esys) then gets the engine for the ECDH of "
+               "its TPM session and fails, so C_Login returns CKR_GENERAL_ERROR")
+
+
+def _login_failure() -> dict:
+    """The explanation a C_Login -> CKR_GENERAL_ERROR gets from the general rule."""
+    from harness.explain.explanation import explain
+    from harness.explain.formats.pasted import parse
+
+    lines = ["error: PKCS11 function C_Login failed: rv = CKR_GENERAL_ERROR (0x5)"]
+    return {"findings": explain(parse(lines)).to_json()["findings"]}
+
+
+def test_known_reason_groups_the_case_never_pin_advice():
+    """The tpm2 engine case of issue 19: its known reason is in the record; it is
+    grouped under that reason, apart, with no advice to try the PIN."""
+    records = [_record(f"opensslengine-{k}-generate-tls13", explanation=_login_failure(),
+                       error="C_Login CKR_GENERAL_ERROR") for k in ("p256", "rsa2048")]
+    for record in records:
+        record.expected = TPM2_ENGINE
+    records.append(_record("gnutls-p256-generate-tls13", explanation=_login_failure()))
+    causes = failure_causes(records)
+    assert [c.expected for c in causes] == [False, True]  # the unexpected one first
+    known = causes[1]
+    assert known.cases == ("opensslengine-p256-generate-tls13",
+                           "opensslengine-rsa2048-generate-tls13")
+    assert "expected" in known.title and "C_Login returns CKR_GENERAL_ERROR" in known.title
+    for cause in causes:
+        assert "PIN" not in cause.workaround or "do not try it again" in cause.workaround
+        assert "retry counter" not in cause.workaround
+    # Control: the expected group is no "(no explanation in the record)".
+    assert all("no explanation" not in c.title for c in causes)
+
+
+def test_pin_advice_only_for_pin_codes():
+    from harness.explain.explanation import explain
+    from harness.explain.formats.pasted import parse
+
+    wrong = explain(parse(["error: PKCS11 function C_Login failed: rv = CKR_PIN_INCORRECT (0xa0)"]))
+    record = _record("gnutls-p256-generate-tls13", explanation={"findings": wrong.to_json()["findings"]})
+    (cause,) = failure_causes([record])
+    assert "CKR_PIN_INCORRECT" in cause.title
+    assert "retry counter" in cause.workaround  # read it (read-only) before any other try
+    other = failure_causes([_record("gnutls-p256-generate-tls13", explanation=_login_failure())])
+    assert "retry counter" not in other[0].workaround
