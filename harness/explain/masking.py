@@ -15,7 +15,9 @@ Three kinds of masking, one module:
   keys. Each masker keeps the line count, so line numbers still point into the
   original file;
 - in command lines and log tails shown in reports (`mask_secrets`):
-  `--pin 1234`, `pin-value=`, `pass:` and the hex dumps after pPin/CKA_VALUE.
+  `--pin 1234`, `pin-value=`, `pass:` and the hex dumps after pPin/CKA_VALUE;
+  these need no log format and live in harness.explain.redact, which the
+  readers below this module use too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from harness.explain import names
 
 from harness.explain.formats import opensc, pkcs11_logger
 from harness.explain.model import LogFormat
+from harness.explain.redact import mask_pasted, mask_secrets
+__all__ = ["contains", "forms", "known", "mask_bytes", "mask_lines", "mask_secrets",
+           "mask_text", "register"]
 
 # --- the PINs of this run -----------------------------------------------------------
 MIN_LEN = 4
@@ -236,29 +241,13 @@ def _mask_records(lines: Sequence[str]) -> list[str]:
     return out
 
 
-# Pasted tracebacks quote source lines: `token.open(user_pin="1234")`, `session.login("1234")`,
-# `PIN = 123456` in a configuration, `--so-pin 3537363231383830`.
-_PASTED_SECRET = re.compile(
-    r"(?i)(\b(?:user_?|so_?|new_?|old_?)?pin(?:_?code|_?value)?\s*[=:]\s*|"
-    r"\bpassword\s*[=:]\s*|--(?:so-|new-)?pin[= ]|\.login\(\s*(?:[\w.]+\s*,\s*)*)"
-    r"([\"']?)[^\s\"',;)&]+"
-)
-
-
-def _mask_pasted(lines: Sequence[str]) -> list[str]:
-    """Pasted text: PINs in command lines, URIs, code and configuration quoted
-    in it, and the hex dumps after pPin/CKA_VALUE."""
-    return [_PASTED_SECRET.sub(lambda m: m.group(1) + m.group(2) + "***", line)
-            for line in mask_secrets(list(lines))]
-
-
 _MASKERS = {
     LogFormat.PKCS11_SPY: _mask_spy,
     LogFormat.P11_KIT: _mask_p11kit,
     LogFormat.PKCS11_LOGGER: _mask_logger,
     LogFormat.OPENSC_DEBUG: _mask_opensc,
     LogFormat.HARNESS: _mask_records,
-    LogFormat.PASTED: _mask_pasted,
+    LogFormat.PASTED: mask_pasted,
 }
 
 
@@ -277,26 +266,3 @@ def mask_lines(lines: Sequence[str], fmt: LogFormat) -> list[str]:
     if len(masked) != len(lines):  # pragma: no cover - a masker bug must not shift lines
         raise RuntimeError("masking changed the number of lines")
     return masked
-
-
-# --- command lines and log tails in reports ---------------------------------------
-_SECRET = re.compile(r"(?i)(\bpin-value=|\bpin=|\bpass:|--pin[= ]|-pin )[^\s;&\"']+")
-_HEXDUMP = re.compile(r"^\s*[0-9a-fA-F]{8}\s+(?:[0-9a-fA-F]{2}\s)+")
-_SECRET_DUMP_HEAD = re.compile(r"pPin\b|CKA_VALUE\b")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def mask_secrets(lines: list[str], *, in_dump: bool = False) -> list[str]:
-    """Mask PINs in command lines and the hex dumps pkcs11-spy prints after
-    `pPin` and `CKA_VALUE` (so a shared report never carries them); control
-    characters become '?'. `in_dump`: the lines start inside a hex dump."""
-    out = []
-    for line in lines:
-        if _HEXDUMP.match(line):
-            if in_dump:
-                out.append("    ******** (masked)")
-                continue
-        else:
-            in_dump = bool(_SECRET_DUMP_HEAD.search(line))
-        out.append(_CONTROL.sub("?", _SECRET.sub(lambda m: m.group(1) + "***", line)))
-    return out

@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from harness.explain import masking, names
+from harness.explain import names
+from harness.explain.redact import mask_pasted
 from harness.explain.model import Call, ClientError, LogFormat, ParsedLog
 
 # A code as people paste it: a CKR_ name, hex (0x5, 0x00000005) or decimal.
@@ -248,7 +249,7 @@ def parse(lines: Sequence[str]) -> ParsedLog:
     calls: list[Call] = []
     client: list[ClientError] = []
     seen: dict[str, int] = {}  # rv -> index of the call that has it (one event, many lines)
-    shown = masking.mask_lines(lines, LogFormat.PASTED)  # what may be quoted: PINs masked
+    shown = mask_pasted(lines)  # what may be quoted: PINs masked
     for index, line in enumerate(lines):
         number = index + 1
         fn: str | None = None
