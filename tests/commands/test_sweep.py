@@ -34,10 +34,10 @@ def test_no_padding_is_an_empty_file(tmp_path):
     assert padding_file(tmp_path, 0).read_bytes() == b""
 
 
-def test_padding_grows_what_a_combined_mechanism_signs(p11_runner):
+def test_padding_grows_what_a_combined_mechanism_signs(p11tls_runner):
     sizes = {}
     for padding in (0, 1000):
-        record = p11_runner.run(Case("java", KEYS["rsa2048"], Provisioning.GENERATE,
+        record = p11tls_runner.run(Case("java", KEYS["rsa2048"], Provisioning.GENERATE,
                                      TLSVersion.TLS12, "rsa_pkcs1_sha256", padding))
         assert record.outcome == "ok", record.error
         assert record.sign["mechanism"] == "CKM_SHA256_RSA_PKCS"
@@ -46,9 +46,9 @@ def test_padding_grows_what_a_combined_mechanism_signs(p11_runner):
     assert 990 <= sizes[1000] - sizes[0] <= 1040
 
 
-def test_sweep_on_plain_softhsm_finds_no_limit(p11_runner):
+def test_sweep_on_plain_softhsm_finds_no_limit(p11tls_runner):
     lines: list[str] = []
-    result = sweep(p11_runner.run, "java", "p256", [0, 2, 8], lines.append)
+    result = sweep(p11tls_runner.run, "java", "p256", [0, 2, 8], lines.append)
     assert result.first_failure is None
     assert result.largest_ok_input == 32  # CKM_ECDSA over a SHA-256 digest, whatever the size
     assert [s["padding_bytes"] for s in result.steps] == [0, 2048, 8192]
