@@ -1,10 +1,12 @@
 """Running external programs: argv lists, explicit environment, a timeout,
-the whole process group killed on timeout, and one log file per run."""
+the whole process group killed on timeout, and one log file per run; and
+reading what programs and users wrote (`read_bounded`): never more than asked."""
 
 from __future__ import annotations
 
 import os
 import select
+import stat
 import shutil
 import signal
 import subprocess
@@ -28,6 +30,26 @@ class ProcessResult:
 
     def log_tail(self, lines: int = 20) -> str:
         return tail(self.log_path, lines)
+
+
+class NotReadable(OSError):
+    """read_bounded refused the file (not a regular file, or too large)."""
+
+
+def read_bounded(path: Path | str, limit: int) -> bytes:
+    """The bytes of a regular file, at most `limit` of them counted as read
+    (a device, FIFO or pipe has no size to trust, and a file may grow while
+    read); opened non-blocking, so a FIFO never hangs the open. NotReadable
+    (an OSError, with strerror for the one line) when it is not a regular
+    file or holds more."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotReadable(0, "not a regular file (a device, FIFO or directory)")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise NotReadable(0, f"larger than {limit} bytes")
+    return data
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError
+from harness.process import NotReadable, read_bounded
 from harness.reports.markdown import render_markdown
 from harness.reports.layout import FAILED, cell_text, group_key
 from harness.matrix.record import VERDICTS, HandshakeRecord, verdict_of, write_results
@@ -79,11 +80,9 @@ def load_results(path: Path) -> list[HandshakeRecord]:
     a renderer.
     """
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_RESULTS_BYTES:
-            raise ConfigError(f"{path} is not a results file: {size} bytes, more than "
-                              f"{MAX_RESULTS_BYTES // (1024 * 1024)} MiB")
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_RESULTS_BYTES).decode("utf-8")
+    except NotReadable as exc:
+        raise ConfigError(f"{path} is not a results file: {exc.strerror}") from None
     except FileNotFoundError:
         raise ConfigError(f"results file {path} not found") from None
     except UnicodeDecodeError:

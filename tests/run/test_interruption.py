@@ -534,3 +534,35 @@ def test_a_signal_ends_a_token_command_with_the_token_clean(card, tmp_path, comm
     assert "Traceback" not in err and err.count("\n") == 1, err
     card.assert_untouched()
     no_children_left(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["show", "report", "diff", "merge", "explain", "calls",
+                                     "profiles"])
+def test_a_device_or_fifo_for_a_file_is_one_line(tmp_path, command):
+    """Issue 23 row 5: /dev/zero was read until memory ran out (the size check
+    read st_size, 0 for a device); a FIFO nobody writes blocked forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for bad in ("/dev/zero", str(fifo)):
+        args = {"report": [bad, "-o", str(tmp_path / "out")], "diff": [bad, bad],
+                "merge": [bad, "-o", str(tmp_path / "m.json")]}.get(command, [bad])
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", command, *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "not a regular file" in proc.stderr
+
+
+@pytest.mark.parametrize("command, name, text", [
+    ("profiles", "deep.toml", "a = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+    ("calls", "deep.jsonl", '{"fn":"C_Sign","seq":1,"rv":"CKR_OK","x":'
+     + "[" * 100_000 + "]" * 100_000 + "}\n"),
+    ("profiles", "latin1.toml", "name = \"caf\xe9\"\n"),
+], ids=["deep-profile", "deep-calls", "not-utf8-profile"])
+def test_deep_or_foreign_files_are_one_line(tmp_path, command, name, text):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", command, str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and ("nested too deeply" in proc.stderr
+                                               or "not UTF-8" in proc.stderr)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.process import NotReadable, read_bounded
 from harness.explain.formats import (
     nss_log,
     opensc,
@@ -20,6 +21,8 @@ from harness.explain.formats import (
     tpm2_log,
 )
 from harness.explain.model import LogFormat
+
+MAX_LOG_BYTES = 1 << 30  # OpenSC debug logs of a long run are hundreds of MB
 
 FORMAT_NAMES = (
     "pkcs11-spy, p11-kit log-calls, pkcs11-logger, OpenSC debug, tpm2-pkcs11, NSS module "
@@ -40,7 +43,10 @@ def read_log(path: Path) -> list[str]:
     in one line why not."""
     try:
         # "-": a log pasted on standard input
-        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        data = (sys.stdin.buffer.read(MAX_LOG_BYTES + 1) if str(path) == "-"
+                else read_bounded(path, MAX_LOG_BYTES))
+        if len(data) > MAX_LOG_BYTES:
+            raise NotReadable(0, f"larger than {MAX_LOG_BYTES} bytes")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file: pass the path of a PKCS#11 call log") from None
     except IsADirectoryError:
