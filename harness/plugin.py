@@ -199,7 +199,7 @@ def _check_token_once(config: pytest.Config) -> None:
         info = check_login(module, settings.token_label or "", settings.pin or "", env,
                            journal_key=journal_key,
                            own=_run_id(config), hint_module=settings.module,
-                           read_only=settings.read_only)
+                           read_only=settings.read_only, timeout_s=settings.timeout_s)
     config.stash[token_info_key] = info
     if info.get("pin_warning"):
         _say(config, f"p11tls: warning: {info['pin_warning']}")
@@ -214,7 +214,8 @@ def _lock_token(config: pytest.Config, settings: Settings) -> None:
     until the run ends (its xdist workers then take turns case by case)."""
     assert settings.module is not None
     label = settings.token_label or ""
-    identity = describe_token(settings.module, label)  # without a login, the real module
+    identity = describe_token(settings.module, label,  # without a login, the real module
+                              settings.timeout_s)
     config.stash[identity_key] = identity
     config.stash[lock_key] = lock_token(identity, lambda line: _say(config, line))
 
@@ -313,13 +314,18 @@ def _clean_after_workers(config: pytest.Config) -> None:
     runs, _ = scan_journals(journal_dir(config.stash[identity_key]))
     if not any(r.header.get("session") == _run_id(config) for r in runs):
         return
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.commands.cleanup", "--p11-module", str(settings.module),
-         "--p11-token-label", settings.token_label or "", "--pin-stdin", "--yes",
-         "--session", _run_id(config), "--parent-holds-lock",
-         "--timeout", str(settings.timeout_s)],
-        input=settings.pin or "", capture_output=True, text=True, check=False,
-        timeout=settings.timeout_s * 4 + 30)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.commands.cleanup", "--p11-module", str(settings.module),
+             "--p11-token-label", settings.token_label or "", "--pin-stdin", "--yes",
+             "--session", _run_id(config), "--parent-holds-lock",
+             "--timeout", str(settings.timeout_s)],
+            input=settings.pin or "", capture_output=True, text=True, check=False,
+            timeout=settings.timeout_s * 4 + 30)
+    except subprocess.TimeoutExpired:
+        _say(config, "p11tls: the clean-up after the workers got no answer from the token "
+             "in time: `p11tls cleanup` lists what is left (the journal keeps it)")
+        return
     for line in (proc.stdout + proc.stderr).splitlines():
         _say(config, f"p11tls: after the workers: {line}" if not line.startswith("p11tls")
              else line)
@@ -396,7 +402,7 @@ def _describe(settings: Settings) -> dict[str, Any]:
     """The token's description for the header, read without logging in."""
     assert settings.module is not None
     try:
-        return describe_token(settings.module, settings.token_label or "")
+        return describe_token(settings.module, settings.token_label or "", settings.timeout_s)
     except HarnessError:
         return {}  # the login check before the first test says what is wrong
 
@@ -447,7 +453,7 @@ def _existing_keys(config: pytest.Config, settings: Settings) -> tuple[Any, ...]
         try:
             config.stash[existing_key] = existing_specs(
                 settings.module, settings.token_label or "", all_pairs=settings.existing,
-                uris=settings.key_uris)
+                uris=settings.key_uris, timeout_s=settings.timeout_s)
         except HarnessError as exc:
             config.stash[existing_key] = (exc,)
     found = config.stash[existing_key]

@@ -119,7 +119,7 @@ def real_identity(module: Path, token: Token, profile: Profile | None) -> dict[s
     loads the real module)."""
     if profile is None or not (profile.token.model or profile.token.manufacturer):
         return token.identity
-    info = describe_token(module, token.label)
+    info = describe_token(module, token.label, token.timeout_s)
     return {**token.identity, "manufacturer": str(info.get("manufacturer", "")),
             "model": str(info.get("model", ""))}
 

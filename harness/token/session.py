@@ -43,7 +43,7 @@ def calls_in_flight() -> list[str]:
     return [w.busy_with for w in list(_workers) if w.busy_with is not None]
 
 
-def exit_if_in_flight(code: int) -> None:
+def exit_if_in_flight(code: int, say: bool = True) -> None:
     """A module with a call still in flight must not see C_Finalize (python-pkcs11
     sends it at interpreter exit: it hangs on the call's lock or the call
     returns into an unloaded library). So, after what must be written is
@@ -51,8 +51,9 @@ def exit_if_in_flight(code: int) -> None:
     busy = calls_in_flight()
     if not busy:
         return
-    print(f"p11tls: the token never returned {', '.join(busy)}: the process exits without "
-          "C_Finalize", file=sys.stderr)
+    if say:
+        print(f"p11tls: the token never returned {', '.join(busy)}: the process exits without "
+              "C_Finalize", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

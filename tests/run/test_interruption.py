@@ -566,3 +566,21 @@ def test_deep_or_foreign_files_are_one_line(tmp_path, command, name, text):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "Traceback" not in proc.stderr and ("nested too deeply" in proc.stderr
                                                or "not UTF-8" in proc.stderr)
+
+
+def test_the_start_up_check_child_is_bounded_by_the_timeout(card, tmp_path):
+    """Issue 23 row 6: a slow token kept the check child waiting 120 s whatever
+    --p11-timeout said. With 3 s per call the run ends in one line well
+    within the child's bound (3 x 3 s + 5 s), the PIN never answered."""
+    slow = tmp_path / "slow-login.toml"
+    slow.write_text('name = "slow-login"\n[faults]\nlatency_ms = { C_Login = 60000 }\n')
+    start = time.monotonic()
+    proc, base = child(card, tmp_path, "slowcheck", "--p11-profile", str(slow),
+                       "--p11-timeout=3", "-k", "gnutls-p256-generate-tls12", slow=False)
+    out = finish(proc, timeout=120)
+    assert proc.returncode != 0
+    assert "did not answer C_Login within 3 s" in out, out
+    assert "Traceback" not in out and "TimeoutExpired" not in out
+    assert time.monotonic() - start < 14 + 10, out  # the bound, plus pytest's start
+    card.assert_untouched()
+    no_children_left(base)
