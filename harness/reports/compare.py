@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -90,7 +91,7 @@ def load_results(path: Path) -> list[HandshakeRecord]:
     except OSError as exc:
         raise ConfigError(f"cannot read results file {path}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise ConfigError(f"{path} is not a results file: not JSON ({exc})") from None
     except RecursionError:
@@ -133,12 +134,39 @@ def load_results(path: Path) -> list[HandshakeRecord]:
             elif not (isinstance(values[name], list)
                       and all(isinstance(v, str) for v in values[name])):
                 raise ConfigError(f"{where}: {name!r} must be a list of texts")
+        for name, kinds in _NUMBERS.items():
+            value = values.get(name)
+            if value is not None and not _count(value, kinds):
+                raise ConfigError(f"{where}: {name!r} must be a number >= 0 or null, "
+                                  f"found {value!r}")
+        for name in ("explanation", "predicted"):
+            if values.get(name) is not None and not isinstance(values[name], dict):
+                raise ConfigError(f"{where}: {name!r} must be an object or null")
+        if values.get("prediction_matched") not in (None, True, False):
+            raise ConfigError(f"{where}: 'prediction_matched' must be true, false or null")
         if values.get("versions") is None:
             values["versions"] = {}
         elif not isinstance(values["versions"], dict):
             raise ConfigError(f"{where}: 'versions' must be an object")
         records.append(HandshakeRecord(**values))
     return records
+
+
+_NUMBERS: dict[str, tuple[type, ...]] = {"padding_bytes": (int,), "signed_bytes": (int,),
+                                         "duration_s": (int, float)}
+
+
+def _count(value: object, kinds: tuple[type, ...]) -> bool:
+    """A finite number >= 0 of the kinds (true/false are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        return False
+    assert isinstance(value, (int, float))
+    return math.isfinite(value) and value >= 0
+
+
+def _no_constant(name: str) -> object:
+    """json's NaN / Infinity: no results file holds them."""
+    raise ValueError(f"{name} is not a number a results file holds")
 
 
 def _json_kind(value: object) -> str:

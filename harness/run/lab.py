@@ -35,6 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+MODULE_FOLDERS = ("pkcs11", "softhsm")
 MAX_LAB_BYTES = 1 << 20  # a lab file is a page of TOML
 MAX_PIN_FILE_BYTES = 4096  # a PIN, a newline
 LAB_FILE_ENV = "P11TLS_LAB_FILE"
@@ -238,7 +239,9 @@ def resolve_module(entry: LabEntry) -> str:
         return str(path)
     from harness.installed import LIBRARY_DIRS, find_library
 
-    found = find_library(text)
+    # a library name: the library directories, then their PKCS#11 module
+    # folders (p11-kit's pkcs11/, Debian's softhsm/ for libsofthsm2.so)
+    found = find_library(text, *(f"{folder}/{text}" for folder in MODULE_FOLDERS))
     if found is None:
         raise LabModuleMissing(f"lab module {entry.name}: {text} is not installed (looked in "
                                f"{', '.join(str(d) for d in LIBRARY_DIRS)}){install}")

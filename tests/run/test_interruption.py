@@ -584,3 +584,28 @@ def test_the_start_up_check_child_is_bounded_by_the_timeout(card, tmp_path):
     assert time.monotonic() - start < 14 + 10, out  # the bound, plus pytest's start
     card.assert_untouched()
     no_children_left(base)
+
+
+GOOD_CASE = {"case_id": "gnutls-p256-generate-tls12", "client": "gnutls", "key": "p256",
+             "provisioning": "generate", "tls": "1.2", "outcome": "ok", "verdict": "passed"}
+
+
+@pytest.mark.parametrize("change, raw", [
+    ({"duration_s": "fast"}, None), ({"signed_bytes": -5}, None), ({"signed_bytes": True}, None),
+    ({"predicted": "ok"}, None), ({"prediction_matched": "yes"}, None),
+    (None, '[{"case_id": "a", "client": "gnutls", "key": "p256", "provisioning": "generate",'
+           ' "tls": "1.2", "outcome": "ok", "duration_s": Infinity}]'),
+], ids=["text-duration", "negative-bytes", "bool-bytes", "text-predicted", "text-matched",
+        "infinity"])
+def test_wrongly_typed_results_are_refused(tmp_path, change, raw):
+    """Issue 23 row 14: such files rendered with exit 0."""
+    path = tmp_path / "results.json"
+    path.write_text(raw if raw is not None else json.dumps([{**GOOD_CASE, **change}]))
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "show", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "not a results file" in proc.stderr
+    path.write_text(json.dumps([GOOD_CASE]))  # control: the same case, well typed
+    good = subprocess.run([sys.executable, "-m", "harness.cli", "show", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert good.returncode == 0, good.stderr
