@@ -226,7 +226,7 @@ class MatrixRunner:
             record.outcome, record.error = not_here
             return record
         record.client_version = self._client_version(client)
-        with self.run_tokens.turn():
+        with self.run_tokens.turn(case.key):
             timed_out = self._run_case(record, case, client)
         self._timeouts[label] = self._timeouts.get(label, 0) + 1 if timed_out else 0
         if self._timeouts[label] >= STOP_AFTER_TIMEOUTS:

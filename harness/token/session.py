@@ -263,8 +263,12 @@ class Token:
             if _refused_login is not None:
                 raise TokenError(_refused_login)
             # the flags as they are now (C_GetTokenInfo), not at enumeration
-            flags = self.call(lambda: int(self.token.slot.get_token().flags),
-                              "C_GetTokenInfo")
+            try:
+                flags = self.call(lambda: int(self.token.slot.get_token().flags),
+                                  "C_GetTokenInfo")
+            except p11exc.PKCS11Error as exc:  # no login was sent: the run may be tried again
+                raise TokenError(f"token {self.label!r} did not describe itself "
+                                 f"(C_GetTokenInfo -> {exception_return_code(exc)})") from None
             refusal, self.pin_warning = pin_state(self.label, flags)
             if refusal is not None:
                 _refused_login = refusal
@@ -282,6 +286,11 @@ class Token:
             except p11exc.PinLocked:
                 _refused_login = (f"token {self.label!r} is locked (CKR_PIN_LOCKED): "
                                   "unblock it first")
+                raise TokenError(_refused_login) from None
+            except p11exc.PKCS11Error as exc:  # not the PIN: never retried all the same
+                _refused_login = (f"token {self.label!r} refused the login "
+                                  f"(C_Login -> {exception_return_code(exc)}); it is not "
+                                  "retried")
                 raise TokenError(_refused_login) from None
         return self._session
 

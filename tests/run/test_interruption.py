@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -609,3 +610,18 @@ def test_wrongly_typed_results_are_refused(tmp_path, change, raw):
     good = subprocess.run([sys.executable, "-m", "harness.cli", "show", str(path)],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert good.returncode == 0, good.stderr
+
+
+def test_ed25519_waits_for_every_other_workers_cases(card, tmp_path):
+    """Issue 23 row 4: under -n 2 on one token, one worker's Ed25519 key broke
+    the other's libp11 engine cases ("Ed25519 last" held per worker only).
+    Now a worker's Ed25519 cases wait until no other worker runs another case."""
+    pytest.importorskip("xdist")
+    proc, base = child(card, tmp_path, "eddsa", "-n", "2", "--p11-keys=p256,ed25519",
+                       "--p11-clients=openssl-engine,gnutls", slow=False)
+    out = finish(proc, timeout=300)
+    assert proc.returncode == 0, out
+    assert re.search(r"\b[1-9]\d* failed", out) is None and "Traceback" not in out, out
+    assert re.search(r"\b(1[0-9]|[2-9]\d) passed", out), out  # the cases ran
+    card.assert_untouched()
+    no_children_left(base)
