@@ -278,7 +278,8 @@ class MatrixRunner:
             return Outcome.SKIP.value, NEEDS_IMPORT
         existing = self.existing.get(case.key.name)
         if (existing is not None and existing.cert_der is None
-                and case.client.split("@", 1)[0] not in CERT_FROM_FILE):
+                and not getattr(client, "cert_from_file",
+                                case.client.split("@", 1)[0] in CERT_FROM_FILE)):
             return Outcome.SKIP.value, NO_CERT_ON_TOKEN.format(label=existing.label,
                                                                client=case.client)
         missing = self.missing_mechanism(case.key)

@@ -220,3 +220,26 @@ def test_a_uri_naming_another_token_is_refused(pytester, users_token, attributes
     good = f"pkcs11:token=spare;serial={serial};object=signing%20key;type=private"
     ok = run_matrix(pytester, store, token, f"--p11-key={good}", "--collect-only", "-q")
     assert ok.ret == 0, ok.stderr.str()
+
+
+def test_read_only_curl_without_a_certificate_runs_or_says_why(pytester, users_token):
+    """Issue 23 row 8: curl through the libp11 engine failed 3/3 on a key with
+    no certificate ("cannot load client cert"): the engine gives curl the
+    certificate from the token only. It is skipped with that reason; through
+    pkcs11-provider (curl 8.12+) it runs with the certificate made in memory.
+    Control: the same key with gnutls (a file certificate) passes."""
+    from harness.clients.curl import CurlClient
+
+    if CurlClient().unavailable_reason():
+        pytest.skip(CurlClient().unavailable_reason())
+    store, token = users_token
+    result = run_matrix(pytester, store, token, "--p11-key=pkcs11:object=bare;type=private",
+                        "--p11-clients=curl,gnutls", "-m", "not rsa_pkcs1_sha256")
+    got = records(pytester)
+    assert got["gnutls-bare-existing-tls12"]["outcome"] == "ok"
+    curl = got["curl-bare-existing-tls12"]
+    if CurlClient().cert_from_file:
+        assert curl["outcome"] == "ok", curl
+    else:
+        assert curl["outcome"] == "skip" and "has no certificate on the token" in curl["error"]
+    assert result.parseoutcomes().get("failed", 0) == 0
