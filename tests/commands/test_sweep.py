@@ -115,3 +115,29 @@ def test_sweep_on_a_token_that_stops_answering_ends_with_its_summary(tmp_path):
     status, lines = _timed_sweep(*common)  # negative control: every step, no stop
     text = [line for _, line in lines]
     assert status == 0 and len(text) == 6 and "no limit found" in text[-1], text
+
+
+def test_sweep_on_a_token_that_stops_answering_after_two_signatures(tmp_path):
+    """Issue 20 item 4 with its fault: the warm JVM's token never returns its
+    third C_Sign. The sweep keeps the two sizes it measured, prints its
+    summary and exits 1 within 3 x the timeout of the hang, no traceback."""
+    from harness.clients import make_client
+    from harness.run.config import resolve
+
+    java = make_client("java", resolve({}, {}, {}).client_options())
+    if java.unavailable_reason():
+        pytest.skip(java.unavailable_reason())
+    timeout = 4.0
+    hang = tmp_path / "hang.toml"
+    hang.write_text('name = "hang-card"\n[faults]\n'
+                    'hang_after = { function = "C_Sign", calls = 2 }\n')
+    status, lines = _timed_sweep("--p11-profile", str(hang), "--clients", "java", "--keys",
+                                 "p256", "--steps", "0,1,2,4", "--coarse",
+                                 f"--p11-timeout={timeout:g}", f"--p11-reports={tmp_path / 'r'}")
+    text = [line for _, line in lines]
+    assert status == 1, text
+    assert [t.split(":")[1].split()[0] for t in text[1:3]] == ["ok", "ok"], text
+    assert "client timed out" in text[3] and "Traceback" not in "\n".join(text)
+    assert "largest accepted input" in text[-1] and "stopped:" in text[-1], text
+    last_answer = lines[2][0]  # the second signature: the token hangs from here
+    assert lines[-1][0] - last_answer < 3 * timeout
