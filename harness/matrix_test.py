@@ -5,7 +5,8 @@ tree: `pytest --pyargs harness.matrix_test [--p11-… options]` or
 `p11tls run [--p11-… options]`; tests/test_matrix.py (the README's
 `./run matrix`) imports this test function, so there is one source.
 
-Parametrized by the p11tls plugin (`p11_case`); select with markers, e.g.
+Parametrized by the p11tls plugin (`p11tls_case`; the `p11tls` marker asks
+for it); select with markers, e.g.
 `-m tls12`, `-m "ecdsa and gnutls"`. What each case must do comes from data
 files keyed to the versions they were measured on (harness/verdict/expectations.py):
 the library judges the record (passed, failed with its problems, an expected
@@ -20,9 +21,10 @@ from typing import Any
 import pytest
 
 
-def test_handshake(p11_runner: Any, p11_case: Any, p11_record: Any) -> None:
-    record = p11_runner.judge(p11_case, p11_runner.run(p11_case))
-    p11_record(record)
+@pytest.mark.p11tls  # the plugin acts for this test: it is the matrix
+def test_handshake(p11tls_runner: Any, p11tls_case: Any, p11tls_record: Any) -> None:
+    record = p11tls_runner.judge(p11tls_case, p11tls_runner.run(p11tls_case))
+    p11tls_record(record)
     if record.verdict == "skipped":
         pytest.skip(record.error)
     assert not record.problems, (

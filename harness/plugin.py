@@ -3,9 +3,11 @@ the end-of-run report. All real work happens in the library (runner.py).
 
 Opt-in: installed, the plugin is loaded by every pytest run in the
 environment, but it only acts (settings, header probes, the token check,
-reports) when a `--p11-*`/`--java*` option or ini key is given, or when the
-run collects matrix tests (fixtures p11_case, p11_runner, p11_settings,
-p11_record). PKCS11_* variables alone, meant for other tools, never make it log in.
+reports) when asked: a `--p11-*`/`--java*` option or ini key, `-p p11tls`, or
+a test marked `p11tls` (the project's own matrix test is). A test that merely
+uses a fixture of the same name never makes it act, and its fixtures are
+namespaced (p11tls_case, p11tls_runner, p11tls_settings, p11tls_record).
+PKCS11_* variables alone, meant for other tools, never make it log in.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ from harness.token.probe import check_login, describe_token
 from harness.token.run_tokens import emulated_module, lock_token, refuse_fixed_slot
 from harness.token.session import exit_if_in_flight
 
+MARKER = "p11tls"  # a matrix test: the plugin acts for it
+PLUGIN_NAMES = ("p11tls", "harness.plugin")  # -p NAME asks for it
 MARKERS = {
+    MARKER: "a p11tls matrix test (the plugin acts for it)",
     "tls12": "TLS 1.2 handshake cases",
     "tls13": "TLS 1.3 handshake cases",
     "rsa": "RSA keys",
@@ -64,13 +69,18 @@ shared_key = pytest.StashKey[Path]()  # xdist: a directory the controller and wo
 lab_missing_key = pytest.StashKey[str]()  # --p11-lab names a module not installed: the skip
 # Tests using these are matrix tests: they make the plugin act. The first two
 # need the token, so the one login check runs before them.
-MATRIX_FIXTURES = ("p11_case", "p11_runner", "p11_settings", "p11_record")
-TOKEN_FIXTURES = ("p11_case", "p11_runner")
+MATRIX_FIXTURES = ("p11tls_case", "p11tls_runner", "p11tls_settings", "p11tls_record")
+TOKEN_FIXTURES = ("p11tls_case", "p11tls_runner")
 MATRIX_FLAG = "matrix-collected"  # in the shared directory: a worker collected matrix tests
 run_id_key = pytest.StashKey[str]()  # this run's id (reports/runs/<id>), shared with workers
 lock_key = pytest.StashKey[TokenLock]()  # the controller's lock on a named token
 runner_key = pytest.StashKey[Any]()  # this process's MatrixRunner, cleaned before reports
 session_key = pytest.StashKey[pytest.Session]()
+asked_key = pytest.StashKey[bool]()  # matrix tests (marked, or the plugin asked for) collected
+
+
+NOT_ASKED = ("the p11tls plugin acts only when asked: mark the test `@pytest.mark.p11tls`, "
+             "give a --p11-* option or ini key, or run pytest with -p p11tls")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -106,8 +116,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _explicit(config: pytest.Config) -> bool:
-    """A --p11-*/--java* option or ini key was given (environment variables,
-    shared with other PKCS#11 tools, do not count)."""
+    """A --p11-*/--java* option or ini key, or `-p p11tls`, was given
+    (environment variables, shared with other PKCS#11 tools, do not count)."""
+    args = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    for at, arg in enumerate(args):
+        if (arg == "-p" and at + 1 < len(args) and args[at + 1] in PLUGIN_NAMES) or (
+                arg.startswith("-p") and arg[2:] in PLUGIN_NAMES):
+            return True
     for option in OPTIONS:
         if config.getoption(option.name) is not None:
             return True
@@ -186,7 +201,7 @@ def _check_token_once(config: pytest.Config) -> None:
         info = check_login(module, settings.token_label or "", settings.pin or "", env,
                            journal_key=journal_key,
                            own=_run_id(config), hint_module=settings.module,
-                           read_only=settings.read_only)
+                           read_only=settings.read_only, timeout_s=settings.timeout_s)
     config.stash[token_info_key] = info
     if info.get("pin_warning"):
         _say(config, f"p11tls: warning: {info['pin_warning']}")
@@ -201,7 +216,8 @@ def _lock_token(config: pytest.Config, settings: Settings) -> None:
     until the run ends (its xdist workers then take turns case by case)."""
     assert settings.module is not None
     label = settings.token_label or ""
-    identity = describe_token(settings.module, label)  # without a login, the real module
+    identity = describe_token(settings.module, label,  # without a login, the real module
+                              settings.timeout_s)
     config.stash[identity_key] = identity
     config.stash[lock_key] = lock_token(identity, lambda line: _say(config, line))
 
@@ -245,8 +261,11 @@ def _start_matrix(config: pytest.Config, token: bool) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reports its collection
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
+    asked = _explicit(config)
     matrix = [i for i in session.items if any(f in getattr(i, "fixturenames", ())
-                                              for f in MATRIX_FIXTURES)]
+                                              for f in MATRIX_FIXTURES)
+              and (asked or i.get_closest_marker(MARKER) is not None)]
+    config.stash[asked_key] = bool(matrix)
     if not matrix and not config.stash.get(bad_key, False):
         return
     token = any(f in getattr(i, "fixturenames", ()) for i in matrix for f in TOKEN_FIXTURES)
@@ -307,13 +326,18 @@ def _clean_after_workers(config: pytest.Config) -> None:
     runs, _ = scan_journals(journal_dir(config.stash[identity_key]))
     if not any(r.header.get("session") == _run_id(config) for r in runs):
         return
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.commands.cleanup", "--p11-module", str(settings.module),
-         "--p11-token-label", settings.token_label or "", "--pin-stdin", "--yes",
-         "--session", _run_id(config), "--parent-holds-lock",
-         "--timeout", str(settings.timeout_s)],
-        input=settings.pin or "", capture_output=True, text=True, check=False,
-        timeout=settings.timeout_s * 4 + 30)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.commands.cleanup", "--p11-module", str(settings.module),
+             "--p11-token-label", settings.token_label or "", "--pin-stdin", "--yes",
+             "--session", _run_id(config), "--parent-holds-lock",
+             "--timeout", str(settings.timeout_s)],
+            input=settings.pin or "", capture_output=True, text=True, check=False,
+            timeout=settings.timeout_s * 4 + 30)
+    except subprocess.TimeoutExpired:
+        _say(config, "p11tls: the clean-up after the workers got no answer from the token "
+             "in time: `p11tls cleanup` lists what is left (the journal keeps it)")
+        return
     for line in (proc.stdout + proc.stderr).splitlines():
         _say(config, f"p11tls: after the workers: {line}" if not line.startswith("p11tls")
              else line)
@@ -395,28 +419,30 @@ def _describe(settings: Settings) -> dict[str, Any]:
     """The token's description for the header, read without logging in."""
     assert settings.module is not None
     try:
-        return describe_token(settings.module, settings.token_label or "")
+        return describe_token(settings.module, settings.token_label or "", settings.timeout_s)
     except HarnessError:
         return {}  # the login check before the first test says what is wrong
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "p11_case" not in metafunc.fixturenames:
+    if "p11tls_case" not in metafunc.fixturenames:
         return
+    if not _explicit(metafunc.config) and metafunc.definition.get_closest_marker(MARKER) is None:
+        return  # not asked: the test gets no cases (pytest says the fixture is missing)
     try:
         if lab_missing_key in metafunc.config.stash:
             raise LabModuleMissing(metafunc.config.stash[lab_missing_key])
         settings = _activate(metafunc.config)
     except LabModuleMissing as exc:  # P11TLS_LAB alone reaches here first
         metafunc.config.stash[lab_missing_key] = str(exc)
-        metafunc.parametrize("p11_case", [pytest.param(None, id="lab-module-not-installed",
+        metafunc.parametrize("p11tls_case", [pytest.param(None, id="lab-module-not-installed",
                                                        marks=pytest.mark.skip(reason=str(exc)))])
         return
     except HarnessError:
         # no cases: pytest_collection_finish (or the xdist controller) stops the
         # run with the one-line error; raising here would print a traceback
         metafunc.config.stash[bad_key] = True
-        metafunc.parametrize("p11_case", [])
+        metafunc.parametrize("p11tls_case", [])
         return
     # Expected failures are not marked here: they hold for the versions they
     # were measured on, which the runner detects; the case xfails itself.
@@ -426,12 +452,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             keys = _existing_keys(metafunc.config, settings)
         except HarnessError:
             metafunc.config.stash[bad_key] = True
-            metafunc.parametrize("p11_case", [])
+            metafunc.parametrize("p11tls_case", [])
             return
     params = [pytest.param(case, id=case.case_id,
                            marks=[getattr(pytest.mark, m) for m in case.markers])
               for case in cases(list(settings.clients), keys, existing=settings.read_only)]
-    metafunc.parametrize("p11_case", params)
+    metafunc.parametrize("p11tls_case", params)
 
 
 def _existing_keys(config: pytest.Config, settings: Settings) -> tuple[Any, ...]:
@@ -444,7 +470,7 @@ def _existing_keys(config: pytest.Config, settings: Settings) -> tuple[Any, ...]
         try:
             config.stash[existing_key] = existing_specs(
                 settings.module, settings.token_label or "", all_pairs=settings.existing,
-                uris=settings.key_uris)
+                uris=settings.key_uris, timeout_s=settings.timeout_s)
         except HarnessError as exc:
             config.stash[existing_key] = (exc,)
     found = config.stash[existing_key]
@@ -454,13 +480,15 @@ def _existing_keys(config: pytest.Config, settings: Settings) -> tuple[Any, ...]
 
 
 @pytest.fixture(scope="session")
-def p11_settings(pytestconfig: pytest.Config) -> Settings:
+def p11tls_settings(pytestconfig: pytest.Config) -> Settings:
     """The resolved harness settings (module, token, PIN, reports directory)."""
+    if not (_explicit(pytestconfig) or pytestconfig.stash.get(asked_key, False)):
+        pytest.fail(NOT_ASKED, pytrace=False)
     return _activate(pytestconfig)
 
 
 @pytest.fixture(scope="session")
-def p11_runner(p11_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+def p11tls_runner(p11tls_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
                pytestconfig: pytest.Config) -> Iterator[Any]:
     """The session's MatrixRunner: token (throw-away SoftHSM2 by default), CA, keys.
 
@@ -471,8 +499,8 @@ def p11_runner(p11_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
 
     try:
         runner = MatrixRunner(
-            p11_settings, workdir=tmp_path_factory.mktemp("p11tls"),
-            logs_dir=run_dir(p11_settings.reports, _run_id(pytestconfig)) / "logs",
+            p11tls_settings, workdir=tmp_path_factory.mktemp("p11tls"),
+            logs_dir=run_dir(p11tls_settings.reports, _run_id(pytestconfig)) / "logs",
             run_lock_held=True, session_id=_run_id(pytestconfig))
     except HarnessError as exc:
         pytest.exit(f"p11tls: {exc}", returncode=3)
@@ -511,7 +539,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture
-def p11_record(request: pytest.FixtureRequest) -> Any:
+def p11tls_record(request: pytest.FixtureRequest) -> Any:
     """Call with a HandshakeRecord (judged: MatrixRunner.judge) to put it into
     reports/results.json; the reports take pytest's verdict on the test."""
 

@@ -1,10 +1,12 @@
 """Running external programs: argv lists, explicit environment, a timeout,
-the whole process group killed on timeout, and one log file per run."""
+the whole process group killed on timeout, and one log file per run; and
+reading what programs and users wrote (`read_bounded`): never more than asked."""
 
 from __future__ import annotations
 
 import os
 import select
+import stat
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from types import FrameType
 from typing import Any
 
@@ -28,6 +31,33 @@ class ProcessResult:
 
     def log_tail(self, lines: int = 20) -> str:
         return tail(self.log_path, lines)
+
+
+class NotReadable(OSError):
+    """read_bounded refused the file (not a regular file, or too large)."""
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """A regular file opened for reading; opened non-blocking, so a FIFO never
+    hangs the open. NotReadable (an OSError, with strerror for the one line)
+    when it is a device, FIFO or directory: those have no size to trust."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    file = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        file.close()
+        raise NotReadable(0, "not a regular file (a device, FIFO or directory)")
+    return file
+
+
+def read_bounded(path: Path | str, limit: int) -> bytes:
+    """The bytes of a regular file, at most `limit` of them counted as read
+    (a file may grow while read); NotReadable when it is not a regular file
+    or holds more."""
+    with open_regular(path) as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise NotReadable(0, f"larger than {limit} bytes")
+    return data
 
 
 def tail(path: Path, lines: int = 20) -> str:

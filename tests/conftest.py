@@ -103,3 +103,11 @@ def pkcs11_spy() -> Path:
         return find_pkcs11_spy()
     except ToolMissing:
         pytest.skip("Requires OpenSC's pkcs11-spy.so (package opensc)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The harness's own tests that use its fixtures ask for the plugin (a
+    user's project marks its tests `p11tls` or passes an option)."""
+    for item in items:
+        if any(name.startswith("p11tls_") for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.p11tls)

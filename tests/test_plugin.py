@@ -321,18 +321,18 @@ def rec(case_id):
                            verdict="passed")
 
 
-def test_records_then_breaks(p11_record):
-    p11_record(rec("a"))
+def test_records_then_breaks(p11tls_record):
+    p11tls_record(rec("a"))
     raise RuntimeError("the harness broke after the handshake")
 
 
-def test_records_and_xfails(p11_record):
-    p11_record(rec("b"))
+def test_records_and_xfails(p11tls_record):
+    p11tls_record(rec("b"))
     pytest.xfail("known for a reason")
 
 
-def test_records_and_passes(p11_record):
-    p11_record(rec("c"))
+def test_records_and_passes(p11tls_record):
+    p11tls_record(rec("c"))
 """
 
 
@@ -385,6 +385,49 @@ def test_unrelated_project_never_touches_the_token(pytester, spied_token):
     broken.assert_outcomes(passed=1)
 
 
+SAME_NAMES = """
+import pytest
+
+
+@pytest.fixture
+def p11_case():
+    return "their own case"
+
+
+@pytest.fixture
+def p11_settings():
+    return {"theirs": True}
+
+
+def test_theirs(p11_case, p11_settings):
+    assert p11_case == "their own case" and p11_settings == {"theirs": True}
+"""
+OURS_UNASKED = "def test_uses_ours(p11tls_runner):\n    pass\n"
+
+
+def test_fixtures_that_share_a_name_never_make_the_plugin_act(pytester, spied_token):
+    """Issue 23 row 10: a project whose own fixtures are named p11_case and
+    p11_settings, with PKCS11_* set for other tools: its tests pass and the
+    token is never loaded."""
+    env, spy_log = spied_token
+    pytester.makepyfile(test_theirs=SAME_NAMES)
+    result = run(pytester, env=env)
+    result.assert_outcomes(passed=1)
+    assert not spy_log.exists() and "p11tls" not in result.stdout.str()
+
+
+def test_our_fixtures_unasked_fail_in_one_line_without_the_token(pytester, spied_token):
+    env, spy_log = spied_token
+    pytester.makepyfile(test_ours=OURS_UNASKED)
+    result = run(pytester, env=env)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*the p11tls plugin acts only when asked*"])
+    assert not spy_log.exists()
+    # control: -p p11tls asks; the environment's wrong PIN then reaches the token once
+    asked = run(pytester, "-p", "p11tls", env=env)
+    assert asked.ret != 0 and logins_in(spy_log) == 1
+
+
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_collected_matrix_tests_make_the_environment_count(matrix, spied_token, workers):
     """Negative control of the test above: with matrix tests in the run the
@@ -429,16 +472,16 @@ import pytest
 
 
 @pytest.fixture
-def after_login(p11_runner, p11_settings):
-    assert p11_settings.module is None, "this fixture fails after the login"
+def after_login(p11tls_runner, p11tls_settings):
+    assert p11tls_settings.module is None, "this fixture fails after the login"
 
 
 def test_fixture_fails_after_login(after_login):
     pass
 
 
-def test_assertion_compares_the_pin(p11_runner):
-    pin = p11_runner.pin
+def test_assertion_compares_the_pin(p11tls_runner):
+    pin = p11tls_runner.pin
     assert pin == "something else"
 """
 

@@ -86,6 +86,12 @@ class CurlClient(Client):
         """`provider` or `engine`: how this curl reaches the token; None: no way."""
         return _path(shutil.which("curl"))
 
+    @property
+    def cert_from_file(self) -> bool:
+        """A key with no certificate on the token can run: only the provider
+        path takes the certificate from a file (the engine path's is the token's)."""
+        return self.path() == "provider"
+
     def unavailable_reason(self) -> str | None:
         if shutil.which("curl") is None:
             return "curl not found: install curl"

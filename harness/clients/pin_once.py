@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+POLL_S = 0.01  # how soon a waiting reader gets the PIN, and Ctrl-C ends the thread
+
 
 @contextlib.contextmanager
 def pin_once(pin: str, prefix: str = "p11tls-pin-") -> Iterator[Path]:
@@ -28,16 +30,26 @@ def pin_once(pin: str, prefix: str = "p11tls-pin-") -> Iterator[Path]:
         reads: list[int] = []
 
         def serve() -> None:
+            # Never blocked in open(): a non-blocking open fails (ENXIO) until a
+            # reader has the FIFO open, so the thread sees `done` (or the FIFO
+            # gone with its directory, after Ctrl-C) within one poll.
             while not done.is_set():
-                fd = os.open(path, os.O_WRONLY)  # blocks until a reader opens
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:  # no reader yet (ENXIO), or removed: look again
+                    done.wait(POLL_S)
+                    continue
                 try:
                     if not reads and not done.is_set():
                         os.write(fd, (pin + "\n").encode())
                     reads.append(1)
-                except BrokenPipeError:
+                except OSError:  # the reader went away first
                     pass
                 finally:
                     os.close(fd)
+                # until this reader closes, a new open would find it again
+                while not done.is_set() and _reader_open(path):
+                    done.wait(POLL_S)
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
@@ -45,9 +57,13 @@ def pin_once(pin: str, prefix: str = "p11tls-pin-") -> Iterator[Path]:
             yield path
         finally:
             done.set()
-            # unblock the writer's open(): a reader that reads nothing
-            with contextlib.suppress(OSError):
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-                thread.join(1.0)
-                os.close(fd)
-            thread.join(1.0)
+            thread.join(1.0)  # within one poll; a daemon thread either way
+
+
+def _reader_open(path: Path) -> bool:
+    """A reader still has the FIFO open (a write-only open succeeds)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        return False
+    return True

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.commands.token_command import token_command
 from harness.errors import ConfigError, HarnessError, TokenError
+from harness.process import read_bounded
 
 if TYPE_CHECKING:
     from harness.interposer.profile import Profile
@@ -79,7 +80,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _pin(args: argparse.Namespace) -> str | None:
     if args.pin_file is not None:
         try:
-            return str(args.pin_file.read_text().strip())
+            return read_bounded(args.pin_file, 4096).decode("utf-8", errors="replace").strip()
         except OSError as exc:
             raise ConfigError(f"--pin-file {args.pin_file}: {exc.strerror}") from None
     return os.environ.get("PKCS11_TOKEN_PIN") or None

@@ -24,7 +24,7 @@ from pkcs11 import Attribute
 from pkcs11 import exceptions as p11exc
 
 from harness.commands.token_command import token_command
-from harness.process import signals_held
+from harness.process import read_bounded, signals_held
 from harness.matrix.keys import parse_keys
 from harness.errors import ConfigError, HarnessError
 from harness.token.journal import LAB_PREFIX, CleanupError, Journal, LeftObject, journal_dir
@@ -114,7 +114,7 @@ def provision_main(argv: Sequence[str]) -> int:
 def _pin(args: argparse.Namespace) -> str:
     if args.pin_file is not None:
         try:
-            return args.pin_file.read_text().strip()
+            return read_bounded(args.pin_file, 4096).decode("utf-8", errors="replace").strip()
         except OSError as exc:
             raise ConfigError(f"--pin-file {args.pin_file}: {exc.strerror}") from None
     pin = os.environ.get("PKCS11_TOKEN_PIN")

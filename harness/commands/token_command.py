@@ -11,7 +11,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from pkcs11.exceptions import PKCS11Error
+
 from harness.errors import HarnessError
+from harness.pkcs11 import exception_return_code
 from harness.process import install_signal_handlers
 from harness.token.session import exit_if_in_flight
 
@@ -29,6 +32,10 @@ def token_command(prog: str, body: Callable[[], int]) -> int:
         code = INTERRUPTED
     except HarnessError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
+        code = 2
+    except PKCS11Error as exc:  # a call outside the harness's wrappers: its CKR name
+        print(f"{prog}: the token returned {exception_return_code(exc) or 'an error'}",
+              file=sys.stderr)
         code = 2
     exit_if_in_flight(code)
     return code

@@ -45,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.process import read_bounded
+
+MAX_RECORD_BYTES = 1 << 30  # a whole matrix run's calls are a few MB
 
 __all__ = [
     "RecordedCall",
@@ -171,7 +174,7 @@ def load_calls(path: Path) -> RecordedCalls:
     the result's `problems`.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        text = read_bounded(path, MAX_RECORD_BYTES).decode("utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"cannot read record file {path}: {exc.strerror}") from None
     for number, line in enumerate(text.splitlines(), 1):
@@ -181,10 +184,16 @@ def load_calls(path: Path) -> RecordedCalls:
             why = _record_problem(json.loads(line))
         except json.JSONDecodeError as exc:
             why = f"not JSON ({exc.msg})"
+        except RecursionError:
+            why = "JSON nested too deeply"
         if why is not None:
             raise _not_a_record(path, number, why)
         break
-    return parse_records(text)
+    try:
+        return parse_records(text)
+    except RecursionError:
+        raise ConfigError(f"{path} is not an interposer record file: a line is JSON nested "
+                          "too deeply") from None
 
 
 def _not_a_record(path: Path, number: int, why: str) -> ConfigError:

@@ -59,6 +59,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
 from harness.errors import ConfigError
+from harness.process import read_bounded
 from harness.pkcs11.vocabulary import KEY_TYPES, MECHANISMS, OBJECT_CLASSES, RETURN_CODES
 
 if sys.version_info >= (3, 11):
@@ -82,6 +83,7 @@ __all__ = [
     "shipped_profiles",
 ]
 
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a page of TOML
 PROFILES_DIR = Path(__file__).parents[1] / "profiles"
 
 # What the interposer can add: it hashes on the host and signs with CKM_ECDSA.
@@ -320,13 +322,15 @@ def _shipped_paths() -> list[Path]:
 
 def _load_file(path: Path) -> Profile:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_bounded(path, MAX_PROFILE_BYTES).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read emulation profile {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"emulation profile {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"emulation profile {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"emulation profile {path} is nested too deeply") from None
     return _Reader(path).profile(data)
 
 

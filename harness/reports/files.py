@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.process import NotReadable, read_bounded
 from harness.matrix.record import HandshakeRecord, verdict_of
 from harness.reports.markdown import render_markdown
 
@@ -130,11 +131,9 @@ def load_results(path: Path) -> list[HandshakeRecord]:
     ConfigError with one line saying where and what (never a traceback later
     in a renderer)."""
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_RESULTS_BYTES:
-            raise ConfigError(f"{path} is not a results file: {size} bytes, more than "
-                              f"{MAX_RESULTS_BYTES // (1024 * 1024)} MiB")
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_RESULTS_BYTES).decode("utf-8")  # by bytes read
+    except NotReadable as exc:
+        raise ConfigError(f"{path} is not a results file: {exc.strerror}") from None
     except FileNotFoundError:
         raise ConfigError(f"results file {path} not found") from None
     except UnicodeDecodeError:

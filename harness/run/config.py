@@ -146,6 +146,9 @@ class Settings:
                              read_only=self.read_only)
 
 
+EMPTY_IS_GIVEN = ("p11_keys", "p11_clients")
+
+
 def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
           env: Mapping[str, str]) -> str | None:
     if option.repeatable:  # lines, joined; the first source that has any wins
@@ -155,6 +158,8 @@ def _pick(option: Option, cli: Mapping[str, object], ini: Mapping[str, object],
             if lines:
                 return "\n".join(str(line) for line in lines)
         return None
+    if option.name in EMPTY_IS_GIVEN and cli.get(option.name) == "":
+        return ""  # `--p11-keys ""` is an empty list (an error), not the default
     for source in (cli, ini):
         value = source.get(option.name)
         if value not in (None, ""):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError
 from harness.matrix.keys import parse_keys
+from harness.process import read_bounded
 from harness.token.probe import list_tokens
 
 if sys.version_info >= (3, 11):
@@ -34,6 +35,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+MODULE_FOLDERS = ("pkcs11", "softhsm")
+MAX_LAB_BYTES = 1 << 20  # a lab file is a page of TOML
+MAX_PIN_FILE_BYTES = 4096  # a PIN, a newline
 LAB_FILE_ENV = "P11TLS_LAB_FILE"
 MODES = ("read-only", "provision")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -90,9 +94,13 @@ def find_lab_file(base: Path, env: Mapping[str, str]) -> tuple[Path, str]:
 
 def _read(path: Path) -> dict[str, object]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_bounded(path, MAX_LAB_BYTES).decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
 
@@ -228,7 +236,9 @@ def resolve_module(entry: LabEntry) -> str:
         return str(path)
     from harness.installed import LIBRARY_DIRS, find_library
 
-    found = find_library(text)
+    # a library name: the library directories, then their PKCS#11 module
+    # folders (p11-kit's pkcs11/, Debian's softhsm/ for libsofthsm2.so)
+    found = find_library(text, *(f"{folder}/{text}" for folder in MODULE_FOLDERS))
     if found is None:
         raise LabModuleMissing(f"lab module {entry.name}: {text} is not installed (looked in "
                                f"{', '.join(str(d) for d in LIBRARY_DIRS)}){install}")
@@ -248,7 +258,10 @@ def read_pin(entry: LabEntry, env: Mapping[str, str]) -> str:
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(f"--p11-lab {entry.name}: PIN file {path} is readable by others: "
                               f"chmod 600 {path}")
-        return path.read_text(encoding="utf-8").strip("\r\n")
+        return read_bounded(path, MAX_PIN_FILE_BYTES).decode("utf-8").strip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--p11-lab {entry.name}: PIN file {path} is not UTF-8 text"
+                          ) from None
     except OSError as exc:
         raise ConfigError(f"--p11-lab {entry.name}: PIN file {path}: {exc.strerror}") from None
 

@@ -232,7 +232,7 @@ class MatrixRunner:
             record.outcome, record.error = not_here
             return record
         record.client_version = self._client_version(client)
-        with self.run_tokens.turn():
+        with self.run_tokens.turn(case.key):
             timed_out = self._run_case(record, case, client)
         record.provisioned = provisioned_by(  # the harness's own C_CreateObject etc.
             self.run_tokens.provision_chunks.get((case.key.name, case.provisioning)))
@@ -286,7 +286,8 @@ class MatrixRunner:
             return Outcome.SKIP.value, NEEDS_IMPORT
         existing = self.existing.get(case.key.name)
         if (existing is not None and existing.cert_der is None
-                and case.client.split("@", 1)[0] not in CERT_FROM_FILE):
+                and not getattr(client, "cert_from_file",
+                                case.client.split("@", 1)[0] in CERT_FROM_FILE)):
             return Outcome.SKIP.value, NO_CERT_ON_TOKEN.format(label=existing.label,
                                                                client=case.client)
         missing = self.missing_mechanism(case.key)

@@ -43,6 +43,7 @@ LAB_PREFIX = "p11tls-lab-"  # labels of keys `p11tls provision` put on a lab tok
 _URI_ATTRIBUTES = {"token", "object", "id", "type", "manufacturer", "model", "serial",
                    "library-manufacturer", "library-description", "library-version",
                    "slot-description", "slot-manufacturer", "slot-id"}
+_TOKEN_ATTRIBUTES = ("token", "serial", "manufacturer", "model")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class KeyURI:
     label: str | None = None  # object=
     key_id: bytes | None = None  # id=
     kind: str | None = None  # type=
+    # token=, serial=, manufacturer=, model=: the token they must match (CK_TOKEN_INFO)
+    token_info: tuple[tuple[str, str], ...] = ()
 
 
 def parse_key_uri(text: str) -> KeyURI:
@@ -72,15 +75,42 @@ def parse_key_uri(text: str) -> KeyURI:
         name, sep, value = part.partition("=")
         if not sep or name not in _URI_ATTRIBUTES:
             raise ConfigError(f"--p11-key {text!r}: unknown or malformed attribute {part!r}")
+        if name in values:  # RFC 7512: each attribute at most once
+            raise ConfigError(f"--p11-key {text!r}: {name}= is given twice; give it once")
         values[name] = unquote_to_bytes(value)
-    kind = values.get("type", b"").decode() or None
+
+    def text_of(name: str) -> str | None:
+        if name not in values:
+            return None
+        try:
+            return values[name].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"--p11-key {text!r}: {name}= is not UTF-8 text once "
+                              "percent-decoded (RFC 7512 values are UTF-8)") from None
+
+    kind = text_of("type")
     if kind not in (None, "private", "public", "cert"):
         raise ConfigError(f"--p11-key {text!r}: type={kind} names no key; use type=private")
     if "object" not in values and "id" not in values:
         raise ConfigError(f"--p11-key {text!r} names no key: give object= or id=")
-    return KeyURI(text, token=values["token"].decode() if "token" in values else None,
-                  label=values["object"].decode() if "object" in values else None,
-                  key_id=values.get("id"), kind=kind)
+    said = {name: text_of(name) for name in _TOKEN_ATTRIBUTES}
+    token_info = tuple((name, value) for name, value in said.items() if value is not None)
+    return KeyURI(text, token=text_of("token"), label=text_of("object"),
+                  key_id=values.get("id"), kind=kind, token_info=token_info)
+
+
+def check_token(uri: KeyURI, token: Any) -> None:
+    """A URI's token=/serial=/manufacturer=/model= must be the token's (a
+    python-pkcs11 Token); ConfigError naming the first that is not."""
+    said = {"token": token.label, "serial": getattr(token, "serial", b""),
+            "manufacturer": token.manufacturer_id, "model": token.model}
+    for name, wanted in uri.token_info:
+        value = said[name]
+        have = (value.decode(errors="replace") if isinstance(value, bytes)
+                else str(value)).strip()
+        if have != wanted:
+            raise ConfigError(f"--p11-key {uri.text}: {name}={wanted!r} is not this token "
+                              f"(its {name} is {have!r}): check --p11-token-label or the URI")
 
 
 @dataclass(frozen=True)
@@ -203,6 +233,7 @@ def discover(session: Any, *, all_pairs: bool, uris: tuple[KeyURI, ...] = ()) ->
     if all_pairs:
         chosen.extend(certs)
     for uri in uris:
+        check_token(uri, session.token)
         matches = [i for i in dict.fromkeys([*certs, *publics])
                    if (uri.key_id is None or i == uri.key_id)
                    and (uri.label is None or uri.label in (

@@ -97,16 +97,16 @@ class TokenLock:
             return ""
 
     def acquire(self, say: Callable[[str], None] | None = None,
-                poll_s: float = 0.2, wait: bool = True) -> bool:
+                poll_s: float = 0.2, wait: bool = True, shared: bool = False) -> bool:
         """Block until the lock is ours (say one line if another run holds it),
-        or with wait=False return False at once. Interruptible: the wait is a
-        sleep between tries."""
+        or with wait=False return False at once; `shared` with other shared
+        holders. Interruptible: the wait is a sleep between tries."""
         fd = self._open()
         said = False
         try:
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if not wait:
@@ -120,13 +120,15 @@ class TokenLock:
         except BaseException:
             os.close(fd)
             raise
+        self._fd = fd
+        if shared:
+            return True
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since "
                           f"{time.strftime('%H:%M:%S')}".encode(), 0)
         except OSError:
             pass  # another user's lock file: held all the same
-        self._fd = fd
         return True
 
     def release(self) -> None:

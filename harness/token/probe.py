@@ -30,23 +30,35 @@ from harness.matrix.keys import Algorithm, KeySpec
 from harness.pkcs11 import exception_return_code
 from harness.token.cleanup import leftovers_on
 from harness.token.existing_keys import discover, parse_key_uri
-from harness.token.session import Token, load_module, text_of
+from harness.token.session import Token, exit_if_in_flight, load_module, text_of
 
-CHILD_TIMEOUT_S = 120.0  # a card's C_Initialize can take seconds; a hung module must not hang us
+CALL_TIMEOUT_S = 20.0  # per call, as --p11-timeout's default
+TIMEOUT_VARIABLE = "P11TLS_PROBE_TIMEOUT"  # the child's per-call bound
+
+
+def child_limit(timeout_s: float) -> float:
+    """The whole child: starting Python, C_Initialize, and a few calls of at
+    most `timeout_s` each (a card's C_Initialize takes seconds; a module that
+    hangs must not hang the run past --p11-timeout's few multiples)."""
+    return 3 * timeout_s + 5
 
 
 def ask(verb: str, args: list[str], stdin: str = "", env: dict[str, str] | None = None,
-        timeout_s: float = CHILD_TIMEOUT_S) -> Any:
+        timeout_s: float = CALL_TIMEOUT_S) -> Any:
     """Run one probe verb in a child process and return its JSON answer; its
-    one-line error becomes a TokenError."""
+    one-line error becomes a TokenError. Each of its calls is bounded by
+    `timeout_s`, the child by child_limit(timeout_s)."""
+    limit = child_limit(timeout_s)
     try:
         proc = subprocess.run([sys.executable, "-m", "harness.token.probe", verb, *args],
-                              input=stdin, capture_output=True, text=True, timeout=timeout_s,
-                              check=False, env={**os.environ, **env} if env else None)
+                              input=stdin, capture_output=True, text=True, timeout=limit,
+                              check=False, env={**os.environ, **(env or {}),
+                                                TIMEOUT_VARIABLE: f"{timeout_s:g}"})
     except subprocess.TimeoutExpired:
-        raise TokenError(f"the token did not answer within {timeout_s:g} s ({verb} in a child "
-                         "process): check the reader and the module, or raise --p11-timeout"
-                         ) from None
+        raise TokenError(f"the token did not answer within {limit:g} s ({verb} in a child "
+                         "process, --p11-timeout "
+                         f"{timeout_s:g} s per call): check the reader and the module, or "
+                         "raise --p11-timeout") from None
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
         raise TokenError(lines[-1])
@@ -56,7 +68,7 @@ def ask(verb: str, args: list[str], stdin: str = "", env: dict[str, str] | None 
 def check_login(module: Path, label: str, pin: str,
                 env: dict[str, str] | None = None, *, journal_key: str | None = None,
                 own: str = "", hint_module: Path | None = None,
-                read_only: bool = False) -> dict[str, Any]:
+                read_only: bool = False, timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
     """Log in once and return the token's description (with `pin_warning`);
     raise the same one-line error as Token does. `env` is added to the child's
     environment (an interposer configuration). With `journal_key` (the real
@@ -65,24 +77,25 @@ def check_login(module: Path, label: str, pin: str,
     scan = ([journal_key, own, str(hint_module or module)] if journal_key is not None
             else [])
     verb = "login-ro" if read_only else "login"  # a read-only run: a read-only session
-    info: dict[str, Any] = ask(verb, [str(module), label, *scan], pin, env)
+    info: dict[str, Any] = ask(verb, [str(module), label, *scan], pin, env, timeout_s)
     return info
 
 
-def describe_token(module: Path, label: str) -> dict[str, Any]:
+def describe_token(module: Path, label: str,
+                   timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
     """The token's description, without logging in."""
-    info: dict[str, Any] = ask("info", [str(module), label])
+    info: dict[str, Any] = ask("info", [str(module), label], timeout_s=timeout_s)
     return info
 
 
 def existing_specs(module: Path, token_label: str, *, all_pairs: bool,
-                   uris: tuple[str, ...], env: dict[str, str] | None = None
-                   ) -> tuple[KeySpec, ...]:
+                   uris: tuple[str, ...], env: dict[str, str] | None = None,
+                   timeout_s: float = CALL_TIMEOUT_S) -> tuple[KeySpec, ...]:
     """The KeySpecs of the keys to test read-only, read without a login."""
     for uri in uris:
         parse_key_uri(uri)  # bad input stops here, with its one line
     found = ask("keys", [str(module), token_label, *(["--all"] if all_pairs else []), *uris],
-                env=env)
+                env=env, timeout_s=timeout_s)
     if not found:
         what = "no key pair with a certificate" if all_pairs else "no key"
         raise TokenError(f"token {token_label!r} holds {what} to test read-only")
@@ -97,8 +110,13 @@ def list_tokens(module: Path) -> list[dict[str, str]]:
 
 
 # -- the child side ------------------------------------------------------------------
+def _call_timeout() -> float:
+    return float(os.environ.get(TIMEOUT_VARIABLE) or CALL_TIMEOUT_S)
+
+
 def _login(argv: list[str], read_only: bool) -> Any:
-    token = Token(Path(argv[0]), argv[1], sys.stdin.read(), read_only=read_only)
+    token = Token(Path(argv[0]), argv[1], sys.stdin.read(), timeout_s=_call_timeout(),
+                  read_only=read_only)
     try:
         _ = token.session
         extra = ({"leftovers": leftovers_on(token, argv[2], argv[3], argv[4])}
@@ -109,7 +127,7 @@ def _login(argv: list[str], read_only: bool) -> Any:
 
 
 def _info(argv: list[str]) -> Any:
-    token = Token(Path(argv[0]), argv[1], "")
+    token = Token(Path(argv[0]), argv[1], "", timeout_s=_call_timeout())
     try:
         return {**token.info().as_dict(), "pin_warning": token.pin_warning}
     finally:
@@ -142,6 +160,7 @@ def main(argv: list[str]) -> int:
         answer = VERBS[argv[0]](argv[1:])
     except HarnessError as exc:
         print(exc, file=sys.stderr)
+        exit_if_in_flight(2, say=False)  # the parent shows this line, the last one
         return 2
     except Exception as exc:  # noqa: BLE001 - one line for the parent, never a traceback
         what = exception_return_code(exc) or f"{type(exc).__name__}: {exc}"

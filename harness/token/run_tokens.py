@@ -139,7 +139,7 @@ def real_identity(module: Path, token: Token, profile: Profile | None) -> dict[s
     loads the real module)."""
     if profile is None or not (profile.token.model or profile.token.manufacturer):
         return token.identity
-    info = describe_token(module, token.label)
+    info = describe_token(module, token.label, token.timeout_s)
     return {**token.identity, "manufacturer": str(info.get("manufacturer", "")),
             "model": str(info.get("model", ""))}
 
@@ -166,6 +166,10 @@ class RunTokens:
         self._mechanisms: dict[str, tuple[str, ...]] = {}  # token label -> mechanism names
         self.journal: Journal | None = None
         self.case_lock: TokenLock | None = None  # xdist workers of one run, case by case
+        # xdist on one token: an Ed25519 key there breaks the libp11 engine of
+        # every worker, so it is made only when no other worker runs another case
+        self.eddsa_lock: TokenLock | None = None
+        self._eddsa_held = False
         # under a profile: the record of this process's own calls (provisioning)
         self.provision_record: Path | None = None
         self.provision_chunks: dict[tuple[str, Provisioning], bytes] = {}
@@ -222,10 +226,18 @@ class RunTokens:
         if settings.module is not None:  # a named token: one run at a time, a journal
             self._guard(run_lock_held, say)
         self.token("main")
-        _ = self.main_token.session  # fails fast on a bad PIN (after the lock: one login)
         self.existing: dict[str, ExistingKey] = {}  # read-only mode: name -> key on the token
-        if settings.read_only:
-            self.existing = self._discover_existing()
+        # xdist workers: the login in turn too (SoftHSM reads every object
+        # file at C_Login, and another worker may be writing one)
+        if self.case_lock is not None:
+            self.case_lock.acquire()
+        try:
+            _ = self.main_token.session  # fails fast on a bad PIN (after the lock: one login)
+            if settings.read_only:
+                self.existing = self._discover_existing()
+        finally:
+            if self.case_lock is not None:
+                self.case_lock.release()
 
     @property
     def user_token(self) -> bool:
@@ -242,6 +254,8 @@ class RunTokens:
         identity = real_identity(self.module, token, self.profile)
         if run_lock_held:  # the pytest controller holds the run's lock; workers take turns
             self.case_lock = case_lock(identity)
+            self.eddsa_lock = TokenLock(token_key(identity) + ".eddsa",
+                                        f"token {token.label!r} (Ed25519 cases)")
         else:
             lock = lock_token(identity, say)
             self._stack.callback(lock.release)
@@ -361,16 +375,40 @@ class RunTokens:
         return writes_in(parse_calls(self.provision_record.read_bytes()))
 
     @contextmanager
-    def turn(self) -> Iterator[None]:
-        """xdist workers of one run use a named token one case at a time."""
+    def turn(self, key: KeySpec) -> Iterator[None]:
+        """xdist workers of one run use a named token one case at a time, and
+        Ed25519 cases after every other worker's other cases: a worker holds
+        the Ed25519 lock from its first Ed25519 case until its keys are gone
+        (libp11 cannot enumerate a token with an Ed25519 key on it; each
+        worker already runs its Ed25519 cases last)."""
         if self.case_lock is None:
             yield
             return
-        self.case_lock.acquire()
-        try:
+        with self._eddsa_turn(key):
+            self.case_lock.acquire()
+            try:
+                yield
+            finally:
+                self.case_lock.release()
+
+    @contextmanager
+    def _eddsa_turn(self, key: KeySpec) -> Iterator[None]:
+        assert self.eddsa_lock is not None
+        if self._eddsa_held:  # this worker's Ed25519 key is on the token already
             yield
-        finally:
-            self.case_lock.release()
+        elif key.algorithm is Algorithm.EDDSA:
+            self.eddsa_lock.acquire()  # the others' cases end first
+            self._eddsa_held = True
+            self._stack.callback(self.eddsa_lock.release)  # after clean(): key gone
+            yield
+        else:
+            other = TokenLock(self.eddsa_lock.path.stem, self.eddsa_lock.what,
+                              self.eddsa_lock.path.parent)
+            other.acquire(shared=True)
+            try:
+                yield
+            finally:
+                other.release()
 
     def clean(self) -> CleanupError | None:
         """Remove what this run created on a user's token (a throw-away token

@@ -43,7 +43,7 @@ def calls_in_flight() -> list[str]:
     return [w.busy_with for w in list(_workers) if w.busy_with is not None]
 
 
-def exit_if_in_flight(code: int) -> None:
+def exit_if_in_flight(code: int, say: bool = True) -> None:
     """A module with a call still in flight must not see C_Finalize (python-pkcs11
     sends it at interpreter exit: it hangs on the call's lock or the call
     returns into an unloaded library). So, after what must be written is
@@ -51,8 +51,9 @@ def exit_if_in_flight(code: int) -> None:
     busy = calls_in_flight()
     if not busy:
         return
-    print(f"p11tls: the token never returned {', '.join(busy)}: the process exits without "
-          "C_Finalize", file=sys.stderr)
+    if say:
+        print(f"p11tls: the token never returned {', '.join(busy)}: the process exits without "
+              "C_Finalize", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -262,8 +263,12 @@ class Token:
             if _refused_login is not None:
                 raise TokenError(_refused_login)
             # the flags as they are now (C_GetTokenInfo), not at enumeration
-            flags = self.call(lambda: int(self.token.slot.get_token().flags),
-                              "C_GetTokenInfo")
+            try:
+                flags = self.call(lambda: int(self.token.slot.get_token().flags),
+                                  "C_GetTokenInfo")
+            except p11exc.PKCS11Error as exc:  # no login was sent: the run may be tried again
+                raise TokenError(f"token {self.label!r} did not describe itself "
+                                 f"(C_GetTokenInfo -> {exception_return_code(exc)})") from None
             refusal, self.pin_warning = pin_state(self.label, flags)
             if refusal is not None:
                 _refused_login = refusal
@@ -281,6 +286,11 @@ class Token:
             except p11exc.PinLocked:
                 _refused_login = (f"token {self.label!r} is locked (CKR_PIN_LOCKED): "
                                   "unblock it first")
+                raise TokenError(_refused_login) from None
+            except p11exc.PKCS11Error as exc:  # not the PIN: never retried all the same
+                _refused_login = (f"token {self.label!r} refused the login "
+                                  f"(C_Login -> {exception_return_code(exc)}); it is not "
+                                  "retried")
                 raise TokenError(_refused_login) from None
         return self._session
 

@@ -30,31 +30,31 @@ def example_class() -> type[CommandClient]:
 
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
-def test_the_documented_client_handshakes(p11_runner, tls):
+def test_the_documented_client_handshakes(p11tls_runner, tls):
     cls = example_class()
     client = cls()
     if client.unavailable_reason():
         pytest.skip(client.unavailable_reason())
-    p11_runner.clients[cls.name] = client  # registered for this runner only
+    p11tls_runner.clients[cls.name] = client  # registered for this runner only
     case = Case(cls.name, KEYS["p256"], Provisioning.GENERATE, tls)
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "ok", record.error
     assert record.sign["mechanism"] == "CKM_ECDSA" and record.sign["rv"] == "CKR_OK"
-    assert p11_runner.pin not in Path(record.logs["client"]).read_text()
+    assert p11tls_runner.pin not in Path(record.logs["client"]).read_text()
     assert cls.marker in case.markers or cls.name.replace("-", "_") in case.markers
 
 
-def test_a_foreign_ca_fails_the_documented_client(p11_runner, tmp_path):
+def test_a_foreign_ca_fails_the_documented_client(p11tls_runner, tmp_path):
     from client_checks import foreign_ca, run_direct
 
     cls = example_class()
     if cls().unavailable_reason():
         pytest.skip(cls().unavailable_reason())
-    p11_runner.clients[cls.name] = cls()
-    p11_runner.recorder(cls.name)
-    assert not run_direct(p11_runner, cls.name, tmp_path / "no",
+    p11tls_runner.clients[cls.name] = cls()
+    p11tls_runner.recorder(cls.name)
+    assert not run_direct(p11tls_runner, cls.name, tmp_path / "no",
                           client_ca=foreign_ca(tmp_path / "ca")).seen.accepted
-    assert run_direct(p11_runner, cls.name, tmp_path / "yes").seen.accepted
+    assert run_direct(p11tls_runner, cls.name, tmp_path / "yes").seen.accepted
 
 
 def test_pin_in_argv_is_refused_when_declared():

@@ -50,12 +50,12 @@ def check_signed_input(record) -> None:
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256", "p384"])
-def test_handshake_signs_once_what_the_server_verified(p11_runner, key, tls):
+def test_handshake_signs_once_what_the_server_verified(p11tls_runner, key, tls):
     case = Case("curl", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11_runner.judge(case, p11_runner.run(case))
+    record = p11tls_runner.judge(case, p11tls_runner.run(case))
     assert record.outcome == "ok", record.error
     assert record.negotiated_version == f"TLSv{tls.value}"
-    assert p11_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
+    assert p11tls_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
     check_signed_input(record)
     if key != "rsa2048":  # both paths hash ECDSA on the host
         assert record.sign["mechanism"] == "CKM_ECDSA"
@@ -63,61 +63,62 @@ def test_handshake_signs_once_what_the_server_verified(p11_runner, key, tls):
     assert not record.problems and not record.unmeasured
 
 
-def test_forced_rsa_pkcs1_signs_a_digest_info_or_the_message(p11_runner):
+def test_forced_rsa_pkcs1_signs_a_digest_info_or_the_message(p11tls_runner):
     case = Case("curl", KEYS["rsa2048"], Provisioning.GENERATE, TLSVersion.TLS12,
                 FORCED_RSA_PKCS1)
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "ok", record.error
     assert record.signature_scheme == "rsa_pkcs1_sha256"
     check_signed_input(record)
     assert record.sign["mechanism"] in ("CKM_RSA_PKCS", "CKM_SHA256_RSA_PKCS")
 
 
-def test_error_after_an_accepted_handshake_says_so(p11_runner, tmp_path):
-    done = run_direct(p11_runner, "curl", tmp_path / "ok")
+def test_error_after_an_accepted_handshake_says_so(p11tls_runner, tmp_path):
+    done = run_direct(p11tls_runner, "curl", tmp_path / "ok")
     assert done.seen.accepted
     assert done.result.returncode != 0  # the server sends no HTTP
     assert "after the TLS handshake" in (done.result.error or "")
-    rejected = run_direct(p11_runner, "curl", tmp_path / "no",  # negative control
+    rejected = run_direct(p11tls_runner, "curl", tmp_path / "no",  # negative control
                           client_ca=foreign_ca(tmp_path / "ca"))
     assert not rejected.seen.accepted
     assert "after the TLS handshake" not in (rejected.result.error or "")
 
 
-def test_wrong_pin_is_refused_once(p11_runner, tmp_path):
-    wrong = "0" * len(p11_runner.pin) if p11_runner.pin != "0" * len(p11_runner.pin) else "1111"
-    bad = run_direct(p11_runner, "curl", tmp_path / "wrong", pin=wrong)
+def test_wrong_pin_is_refused_once(p11tls_runner, tmp_path):
+    pin = p11tls_runner.pin
+    wrong = "0" * len(pin) if pin != "0" * len(pin) else "1111"
+    bad = run_direct(p11tls_runner, "curl", tmp_path / "wrong", pin=wrong)
     assert not bad.seen.accepted
     assert logins(bad.calls) == ["CKR_PIN_INCORRECT"]
     assert not signs(bad.calls)
-    good = run_direct(p11_runner, "curl", tmp_path / "right")  # negative control
+    good = run_direct(p11tls_runner, "curl", tmp_path / "right")  # negative control
     assert good.seen.accepted and logins(good.calls) == ["CKR_OK"]
 
 
-def test_server_trusting_another_ca_rejects_the_certificate(p11_runner, tmp_path):
-    other = run_direct(p11_runner, "curl", tmp_path / "other",
+def test_server_trusting_another_ca_rejects_the_certificate(p11tls_runner, tmp_path):
+    other = run_direct(p11tls_runner, "curl", tmp_path / "other",
                        client_ca=foreign_ca(tmp_path / "ca"))
     assert not other.seen.accepted and other.seen.client_subject is None
-    assert run_direct(p11_runner, "curl", tmp_path / "same").seen.accepted  # control
+    assert run_direct(p11tls_runner, "curl", tmp_path / "same").seen.accepted  # control
 
 
-def test_pin_is_in_no_argv_and_no_file_afterwards(p11_runner, tmp_path):
-    done = run_direct(p11_runner, "curl", tmp_path / "pin")
+def test_pin_is_in_no_argv_and_no_file_afterwards(p11tls_runner, tmp_path):
+    done = run_direct(p11tls_runner, "curl", tmp_path / "pin")
     log = done.job.log_path.read_text()
     argv = log.splitlines()[0]
-    assert done.seen.accepted and p11_runner.pin not in log
+    assert done.seen.accepted and p11tls_runner.pin not in log
     # the engine's curl config (-K) or the provider's PIN file (pin-source): removed
     private = re.search(r" -K (\S+)|pin-source=file:([^&\s]+)", argv)
     assert private is not None, argv
     assert not Path(unquote(private.group(1) or private.group(2))).parent.exists()
 
 
-def test_missing_curl_is_a_skip_with_the_install_hint(p11_runner, monkeypatch):
+def test_missing_curl_is_a_skip_with_the_install_hint(p11tls_runner, monkeypatch):
     case = Case("curl", KEYS["p256"], Provisioning.GENERATE, TLSVersion.TLS12)
     real_which = shutil.which
     monkeypatch.setattr("shutil.which",
                         lambda name, *a, **k: None if name == "curl" else real_which(name))
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "skip" and "install curl" in record.error
     monkeypatch.undo()
-    assert p11_runner.run(case).outcome == "ok"  # negative control
+    assert p11tls_runner.run(case).outcome == "ok"  # negative control

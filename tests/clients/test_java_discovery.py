@@ -111,18 +111,18 @@ def test_client_compiles_for_java_11(tmp_path):
 
 @needs_two
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
-def test_handshake_on_every_jdk(p11_runner, tls):
+def test_handshake_on_every_jdk(p11tls_runner, tls):
     versions = set()
     for jdk in JDKS:
         name = "java" if jdk is JDKS[0] else next(
             f"java@{s}" for s, j in jdk_variants().items() if j.home == jdk.home)
         case = Case(name, KEYS["p256"], Provisioning.GENERATE, tls)
         assert "java" in case.markers  # -m java selects every JDK
-        record = p11_runner.run(case)
+        record = p11tls_runner.run(case)
         assert record.outcome == "ok", (name, record.error)
         assert record.sign["mechanism"] == "CKM_ECDSA" and record.sign["input_bytes"] == 32
         assert jdk.version in record.client_version
-        versions.add(p11_runner.versions(name)["java"])
+        versions.add(p11tls_runner.versions(name)["java"])
     assert len(versions) == len(JDKS)  # each case ran on its own JDK
 
 

@@ -31,69 +31,71 @@ pytestmark = pytest.mark.skipif(NSSClient().unavailable_reason() is not None,
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256", "p384"])
-def test_handshake_signs_once_with_a_raw_mechanism(p11_runner, key, tls):
+def test_handshake_signs_once_with_a_raw_mechanism(p11tls_runner, key, tls):
     case = Case("nss", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11_runner.judge(case, p11_runner.run(case))
+    record = p11tls_runner.judge(case, p11tls_runner.run(case))
     assert record.outcome == "ok", record.error
     assert record.negotiated_version == f"TLSv{tls.value}"
-    assert p11_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
+    assert p11tls_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
     # NSS hashes on the host: one C_Sign over the digest of the scheme the server saw
     assert record.sign["mechanism"] in RAW_MECHANISMS and record.sign["parts"] == 0
     assert record.sign["input_bytes"] == expected_input(record.signature_scheme)
     assert not record.problems and not record.unmeasured  # the facts hold here
 
 
-def test_forced_rsa_pkcs1_signs_a_digest_info(p11_runner):
+def test_forced_rsa_pkcs1_signs_a_digest_info(p11tls_runner):
     case = Case("nss", KEYS["rsa2048"], Provisioning.GENERATE, TLSVersion.TLS12,
                 FORCED_RSA_PKCS1)
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "ok", record.error
     assert record.signature_scheme == "rsa_pkcs1_sha256"
     assert (record.sign["mechanism"], record.sign["input_bytes"]) == ("CKM_RSA_PKCS", 51)
 
 
-def test_nss_debug_log_is_kept_per_case_without_the_pin(p11_runner):
+def test_nss_debug_log_is_kept_per_case_without_the_pin(p11tls_runner):
     case = Case("nss", KEYS["p256"], Provisioning.GENERATE, TLSVersion.TLS13)
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "ok", record.error
     log = Path(record.logs["client"]).parent / DEBUG_LOG
     text = log.read_text()
     assert "C_Login" in text and "C_Sign" in text and "CKM_ECDSA" in text
-    assert p11_runner.pin not in text
-    assert p11_runner.pin not in Path(record.logs["client"]).read_text()
+    assert p11tls_runner.pin not in text
+    assert p11tls_runner.pin not in Path(record.logs["client"]).read_text()
 
 
-def test_wrong_pin_is_refused_once(p11_runner, tmp_path):
-    wrong = "0" * len(p11_runner.pin) if p11_runner.pin != "0" * len(p11_runner.pin) else "1111"
-    bad = run_direct(p11_runner, "nss", tmp_path / "wrong", pin=wrong)
+def test_wrong_pin_is_refused_once(p11tls_runner, tmp_path):
+    pin = p11tls_runner.pin
+    wrong = "0" * len(pin) if pin != "0" * len(pin) else "1111"
+    bad = run_direct(p11tls_runner, "nss", tmp_path / "wrong", pin=wrong)
     assert not bad.seen.accepted
     assert logins(bad.calls) == ["CKR_PIN_INCORRECT"]  # once: never retried
     assert not signs(bad.calls)
-    good = run_direct(p11_runner, "nss", tmp_path / "right")  # negative control
+    good = run_direct(p11tls_runner, "nss", tmp_path / "right")  # negative control
     assert good.seen.accepted and logins(good.calls) == ["CKR_OK"]
 
 
-def test_server_trusting_another_ca_rejects_the_certificate(p11_runner, tmp_path):
-    other = run_direct(p11_runner, "nss", tmp_path / "other", client_ca=foreign_ca(tmp_path / "ca"))
+def test_server_trusting_another_ca_rejects_the_certificate(p11tls_runner, tmp_path):
+    other = run_direct(p11tls_runner, "nss", tmp_path / "other",
+                       client_ca=foreign_ca(tmp_path / "ca"))
     assert not other.seen.accepted and other.seen.client_subject is None
-    same = run_direct(p11_runner, "nss", tmp_path / "same")  # negative control
+    same = run_direct(p11tls_runner, "nss", tmp_path / "same")  # negative control
     assert same.seen.accepted
 
 
-def test_pin_pipe_is_gone_after_the_handshake(p11_runner, tmp_path):
-    done = run_direct(p11_runner, "nss", tmp_path / "pin")
+def test_pin_pipe_is_gone_after_the_handshake(p11tls_runner, tmp_path):
+    done = run_direct(p11tls_runner, "nss", tmp_path / "pin")
     argv = done.job.log_path.read_text().splitlines()[0]
     pin_file = Path(argv.split(" -W ", 1)[1].split(" ", 1)[0])
     assert done.seen.accepted and not pin_file.exists() and not pin_file.parent.exists()
-    assert p11_runner.pin not in argv
+    assert p11tls_runner.pin not in argv
 
 
-def test_missing_tstclnt_is_a_skip_with_the_install_hint(p11_runner, monkeypatch):
+def test_missing_tstclnt_is_a_skip_with_the_install_hint(p11tls_runner, monkeypatch):
     case = Case("nss", KEYS["p256"], Provisioning.GENERATE, TLSVersion.TLS12)
     real_which = shutil.which
     monkeypatch.setattr("shutil.which",
                         lambda name, *a, **k: None if name == "tstclnt" else real_which(name))
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "skip" and "install libnss3-tools" in record.error
     monkeypatch.undo()
-    assert p11_runner.run(dataclasses.replace(case)).outcome == "ok"  # negative control
+    assert p11tls_runner.run(dataclasses.replace(case)).outcome == "ok"  # negative control

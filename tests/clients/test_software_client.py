@@ -51,66 +51,66 @@ def run_with(runner, case: Case, **changes):
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256", "p384"])
-def test_software_control_handshakes(p11_runner, key, tls):
-    record = p11_runner.run(software(key, tls))
+def test_software_control_handshakes(p11tls_runner, key, tls):
+    record = p11tls_runner.run(software(key, tls))
     assert record.outcome == "ok", record.error
     assert record.negotiated_version == f"TLSv{tls.value}"
     family = "rsa_" if key.startswith("rsa") else "ecdsa_"
     assert record.signature_scheme and record.signature_scheme.startswith(family)
     # the certificate on the token, the key from memory, and no PKCS#11 call
-    assert p11_runner.key(KEYS[key], Provisioning.IMPORT).label in record.client_subject
+    assert p11tls_runner.key(KEYS[key], Provisioning.IMPORT).label in record.client_subject
     assert record.sign is None and record.calls is None
     assert "handshake ok" in Path(record.logs["client"]).read_text()
 
 
-def test_software_control_under_forced_rsa_pkcs1(p11_runner):
-    record = p11_runner.run(software("rsa2048", TLSVersion.TLS12, FORCED_RSA_PKCS1))
+def test_software_control_under_forced_rsa_pkcs1(p11tls_runner):
+    record = p11tls_runner.run(software("rsa2048", TLSVersion.TLS12, FORCED_RSA_PKCS1))
     assert record.outcome == "ok", record.error
     assert record.signature_scheme == "rsa_pkcs1_sha256"
 
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
-def test_a_key_that_does_not_match_the_certificate_fails(p11_runner, tls):
+def test_a_key_that_does_not_match_the_certificate_fails(p11tls_runner, tls):
     stranger = ec.generate_private_key(ec.SECP256R1())
-    record = run_with(p11_runner, software("p256", tls), private_key=stranger)
+    record = run_with(p11tls_runner, software("p256", tls), private_key=stranger)
     assert record.outcome == "fail"
     assert "key values mismatch" in record.error  # OpenSSL refuses it before connecting
     assert record.signature_scheme is None
 
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
-def test_a_wrong_private_part_is_rejected_by_the_server(p11_runner, tls):
+def test_a_wrong_private_part_is_rejected_by_the_server(p11tls_runner, tls):
     """Same public key as the certificate, so the client cannot tell; the
     signature is wrong, and only the server's check of the CertificateVerify
     can catch it."""
     case = software("rsa2048", tls)
-    n = p11_runner.key(case.key, case.provisioning).private_key.private_numbers()
+    n = p11tls_runner.key(case.key, case.provisioning).private_key.private_numbers()
     wrong = rsa.RSAPrivateNumbers(
         n.p, n.q, n.d ^ 2, n.dmp1 ^ 2, n.dmq1 ^ 2, n.iqmp, n.public_numbers,
     ).private_key(unsafe_skip_rsa_key_validation=True)
-    record = run_with(p11_runner, case, private_key=wrong)
+    record = run_with(p11tls_runner, case, private_key=wrong)
     assert record.outcome == "fail"
     assert record.signature_scheme  # the server did receive a CertificateVerify
     assert "decrypt error" in record.error
 
 
-def test_a_certificate_from_another_ca_fails(p11_runner, tmp_path):
+def test_a_certificate_from_another_ca_fails(p11tls_runner, tmp_path):
     case = software("p256", TLSVersion.TLS13)
-    key = p11_runner.key(case.key, case.provisioning)
+    key = p11tls_runner.key(case.key, case.provisioning)
     public_key = x509.load_pem_x509_certificate(key.cert_pem.read_bytes()).public_key()
     other = TestCA(tmp_path / "other-ca", name="another CA")
     foreign = write_pem(other.issue_client_cert(public_key, key.label), tmp_path / "foreign.pem")
-    record = run_with(p11_runner, case, cert_pem=foreign)
+    record = run_with(p11tls_runner, case, cert_pem=foreign)
     assert record.outcome == "fail"
     assert "unknown ca" in record.error or "certificate verify failed" in record.error
 
 
-def test_generated_keys_skip_with_the_reason(p11_runner):
-    record = p11_runner.run(Case("software", KEYS["p256"], Provisioning.GENERATE,
+def test_generated_keys_skip_with_the_reason(p11tls_runner):
+    record = p11tls_runner.run(Case("software", KEYS["p256"], Provisioning.GENERATE,
                                  TLSVersion.TLS12))
     assert record.outcome == "skip" and record.error == NEEDS_IMPORT
-    assert p11_runner.key(KEYS["p256"], Provisioning.GENERATE).private_key is None
-    assert p11_runner.key(KEYS["p256"], Provisioning.IMPORT).private_key is not None
+    assert p11tls_runner.key(KEYS["p256"], Provisioning.GENERATE).private_key is None
+    assert p11tls_runner.key(KEYS["p256"], Provisioning.IMPORT).private_key is not None
 
 
 def test_the_matrix_gives_software_imported_keys_only():
@@ -134,16 +134,16 @@ def test_software_is_a_registered_client_marker_and_the_last_column():
     assert client.version().startswith("pyOpenSSL ") and "OpenSSL" in client.version()[10:]
 
 
-def test_the_client_honours_its_timeout(p11_runner, tmp_path):
+def test_the_client_honours_its_timeout(p11tls_runner, tmp_path):
     """A server that accepts and never answers: the handshake stops at timeout_s."""
-    key = p11_runner.key(KEYS["p256"], Provisioning.IMPORT)
+    key = p11tls_runner.key(KEYS["p256"], Provisioning.IMPORT)
     silent = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
     job = HandshakeJob(
         host="127.0.0.1", port=silent.getsockname()[1], tls=TLSVersion.TLS13,
         module=Path("unused"), token_label="unused", pin="", key_label=key.label,
-        key_id_hex=key.id_hex, cert_pem=key.cert_pem, ca_pem=p11_runner.ca.ca_pem,
+        key_id_hex=key.id_hex, cert_pem=key.cert_pem, ca_pem=p11tls_runner.ca.ca_pem,
         log_path=tmp_path / "client.log", timeout_s=0.5, private_key=key.private_key)
     try:
         start = time.monotonic()
@@ -155,7 +155,7 @@ def test_the_client_honours_its_timeout(p11_runner, tmp_path):
             conn.close()
     assert result.timed_out and result.returncode is None
     assert 0.5 <= elapsed < 3 and "timed out after 0.5 s" in result.error
-    ok = p11_runner.run(software("p256", TLSVersion.TLS13))  # negative control
+    ok = p11tls_runner.run(software("p256", TLSVersion.TLS13))  # negative control
     assert ok.outcome == "ok" and ok.duration_s < 3
 
 
@@ -189,14 +189,14 @@ def _files_holding(directory: Path, needles: dict[str, bytes]) -> list[str]:
     return found
 
 
-def test_the_key_never_reaches_a_file(p11_runner, p11_settings, tmp_path):
+def test_the_key_never_reaches_a_file(p11tls_runner, p11tls_settings, tmp_path):
     for key in ("rsa2048", "p256", "p384"):
         for tls in TLSVersion:
-            assert p11_runner.run(software(key, tls)).outcome == "ok"
-        provisioned = p11_runner.key(KEYS[key], Provisioning.IMPORT)
+            assert p11tls_runner.run(software(key, tls)).outcome == "ok"
+        provisioned = p11tls_runner.key(KEYS[key], Provisioning.IMPORT)
         assert "private_key" not in repr(provisioned)
         needles = _secrets(provisioned.private_key)
-        for directory in (p11_runner.workdir, p11_settings.reports):
+        for directory in (p11tls_runner.workdir, p11tls_settings.reports):
             assert _files_holding(directory, needles) == []
         # negative control: the scan does find the key where it is written
         leak = tmp_path / key / "leak.json"

@@ -34,10 +34,10 @@ def test_no_padding_is_an_empty_file(tmp_path):
     assert padding_file(tmp_path, 0).read_bytes() == b""
 
 
-def test_padding_grows_what_a_combined_mechanism_signs(p11_runner):
+def test_padding_grows_what_a_combined_mechanism_signs(p11tls_runner):
     sizes = {}
     for padding in (0, 1000):
-        record = p11_runner.run(Case("java", KEYS["rsa2048"], Provisioning.GENERATE,
+        record = p11tls_runner.run(Case("java", KEYS["rsa2048"], Provisioning.GENERATE,
                                      TLSVersion.TLS12, "rsa_pkcs1_sha256", padding))
         assert record.outcome == "ok", record.error
         assert record.sign["mechanism"] == "CKM_SHA256_RSA_PKCS"
@@ -46,9 +46,9 @@ def test_padding_grows_what_a_combined_mechanism_signs(p11_runner):
     assert 990 <= sizes[1000] - sizes[0] <= 1040
 
 
-def test_sweep_on_plain_softhsm_finds_no_limit(p11_runner):
+def test_sweep_on_plain_softhsm_finds_no_limit(p11tls_runner):
     lines: list[str] = []
-    result = sweep(p11_runner.run, "java", "p256", [0, 2, 8], lines.append)
+    result = sweep(p11tls_runner.run, "java", "p256", [0, 2, 8], lines.append)
     assert result.first_failure is None
     assert result.largest_ok_input == 32  # CKM_ECDSA over a SHA-256 digest, whatever the size
     assert [s["padding_bytes"] for s in result.steps] == [0, 2048, 8192]
@@ -115,3 +115,29 @@ def test_sweep_on_a_token_that_stops_answering_ends_with_its_summary(tmp_path):
     status, lines = _timed_sweep(*common)  # negative control: every step, no stop
     text = [line for _, line in lines]
     assert status == 0 and len(text) == 6 and "no limit found" in text[-1], text
+
+
+def test_sweep_on_a_token_that_stops_answering_after_two_signatures(tmp_path):
+    """Issue 20 item 4 with its fault: the warm JVM's token never returns its
+    third C_Sign. The sweep keeps the two sizes it measured, prints its
+    summary and exits 1 within 3 x the timeout of the hang, no traceback."""
+    from harness.clients import make_client
+    from harness.run.config import resolve
+
+    java = make_client("java", resolve({}, {}, {}).client_options())
+    if java.unavailable_reason():
+        pytest.skip(java.unavailable_reason())
+    timeout = 4.0
+    hang = tmp_path / "hang.toml"
+    hang.write_text('name = "hang-card"\n[faults]\n'
+                    'hang_after = { function = "C_Sign", calls = 2 }\n')
+    status, lines = _timed_sweep("--p11-profile", str(hang), "--clients", "java", "--keys",
+                                 "p256", "--steps", "0,1,2,4", "--coarse",
+                                 f"--p11-timeout={timeout:g}", f"--p11-reports={tmp_path / 'r'}")
+    text = [line for _, line in lines]
+    assert status == 1, text
+    assert [t.split(":")[1].split()[0] for t in text[1:3]] == ["ok", "ok"], text
+    assert "client timed out" in text[3] and "Traceback" not in "\n".join(text)
+    assert "largest accepted input" in text[-1] and "stopped:" in text[-1], text
+    last_answer = lines[2][0]  # the second signature: the token hangs from here
+    assert lines[-1][0] - last_answer < 3 * timeout

@@ -106,3 +106,15 @@ def test_settings_repr_never_shows_the_pin(tmp_path):
                         "p11_pin": "Zx9-secret"}, {}, {})
     assert settings.pin == "Zx9-secret"  # control: it is there
     assert "Zx9-secret" not in repr(settings) and "pin" not in repr(settings)
+
+
+@pytest.mark.parametrize("option", ["p11_keys", "p11_clients"])
+@pytest.mark.parametrize("value", ["", ","])
+def test_an_empty_list_is_an_error_not_the_default(option, value):
+    """Issue 23 row 14: `--p11-keys ""` ran the default keys."""
+    from harness.errors import ConfigError
+    from harness.run.config import resolve
+
+    with pytest.raises(ConfigError, match="empty|none given"):
+        resolve({option: value}, {}, {})
+    assert resolve({}, {}, {}).keys  # control: left out, the default

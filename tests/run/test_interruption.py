@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -534,3 +535,93 @@ def test_a_signal_ends_a_token_command_with_the_token_clean(card, tmp_path, comm
     assert "Traceback" not in err and err.count("\n") == 1, err
     card.assert_untouched()
     no_children_left(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["show", "report", "diff", "merge", "explain", "calls",
+                                     "profiles"])
+def test_a_device_or_fifo_for_a_file_is_one_line(tmp_path, command):
+    """Issue 23 row 5: /dev/zero was read until memory ran out (the size check
+    read st_size, 0 for a device); a FIFO nobody writes blocked forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for bad in ("/dev/zero", str(fifo)):
+        args = {"report": [bad, "-o", str(tmp_path / "out")], "diff": [bad, bad],
+                "merge": [bad, "-o", str(tmp_path / "m.json")]}.get(command, [bad])
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", command, *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "not a regular file" in proc.stderr
+
+
+@pytest.mark.parametrize("command, name, text", [
+    ("profiles", "deep.toml", "a = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+    ("calls", "deep.jsonl", '{"fn":"C_Sign","seq":1,"rv":"CKR_OK","x":'
+     + "[" * 100_000 + "]" * 100_000 + "}\n"),
+    ("profiles", "latin1.toml", "name = \"caf\xe9\"\n"),
+], ids=["deep-profile", "deep-calls", "not-utf8-profile"])
+def test_deep_or_foreign_files_are_one_line(tmp_path, command, name, text):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", command, str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and ("nested too deeply" in proc.stderr
+                                               or "not UTF-8" in proc.stderr)
+
+
+def test_the_start_up_check_child_is_bounded_by_the_timeout(card, tmp_path):
+    """Issue 23 row 6: a slow token kept the check child waiting 120 s whatever
+    --p11-timeout said. With 3 s per call the run ends in one line well
+    within the child's bound (3 x 3 s + 5 s), the PIN never answered."""
+    slow = tmp_path / "slow-login.toml"
+    slow.write_text('name = "slow-login"\n[faults]\nlatency_ms = { C_Login = 60000 }\n')
+    start = time.monotonic()
+    proc, base = child(card, tmp_path, "slowcheck", "--p11-profile", str(slow),
+                       "--p11-timeout=3", "-k", "gnutls-p256-generate-tls12", slow=False)
+    out = finish(proc, timeout=120)
+    assert proc.returncode != 0
+    assert "did not answer C_Login within 3 s" in out, out
+    assert "Traceback" not in out and "TimeoutExpired" not in out
+    assert time.monotonic() - start < 14 + 10, out  # the bound, plus pytest's start
+    card.assert_untouched()
+    no_children_left(base)
+
+
+GOOD_CASE = {"case_id": "gnutls-p256-generate-tls12", "client": "gnutls", "key": "p256",
+             "provisioning": "generate", "tls": "1.2", "outcome": "ok", "verdict": "passed"}
+
+
+@pytest.mark.parametrize("change, raw", [
+    ({"duration_s": "fast"}, None), ({"signed_bytes": -5}, None), ({"signed_bytes": True}, None),
+    ({"predicted": "ok"}, None), ({"prediction_matched": "yes"}, None),
+    (None, '[{"case_id": "a", "client": "gnutls", "key": "p256", "provisioning": "generate",'
+           ' "tls": "1.2", "outcome": "ok", "duration_s": Infinity}]'),
+], ids=["text-duration", "negative-bytes", "bool-bytes", "text-predicted", "text-matched",
+        "infinity"])
+def test_wrongly_typed_results_are_refused(tmp_path, change, raw):
+    """Issue 23 row 14: such files rendered with exit 0."""
+    path = tmp_path / "results.json"
+    path.write_text(raw if raw is not None else json.dumps([{**GOOD_CASE, **change}]))
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "show", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "not a results file" in proc.stderr
+    path.write_text(json.dumps([GOOD_CASE]))  # control: the same case, well typed
+    good = subprocess.run([sys.executable, "-m", "harness.cli", "show", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert good.returncode == 0, good.stderr
+
+
+def test_ed25519_waits_for_every_other_workers_cases(card, tmp_path):
+    """Issue 23 row 4: under -n 2 on one token, one worker's Ed25519 key broke
+    the other's libp11 engine cases ("Ed25519 last" held per worker only).
+    Now a worker's Ed25519 cases wait until no other worker runs another case."""
+    pytest.importorskip("xdist")
+    proc, base = child(card, tmp_path, "eddsa", "-n", "2", "--p11-keys=p256,ed25519",
+                       "--p11-clients=openssl-engine,gnutls", slow=False)
+    out = finish(proc, timeout=300)
+    assert proc.returncode == 0, out
+    assert re.search(r"\b[1-9]\d* failed", out) is None and "Traceback" not in out, out
+    assert re.search(r"\b(1[0-9]|[2-9]\d) passed", out), out  # the cases ran
+    card.assert_untouched()
+    no_children_left(base)

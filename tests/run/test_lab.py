@@ -140,6 +140,40 @@ def test_the_pin_file_must_be_private_and_is_never_in_the_error(tmp_path):
         lab_options("card", {}, {}, {}, tmp_path)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "latin-1", "lab-file-latin-1"])
+def test_a_fifo_or_foreign_pin_or_lab_file_is_one_line(tmp_path, kind):
+    """Issue 23 rows 6 and 7: a FIFO PIN file blocked forever; a PIN or lab
+    file not in UTF-8 was a traceback."""
+    import os
+
+    write(tmp_path / "p11tls.toml", GOOD.replace('pin_env = "LAB_PIN"', 'pin_file = "pin"'))
+    pin = tmp_path / "pin"
+    if kind == "fifo":
+        os.mkfifo(pin, 0o600)
+    else:
+        pin.write_bytes("caf\xe9\n".encode("latin-1"))
+        pin.chmod(0o600)
+    if kind == "lab-file-latin-1":
+        (tmp_path / "p11tls.toml").write_bytes(
+            (GOOD + '# caf\xe9\n').encode("latin-1"))
+    with pytest.raises(ConfigError, match="not a regular file|not UTF-8") as caught:
+        lab_options("card", {}, {}, {}, tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_library_name_is_found_in_the_module_folders(tmp_path):
+    """Issue 23 row 14: `module = "libsofthsm2.so"` (a library name, as the
+    README allows) was "not installed" and the run tested nothing."""
+    from harness.installed import SOFTHSM, find_library
+
+    installed = find_library(*SOFTHSM)
+    if installed is None:
+        pytest.skip("Requires SoftHSM2 (package softhsm2)")
+    write(tmp_path / "p11tls.toml", GOOD.replace("softhsm/libsofthsm2.so", "libsofthsm2.so"))
+    assert lab_options("card", {}, {}, {"LAB_PIN": "1"}, tmp_path)["p11_module"] == str(
+        installed)
+
+
 def test_a_module_not_installed_is_missing_with_what_to_install(tmp_path):
     write(tmp_path / "p11tls.toml", GOOD.replace("softhsm/libsofthsm2.so", "libp11tls-none.so")
           + 'install = "apt-get install p11tls-none"\n')

@@ -218,3 +218,59 @@ def test_a_provisioning_run_leaves_java_s_sessions_as_they_are(pytester, softhsm
     run_matrix(pytester, store, token, "--p11-clients=java", "-k", "p256 and generate and tls13")
     (record,) = records(pytester).values()
     assert any(f & CKF_RW_SESSION for f in session_flags(record)), session_flags(record)
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("pkcs11:object=%ff;type=private", "object= is not UTF-8 text"),
+    ("pkcs11:object=x;type=%ff", "type= is not UTF-8 text"),
+    ("pkcs11:token=%ff;object=x", "token= is not UTF-8 text"),
+    ("pkcs11:object=a;object=b", "object= is given twice"),
+    ("pkcs11:id=01;serial=1;serial=2", "serial= is given twice"),
+], ids=["object", "type", "token", "repeated-object", "repeated-serial"])
+def test_bad_uri_values_are_one_line(uri, message):
+    """Issue 23 rows 6 and 9: these were a UnicodeDecodeError traceback, or the
+    last of two object= kept silently."""
+    with pytest.raises(ConfigError, match=message):
+        parse_key_uri(uri)
+    assert parse_key_uri("pkcs11:object=caf%c3%a9").label == "café"  # control: UTF-8
+
+
+@pytest.mark.parametrize("attributes", ["token=not-mine", "serial=0000", "manufacturer=ACME",
+                                        "model=PIV_II"])
+def test_a_uri_naming_another_token_is_refused(pytester, users_token, attributes):
+    """Issue 23 row 9: `token=not-mine;serial=0000` tested the key on this token
+    and exited 0. Control: the token's own label and serial select the key."""
+    store, token = users_token
+    uri = f"pkcs11:{attributes};object=signing%20key;type=private"
+    result = run_matrix(pytester, store, token, f"--p11-key={uri}", "--collect-only", "-q")
+    assert result.ret != 0
+    err = result.stderr.str()
+    assert "is not this token" in err and "Traceback" not in err + result.stdout.str()
+    serial = tool(store, token, "--list-token-slots", login=False).split("serial num")[1]
+    serial = serial.split(":", 1)[1].splitlines()[0].strip()
+    good = f"pkcs11:token=spare;serial={serial};object=signing%20key;type=private"
+    ok = run_matrix(pytester, store, token, f"--p11-key={good}", "--collect-only", "-q")
+    assert ok.ret == 0, ok.stderr.str()
+
+
+def test_read_only_curl_without_a_certificate_runs_or_says_why(pytester, users_token):
+    """Issue 23 row 8: curl through the libp11 engine failed 3/3 on a key with
+    no certificate ("cannot load client cert"): the engine gives curl the
+    certificate from the token only. It is skipped with that reason; through
+    pkcs11-provider (curl 8.12+) it runs with the certificate made in memory.
+    Control: the same key with gnutls (a file certificate) passes."""
+    from harness.clients.curl import CurlClient
+
+    if CurlClient().unavailable_reason():
+        pytest.skip(CurlClient().unavailable_reason())
+    store, token = users_token
+    result = run_matrix(pytester, store, token, "--p11-key=pkcs11:object=bare;type=private",
+                        "--p11-clients=curl,gnutls", "-m", "not rsa_pkcs1_sha256")
+    got = records(pytester)
+    assert got["gnutls-bare-existing-tls12"]["outcome"] == "ok"
+    curl = got["curl-bare-existing-tls12"]
+    if CurlClient().cert_from_file:
+        assert curl["outcome"] == "ok", curl
+    else:
+        assert curl["outcome"] == "skip" and "has no certificate on the token" in curl["error"]
+    assert result.parseoutcomes().get("failed", 0) == 0

@@ -270,12 +270,12 @@ def test_negative_control_the_module_locks_without_the_rules(tpm2_setup: ModuleS
 
 @pytest.fixture(scope="module")
 def tpm2_runner(tmp_path_factory: pytest.TempPathFactory,
-                p11_settings: Settings) -> Iterator[object]:
+                p11tls_settings: Settings) -> Iterator[object]:
     """A runner on its own tpm2 token, writing into the run's reports directory."""
     from harness.run.runner import MatrixRunner
 
     settings = resolve({"p11_module": "tpm2", "p11_keys": "all",
-                        "p11_reports": str(p11_settings.reports)}, {}, {})
+                        "p11_reports": str(p11tls_settings.reports)}, {}, {})
     with MatrixRunner(settings, workdir=tmp_path_factory.mktemp("tpm2-matrix")) as runner:
         yield runner
 
@@ -284,9 +284,9 @@ def tpm2_runner(tmp_path_factory: pytest.TempPathFactory,
                                                marks=[getattr(pytest.mark, m)
                                                       for m in c.markers])
                                   for c in MATRIX_CASES])
-def test_matrix_on_tpm2(tpm2_runner, case, p11_record) -> None:  # type: ignore[no-untyped-def]
+def test_matrix_on_tpm2(tpm2_runner, case, p11tls_record) -> None:  # type: ignore[no-untyped-def]
     record = tpm2_runner.judge(case, tpm2_runner.run(case))
-    p11_record(record)
+    p11tls_record(record)
     if record.verdict == "skipped":
         pytest.skip(record.error)
     assert not record.problems, f"{record.case_id}: {'; '.join(record.problems)}"

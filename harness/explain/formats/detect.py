@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from harness.errors import ConfigError
+from harness.process import open_regular
 from harness.explain.formats import (
     nss_log,
     opensc,
@@ -21,6 +22,8 @@ from harness.explain.formats import (
     tpm2_log,
 )
 from harness.explain.model import LogFormat
+
+MAX_LOG_BYTES = 1 << 30  # OpenSC debug logs of a long run are hundreds of MB
 
 FORMAT_NAMES = (
     "pkcs11-spy, p11-kit log-calls, pkcs11-logger, OpenSC debug, tpm2-pkcs11, NSS module "
@@ -54,7 +57,7 @@ def read_log_window(path: Path) -> tuple[list[str], str | None]:
     try:
         # "-": a log pasted on standard input
         with (open(sys.stdin.fileno(), "rb", closefd=False) if str(path) == "-"
-              else path.open("rb")) as stream:
+              else open_regular(path)) as stream:
             data = stream.read(SNIFF_BYTES)
             if data and looks_binary(data):
                 raise ConfigError(f"{path} is a binary file, not a text log: expected a "
