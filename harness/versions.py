@@ -33,6 +33,8 @@ COMPONENTS = {
     "java": "the JDK (java, java-nocombined, and java@N for each further JDK)",
     "nss": "NSS (nss: tstclnt from libnss3-tools)",
     "curl": "curl (curl, with OpenSSL through the libp11 engine or pkcs11-provider)",
+    "go": "the Go toolchain (go: crypto/tls)",
+    "crypto11": "ThalesIgnite/crypto11 (go), the Debian package's version",
     "softhsm": "SoftHSM2, the embedded default module",
     "tpm2-pkcs11": "tpm2-pkcs11, the module of --p11-module tpm2",
     "swtpm": "swtpm, the software TPM below --p11-module tpm2",
