@@ -26,7 +26,7 @@ from harness.errors import ConfigError
 
 # What a version range may be keyed to: the clients' parts and the module.
 COMPONENTS = {
-    "openssl": "OpenSSL (openssl-engine, openssl-provider, curl)",
+    "openssl": "OpenSSL (openssl-engine, openssl-provider, curl, openvpn)",
     "libp11": "the libp11 engine (openssl-engine, curl)",
     "pkcs11-provider": "pkcs11-provider (openssl-provider, curl from 8.12)",
     "gnutls": "GnuTLS (gnutls)",
@@ -35,6 +35,8 @@ COMPONENTS = {
     "curl": "curl (curl, with OpenSSL through the libp11 engine or pkcs11-provider)",
     "go": "the Go toolchain (go: crypto/tls)",
     "crypto11": "ThalesIgnite/crypto11 (go), the Debian package's version",
+    "openvpn": "OpenVPN (openvpn)",
+    "pkcs11-helper": "pkcs11-helper (openvpn), the Debian package's version",
     "softhsm": "SoftHSM2, the embedded default module",
     "tpm2-pkcs11": "tpm2-pkcs11, the module of --p11-module tpm2",
     "swtpm": "swtpm, the software TPM below --p11-module tpm2",

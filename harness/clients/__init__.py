@@ -23,12 +23,14 @@ from harness.clients.java import JavaClient, JavaNoCombinedClient, jdk_variants
 from harness.clients.nss import NSSClient
 from harness.clients.openssl_engine import OpenSSLEngineClient
 from harness.clients.openssl_provider import OpenSSLProviderClient
+from harness.clients.openvpn import OpenVPNClient
 from harness.clients.software import SoftwareClient
 from harness.errors import ConfigError, ToolMissing
 
 CLIENTS: dict[str, type[Client]] = {
     c.name: c for c in (OpenSSLEngineClient, OpenSSLProviderClient, GnuTLSClient, NSSClient,
-                        CurlClient, JavaClient, JavaNoCombinedClient, GoClient, SoftwareClient)
+                        CurlClient, JavaClient, JavaNoCombinedClient, GoClient,
+                        OpenVPNClient, SoftwareClient)
 }
 JAVA_CLIENTS: dict[str, type[JavaClient]] = {c.name: c for c in (JavaClient,
                                                                   JavaNoCombinedClient)}
