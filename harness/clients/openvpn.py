@@ -222,14 +222,14 @@ def _answer_pin_once(management: Path, pin: str, client: subprocess.Popen[bytes]
                      server_log: Path, deadline: float) -> bool:
     """Answer the client's first PIN request on the management socket; True
     when it asks again (the PIN was refused: the harness never sends it twice)."""
-    sock = None
+    sock: socket.socket | None = None
     while sock is None and time.monotonic() < deadline and client.poll() is None:
+        attempt = socket.socket(socket.AF_UNIX)
         try:
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(str(management))
+            attempt.connect(str(management))
+            sock = attempt
         except OSError:
-            sock.close()
-            sock = None
+            attempt.close()
             time.sleep(0.02)
     if sock is None:
         return False

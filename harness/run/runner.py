@@ -621,7 +621,7 @@ class MatrixRunner:
                 # the peer's log does not name the client's scheme: the one the
                 # token's signing call implies, said so in the record
                 record.signature_scheme = scheme_of_signing_call(record.sign)
-                record.peer += " (scheme derived from the token's signing call)"
+                record.peer = f"{client.own_peer} (scheme derived from the token's signing call)"
         record.client_subject = seen.client_subject
         record.signed_bytes = seen.signed_bytes
         right_cert = seen.client_subject is not None and (
