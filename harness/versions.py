@@ -26,9 +26,9 @@ from harness.errors import ConfigError
 
 # What a version range may be keyed to: the clients' parts and the module.
 COMPONENTS = {
-    "openssl": "OpenSSL (openssl-engine, openssl-provider, curl, openvpn)",
+    "openssl": "OpenSSL (openssl-engine, openssl-provider, curl, openvpn, python-ssl)",
     "libp11": "the libp11 engine (openssl-engine, curl)",
-    "pkcs11-provider": "pkcs11-provider (openssl-provider, curl from 8.12)",
+    "pkcs11-provider": "pkcs11-provider (openssl-provider, python-ssl, curl from 8.12)",
     "gnutls": "GnuTLS (gnutls)",
     "java": "the JDK (java, java-nocombined, and java@N for each further JDK)",
     "nss": "NSS (nss: tstclnt from libnss3-tools)",
@@ -37,6 +37,7 @@ COMPONENTS = {
     "crypto11": "ThalesIgnite/crypto11 (go), the Debian package's version",
     "openvpn": "OpenVPN (openvpn)",
     "pkcs11-helper": "pkcs11-helper (openvpn), the Debian package's version",
+    "python": "Python (python-ssl: its ssl module on the system OpenSSL)",
     "softhsm": "SoftHSM2, the embedded default module",
     "tpm2-pkcs11": "tpm2-pkcs11, the module of --p11-module tpm2",
     "swtpm": "swtpm, the software TPM below --p11-module tpm2",

@@ -24,13 +24,14 @@ from harness.clients.nss import NSSClient
 from harness.clients.openssl_engine import OpenSSLEngineClient
 from harness.clients.openssl_provider import OpenSSLProviderClient
 from harness.clients.openvpn import OpenVPNClient
+from harness.clients.python_ssl import PythonSSLClient
 from harness.clients.software import SoftwareClient
 from harness.errors import ConfigError, ToolMissing
 
 CLIENTS: dict[str, type[Client]] = {
     c.name: c for c in (OpenSSLEngineClient, OpenSSLProviderClient, GnuTLSClient, NSSClient,
                         CurlClient, JavaClient, JavaNoCombinedClient, GoClient,
-                        OpenVPNClient, SoftwareClient)
+                        OpenVPNClient, PythonSSLClient, SoftwareClient)
 }
 JAVA_CLIENTS: dict[str, type[JavaClient]] = {c.name: c for c in (JavaClient,
                                                                   JavaNoCombinedClient)}
