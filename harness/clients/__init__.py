@@ -17,6 +17,7 @@ from typing import Protocol
 
 from harness.clients.base import Client, ClientOptions
 from harness.clients.curl import CurlClient
+from harness.clients.eap_tls import EAPTLSClient
 from harness.clients.gnutls import GnuTLSClient
 from harness.clients.go import GoClient
 from harness.clients.java import JavaClient, JavaNoCombinedClient, jdk_variants
@@ -31,7 +32,7 @@ from harness.errors import ConfigError, ToolMissing
 CLIENTS: dict[str, type[Client]] = {
     c.name: c for c in (OpenSSLEngineClient, OpenSSLProviderClient, GnuTLSClient, NSSClient,
                         CurlClient, JavaClient, JavaNoCombinedClient, GoClient,
-                        OpenVPNClient, PythonSSLClient, SoftwareClient)
+                        OpenVPNClient, PythonSSLClient, EAPTLSClient, SoftwareClient)
 }
 JAVA_CLIENTS: dict[str, type[JavaClient]] = {c.name: c for c in (JavaClient,
                                                                   JavaNoCombinedClient)}
