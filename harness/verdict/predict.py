@@ -208,6 +208,7 @@ def _family(client: str, versions: Versions) -> str:
         return "provider" if "pkcs11-provider" in versions else "libp11"
     return {"openssl-engine": "libp11", "openssl-provider": "provider", "java": "java",
             "java-nocombined": "host", "gnutls": "host", "nss": "host",
+            "eap-tls": "libp11", "python-ssl": "provider", "go": "host", "openvpn": "host",
             "software": "software"}.get(base, "host")
 
 
