@@ -59,7 +59,9 @@ def test_pin_is_masked_in_the_log(p11_runner, tmp_path):
 
 
 def test_masking():
-    dump = "pin - hexdump_ascii(len=20):\n     31 32 33 34 35 36 37 38 39 30 31 32 33 34 35 36   1234567890123456\n     37 38 39 30                                       7890\nnext\n"
+    dump = ("pin - hexdump_ascii(len=20):\n"
+            "     31 32 33 34 35 36 37 38 39 30 31 32 33 34 35 36   1234567890123456\n"
+            "     37 38 39 30                                       7890\nnext\n")
     out = masked(dump, "12345678901234567890")
     assert "1234" not in out and "7890" not in out and "next" in out
     assert "a line" in masked("a line\n", "")  # no PIN: unchanged (negative control)
