@@ -24,6 +24,7 @@ optional+=(swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools
 # against hostapd's RADIUS server)
 optional+=(openvpn libpkcs11-helper1t64 libpkcs11-helper1 golang-go
            golang-github-thalesignite-crypto11-dev eapoltest hostapd)
+optional+=(rsync)  # gitlab-ci-local (the lab pipeline test) copies the project with it
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
