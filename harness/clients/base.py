@@ -82,6 +82,7 @@ class ClientResult:
     error: str | None = None  # the client's own error line, CKR code if it printed one
     # What the client's own peer saw (Client.own_peer); None for the harness's server
     peer: ServerObservation | None = None
+    peer_log: Path | None = None  # that peer's own log
 
     @classmethod
     def from_process(cls, client: str, proc: ProcessResult) -> ClientResult:

@@ -192,7 +192,7 @@ class EAPTLSClient(Client):
             error = client_error(job.log_path) or seen.error or "EAP-TLS failed"
         return ClientResult(client=self.name, returncode=returncode, timed_out=timed_out,
                             duration_s=time.monotonic() - start, log_path=job.log_path,
-                            error=error, peer=seen)
+                            error=error, peer=seen, peer_log=server_log)
 
 
 # eapol_test lines after which it only waits out its timeout

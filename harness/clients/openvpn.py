@@ -198,7 +198,7 @@ class OpenVPNClient(Client):
             error = f"{error} (the PIN was asked for again: not retried)"
         return ClientResult(client=self.name, returncode=returncode, timed_out=timed_out,
                             duration_s=time.monotonic() - start, log_path=job.log_path,
-                            error=error, peer=seen)
+                            error=error, peer=seen, peer_log=server_log)
 
 
 def _unescape(text: str) -> str:

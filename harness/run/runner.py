@@ -616,6 +616,8 @@ class MatrixRunner:
         record.cipher = seen.cipher
         record.signature_scheme = seen.signature_scheme
         if own_peer:
+            if result.peer_log is not None:
+                record.logs["server"] = str(result.peer_log)
             record.peer = client.own_peer
             if seen.accepted and seen.signature_scheme is None:
                 # the peer's log does not name the client's scheme: the one the
