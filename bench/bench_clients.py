@@ -1,11 +1,13 @@
-"""What the nss and curl clients add to the default matrix's wall time.
+"""What some clients add to the default matrix's wall time (default: the go,
+openvpn, python-ssl and eap-tls columns; `--new nss,curl` for those).
 
 Runs `pytest tests/test_matrix.py` (the default matrix: rsa2048, p256, p384 x
 generate, import x every client x TLS 1.2, 1.3, plus the forced-scheme RSA
 cases) in fresh processes, with every available client and with the same
-clients less nss and curl, rounds interleaved, and prints the medians, their
-difference, and per new client its median handshake time from results.json.
-Run: .venv/bin/python bench/bench_clients.py [--rounds N]
+clients less the new ones, rounds interleaved, and prints the medians, their
+difference, and per new client its cases, its median case time and their sum
+per run (what that column alone adds) from results.json.
+Run: .venv/bin/python bench/bench_clients.py [--rounds N] [--new a,b]
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from harness.clients import client_names, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
-NEW = ("nss", "curl")
+NEW = ("go", "openvpn", "python-ssl", "eap-tls")
 
 
 def run_matrix(reports: Path, clients: list[str]) -> tuple[float, str, bool]:
@@ -48,16 +50,21 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new", default=",".join(NEW),
+                        help="the clients whose columns are measured (comma-separated)")
     args = parser.parse_args()
     available = [n for n in client_names() if make_client(n).unavailable_reason() is None]
-    missing = [n for n in NEW if n not in available]
-    if missing:
-        print(f"bench_clients: {', '.join(missing)} not available here", file=sys.stderr)
+    wanted = [n for n in args.new.split(",") if n]
+    new = [n for n in wanted if n in available]
+    if len(new) < len(wanted):
+        print(f"bench_clients: not available here: "
+              f"{', '.join(n for n in wanted if n not in available)}", file=sys.stderr)
+    if not new:
         return 2
-    without = [n for n in available if n not in NEW]
+    without = [n for n in available if n not in new]
     with_s: list[float] = []
     without_s: list[float] = []
-    per_case: dict[str, list[float]] = {n: [] for n in NEW}
+    per_case: dict[str, list[float]] = {n: [] for n in new}
     ok = True
     with tempfile.TemporaryDirectory(prefix="p11tls-bench-clients-") as tmp:
         for i in range(args.rounds):
@@ -66,21 +73,24 @@ def main() -> int:
             with_s.append(elapsed)
             ok &= passed
             for record in read_records(reports / "results.json"):
-                if record.get("client") in NEW and record.get("duration_s"):
+                if record.get("client") in new and record.get("duration_s"):
                     per_case[record["client"]].append(record["duration_s"])
             elapsed, summary_without, passed = run_matrix(Path(tmp) / f"without-{i}", without)
             without_s.append(elapsed)
             ok &= passed
     w, wo = statistics.median(with_s), statistics.median(without_s)
+    names = ", ".join(new)
     print(f"clients: {', '.join(available)}")
     print(f"default matrix, every client, median of {args.rounds}: {w:.2f} s   [{summary}]")
-    print(f"the same without nss and curl: {wo:.2f} s   [{summary_without}]")
-    print(f"nss and curl add: {w - wo:.2f} s "
+    print(f"the same without {names}: {wo:.2f} s   [{summary_without}]")
+    print(f"{names} add: {w - wo:.2f} s "
           f"(runs: {', '.join(f'{a - b:+.2f}' for a, b in zip(with_s, without_s))})")
     for name, durations in per_case.items():
         if durations:
-            print(f"{name}: {len(durations) // args.rounds} cases, median handshake "
-                  f"{statistics.median(durations) * 1000:.1f} ms (client process, in the harness)")
+            cases = len(durations) // args.rounds
+            print(f"{name}: {cases} cases, median case {statistics.median(durations) * 1000:.1f} ms"
+                  f" (client and its peer, in the harness), {sum(durations) / args.rounds:.2f} s"
+                  " per run")
     return 0 if ok else 1
 
 

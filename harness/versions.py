@@ -26,13 +26,20 @@ from harness.errors import ConfigError
 
 # What a version range may be keyed to: the clients' parts and the module.
 COMPONENTS = {
-    "openssl": "OpenSSL (openssl-engine, openssl-provider, curl)",
-    "libp11": "the libp11 engine (openssl-engine, curl)",
-    "pkcs11-provider": "pkcs11-provider (openssl-provider, curl from 8.12)",
+    "openssl": "OpenSSL (openssl-engine, openssl-provider, curl, openvpn, python-ssl)",
+    "libp11": "the libp11 engine (openssl-engine, curl, eap-tls)",
+    "pkcs11-provider": "pkcs11-provider (openssl-provider, python-ssl, curl from 8.12)",
     "gnutls": "GnuTLS (gnutls)",
     "java": "the JDK (java, java-nocombined, and java@N for each further JDK)",
     "nss": "NSS (nss: tstclnt from libnss3-tools)",
     "curl": "curl (curl, with OpenSSL through the libp11 engine or pkcs11-provider)",
+    "go": "the Go toolchain (go: crypto/tls)",
+    "crypto11": "ThalesIgnite/crypto11 (go), the Debian package's version",
+    "openvpn": "OpenVPN (openvpn)",
+    "pkcs11-helper": "pkcs11-helper (openvpn), the Debian package's version",
+    "python": "Python (python-ssl: its ssl module on the system OpenSSL)",
+    "wpa_supplicant": "wpa_supplicant's eapol_test (eap-tls)",
+    "hostapd": "hostapd, the RADIUS server of eap-tls",
     "softhsm": "SoftHSM2, the embedded default module",
     "tpm2-pkcs11": "tpm2-pkcs11, the module of --p11-module tpm2",
     "swtpm": "swtpm, the software TPM below --p11-module tpm2",

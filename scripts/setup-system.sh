@@ -19,6 +19,12 @@ optional=(pkcs11-provider)  # the openssl-provider client; Debian 13 and later
 # libtss2-tcti-swtpm0t64 on Debian 13, where the old name is only a virtual package
 optional+=(swtpm swtpm-tools libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools
            libtss2-tcti-swtpm0t64 libtss2-tcti-swtpm0)
+# the openvpn client (pkcs11-helper; libpkcs11-helper1t64 on Debian 13), the go client
+# (built offline from Debian's crypto11 sources), the eap-tls client (eapol_test
+# against hostapd's RADIUS server)
+optional+=(openvpn libpkcs11-helper1t64 libpkcs11-helper1 golang-go
+           golang-github-thalesignite-crypto11-dev eapoltest hostapd)
+optional+=(rsync)  # gitlab-ci-local (the lab pipeline test) copies the project with it
 
 # `./run test` on the machine's own release: headless Chromium checks matrix.html's
 # layout (tests/reports). Not inside a chroot (the other release's: a browser there

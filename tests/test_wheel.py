@@ -32,7 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.class")
-    for name in ("harness", "java"):
+    for name in ("harness", "java", "go"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     out = tmp_path_factory.mktemp("wheel")
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
@@ -73,6 +73,7 @@ def test_the_wheel_holds_the_package_the_matrix_and_the_sources_but_not_the_test
     assert source - names == set()  # every module, data file, profile, interposer.c
     assert "harness/matrix_test.py" in names
     assert {f"harness/java_src/{p.name}" for p in (ROOT / "java").glob("*.java")} <= names
+    assert {f"harness/go_src/{p.name}" for p in (ROOT / "go").glob("*.go")} <= names
     assert not any(n.startswith("tests/") for n in names)  # the suite stays in the tree
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

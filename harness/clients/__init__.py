@@ -17,17 +17,22 @@ from typing import Protocol
 
 from harness.clients.base import Client, ClientOptions
 from harness.clients.curl import CurlClient
+from harness.clients.eap_tls import EAPTLSClient
 from harness.clients.gnutls import GnuTLSClient
+from harness.clients.go import GoClient
 from harness.clients.java import JavaClient, JavaNoCombinedClient, jdk_variants
 from harness.clients.nss import NSSClient
 from harness.clients.openssl_engine import OpenSSLEngineClient
 from harness.clients.openssl_provider import OpenSSLProviderClient
+from harness.clients.openvpn import OpenVPNClient
+from harness.clients.python_ssl import PythonSSLClient
 from harness.clients.software import SoftwareClient
 from harness.errors import ConfigError, ToolMissing
 
 CLIENTS: dict[str, type[Client]] = {
     c.name: c for c in (OpenSSLEngineClient, OpenSSLProviderClient, GnuTLSClient, NSSClient,
-                        CurlClient, JavaClient, JavaNoCombinedClient, SoftwareClient)
+                        CurlClient, JavaClient, JavaNoCombinedClient, GoClient,
+                        OpenVPNClient, PythonSSLClient, EAPTLSClient, SoftwareClient)
 }
 JAVA_CLIENTS: dict[str, type[JavaClient]] = {c.name: c for c in (JavaClient,
                                                                   JavaNoCombinedClient)}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from harness.clients.logs import client_error
 from harness.process import ProcessResult
+from harness.tls.server import ServerObservation
 from harness.tls.version import TLSVersion
 
 
@@ -43,6 +44,10 @@ class HandshakeJob:
     log_path: Path
     timeout_s: float = 20.0
     env: dict[str, str] = field(default_factory=dict)  # e.g. SOFTHSM2_CONF
+    # The harness's server certificate and key, for a client that brings its own
+    # peer (an openvpn server, hostapd) instead of the harness's server.
+    server_cert_pem: Path | None = None
+    server_key_pem: Path | None = None
     # The host's copy of an imported private key (a cryptography key), for the
     # software control only; never printed, never written.
     private_key: Any = field(default=None, repr=False, compare=False)
@@ -76,6 +81,9 @@ class ClientResult:
     duration_s: float
     log_path: Path
     error: str | None = None  # the client's own error line, CKR code if it printed one
+    # What the client's own peer saw (Client.own_peer); None for the harness's server
+    peer: ServerObservation | None = None
+    peer_log: Path | None = None  # that peer's own log
 
     @classmethod
     def from_process(cls, client: str, proc: ProcessResult) -> ClientResult:
@@ -92,6 +100,10 @@ class Client(abc.ABC):
 
     name: str = ""  # as in test ids: openssl-engine, gnutls, ...
     marker: str = ""  # pytest marker: openssl_engine, gnutls, ...
+    # Set for a client whose peer is a real server of its own (openvpn, hostapd),
+    # not the harness's server: what that peer is, for the record. Its results
+    # carry the peer's observation (ClientResult.peer).
+    own_peer: ClassVar[str | None] = None
 
     @classmethod
     def from_options(cls, options: ClientOptions) -> Client:

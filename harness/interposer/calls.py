@@ -345,3 +345,31 @@ def read_from(path: Path, offset: int) -> bytes:
             return handle.read()
     except FileNotFoundError:
         return b""
+
+
+# The DigestInfo a CKM_RSA_PKCS signature of a TLS scheme covers: prefix + digest.
+_DIGEST_INFO = {35: "rsa_pkcs1_sha1", 51: "rsa_pkcs1_sha256", 67: "rsa_pkcs1_sha384",
+                83: "rsa_pkcs1_sha512"}
+_ECDSA_DIGEST = {32: "ecdsa_secp256r1_sha256", 48: "ecdsa_secp384r1_sha384",
+                 64: "ecdsa_secp521r1_sha512"}
+_PSS_HASH = {"CKM_SHA256": "rsa_pss_rsae_sha256", "CKM_SHA384": "rsa_pss_rsae_sha384",
+             "CKM_SHA512": "rsa_pss_rsae_sha512"}
+
+
+def scheme_of_signing_call(sign: Mapping[str, Any] | None) -> str | None:
+    """The TLS signature scheme a host-hashing client's signing call implies,
+    for a peer whose log does not name it (openvpn 2.6, hostapd): from the
+    mechanism, the PSS hash or the digest length. None when the call does not
+    tell (raw CKM_RSA_X_509, a combined mechanism, no call)."""
+    if not sign or sign.get("rv") != "CKR_OK":
+        return None
+    mechanism, size = sign.get("mechanism"), sign.get("input_bytes")
+    if mechanism == "CKM_ECDSA":
+        return _ECDSA_DIGEST.get(size) if isinstance(size, int) else None
+    if mechanism == "CKM_RSA_PKCS":
+        return _DIGEST_INFO.get(size) if isinstance(size, int) else None
+    if mechanism == "CKM_RSA_PKCS_PSS":
+        return _PSS_HASH.get(str((sign.get("params") or {}).get("hash")))
+    if mechanism == "CKM_EDDSA":
+        return "ed25519"
+    return None

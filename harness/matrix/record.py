@@ -37,6 +37,8 @@ class HandshakeRecord:
     negotiated_version: str | None = None
     cipher: str | None = None
     signature_scheme: str | None = None  # IANA name as the server saw it
+    # The client's own peer when it is not the harness's server (openvpn, hostapd)
+    peer: str | None = None
     client_subject: str | None = None  # RFC 4514, e.g. "CN=p11tls-..."
     signed_bytes: int | None = None  # bytes the client's CertificateVerify signs (server's count)
     error: str | None = None  # client message or CKR code

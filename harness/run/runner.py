@@ -30,7 +30,7 @@ from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.software import NEEDS_IMPORT
 from harness.errors import HarnessError
 from harness.explain.no_sign import explain_without_signing
-from harness.interposer.calls import parse_calls, sign_summary
+from harness.interposer.calls import parse_calls, scheme_of_signing_call, sign_summary
 from harness.interposer.profile import load_profile
 from harness.matrix.cases import SOFTWARE, Case
 from harness.matrix.keys import Provisioning
@@ -57,6 +57,10 @@ from harness.versions import command_version
 # After this many cases in a row timed out on a token, the rest are not run.
 STOP_AFTER_TIMEOUTS = 3
 STOPPED = "token stopped answering"
+# A client with a peer of its own that reported nothing about it.
+NO_PEER = ServerObservation(accepted=False, negotiated_version=None, cipher=None,
+                            signature_scheme=None, client_subject=None,
+                            error="the client's own peer reported nothing", connected=False)
 
 
 class MatrixRunner:
@@ -351,16 +355,20 @@ class MatrixRunner:
             key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
             ca_pem=self.ca.ca_pem, log_path=logs / "client.log",
             timeout_s=self.settings.timeout_s, env=env, private_key=key.private_key,
+            server_cert_pem=self.ca.server_cert_pem, server_key_pem=self.ca.server_key_pem,
         )
-        server.arm(self._server_case(case, server_log))
+        own_peer = client.own_peer is not None  # openvpn, hostapd: not the harness's server
+        if not own_peer:
+            server.arm(self._server_case(case, server_log))
         try:
             result = client.handshake(job)
         except HarnessError as exc:  # e.g. SunPKCS11 refused --java-p11-config
             record.error = str(exc)  # outcome stays "error": the harness could not run it
-            self._collect_quietly(server)
+            if not own_peer:
+                self._collect_quietly(server)
             return False
         try:
-            seen = server.collect()
+            seen = result.peer or NO_PEER if own_peer else server.collect()
         except ServerError as exc:  # the harness's server broke: an error, not a token failure
             record.error = str(exc)
             return bool(result.timed_out)
@@ -375,6 +383,15 @@ class MatrixRunner:
         record.negotiated_version = seen.negotiated_version
         record.cipher = seen.cipher
         record.signature_scheme = seen.signature_scheme
+        if own_peer:
+            if result.peer_log is not None:
+                record.logs["server"] = str(result.peer_log)
+            record.peer = client.own_peer
+            if seen.accepted and seen.signature_scheme is None:
+                # the peer's log does not name the client's scheme: the one the
+                # token's signing call implies, said so in the record
+                record.signature_scheme = scheme_of_signing_call(record.sign)
+                record.peer = f"{client.own_peer} (scheme derived from the token's signing call)"
         record.client_subject = seen.client_subject
         record.signed_bytes = seen.signed_bytes
         right_cert = seen.client_subject is not None and (

@@ -329,7 +329,12 @@ class CaseExpectations:
             return Verdict(None, problems + [f"handshake failed: {record.error}"], notes)
         if sign_entry is not None:
             problems += sign_entry.sign_problems(record.sign)
-        if not record.signature_scheme:
+        if record.peer is not None:  # a peer of the client's own: it logs less
+            if record.negotiated_version is None:
+                problems.append(f"{record.peer} did not report the negotiated version")
+            if not (record.sign or {}).get("mechanism"):
+                problems.append("no signing call recorded for the CertificateVerify")
+        elif not record.signature_scheme:
             problems.append("the server saw no CertificateVerify")
         elif record.negotiated_version is None or record.signed_bytes is None:
             problems.append("the server did not report the negotiated version and the "

@@ -247,12 +247,15 @@ class Prediction:
 
 def _family(client: str, versions: Versions) -> str:
     """How a client reaches the token: libp11 (engine), provider (pkcs11-provider),
-    java (SunPKCS11 with combined mechanisms), or host (hashes on the host)."""
+    java (SunPKCS11 with combined mechanisms), host (hashes on the host), or blind
+    (hashes on the host and asks for raw RSA-PSS without reading the mechanism
+    list: crypto11, pkcs11-helper)."""
     base = client.split("@", 1)[0]
     if base == "curl":
         return "provider" if "pkcs11-provider" in versions else "libp11"
     return {"openssl-engine": "libp11", "openssl-provider": "provider", "java": "java",
             "java-nocombined": "host", "gnutls": "host", "nss": "host",
+            "eap-tls": "libp11", "python-ssl": "provider", "go": "blind", "openvpn": "blind",
             "software": "software"}.get(base, "host")
 
 
@@ -319,6 +322,10 @@ def _rule(client: str, key: str, tls: str, sigalgs: str | None, provisioning: st
             return sign("CKM_RSA_PKCS_PSS", 32, "PSS over a host-made SHA-256 digest")
         if pss:
             return sign("CKM_RSA_PKCS_PSS", 32, "PSS over a host-made SHA-256 digest")
+        if family == "blind":
+            return fail("CKR_MECHANISM_INVALID", "asks for raw CKM_RSA_PKCS_PSS without "
+                        "reading the mechanism list, and does not fall back to PKCS#1 v1.5",
+                        "CKM_RSA_PKCS_PSS")
         if tls == "1.3":
             return fail("no RSA-PSS", "TLS 1.3 allows only RSA-PSS and the token lacks "
                         "CKM_RSA_PKCS_PSS: the client finds no usable scheme")

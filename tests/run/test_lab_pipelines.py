@@ -220,3 +220,155 @@ def test_github_workflow_one_runner_per_token_uploads_and_diffs_last():
     pins = {e.pin_env for e in load_lab(LAB / "p11tls.toml").values() if e.pin_env}
     assert pins <= set(matrix["env"])  # every PIN variable comes from a secret
     assert all(v.startswith("${{ secrets.") for v in matrix["env"].values())
+
+
+# -- the GitLab pipeline run for real (gitlab-ci-local, shell executor) --------------
+
+GITLAB_CI_LOCAL = "4.55.0"  # the last 4.x that runs on Node 20 (later ones need Node 22)
+TWO_TOKENS = """\
+[lab.softhsm2]
+module = "softhsm/libsofthsm2.so"
+token_label = "pipeline-a"
+pin_env = "P11TLS_LAB_SOFTHSM2_PIN"
+mode = "provision"
+keys = "p256"
+clients = "gnutls"
+
+# a second SoftHSM2 token standing in for the TPM host, under another profile
+[lab.tpm2-pkcs11]
+module = "softhsm/libsofthsm2.so"
+token_label = "pipeline-b"
+pin_env = "P11TLS_LAB_TPM2_PIN"
+mode = "provision"
+profile = "combined-pss-only"
+keys = "rsa2048,p256"
+clients = "gnutls"
+"""
+
+
+def gitlab_ci_local() -> Path:
+    """gitlab-ci-local, installed once into the per-user cache with npm."""
+    import shutil
+
+    from harness.clients.java.build import default_cache_dir
+
+    missing = [tool for tool in ("npm", "node", "rsync", "git", "softhsm2-util")
+               if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"Requires {', '.join(missing)}: gitlab-ci-local is an npm package and "
+                    "copies the project with rsync (apt-get install npm rsync git softhsm2)")
+    prefix = default_cache_dir() / f"gitlab-ci-local-{GITLAB_CI_LOCAL}"
+    tool = prefix / "node_modules" / ".bin" / "gitlab-ci-local"
+    if not tool.exists():
+        proc = subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-audit",
+                               "--no-fund", f"gitlab-ci-local@{GITLAB_CI_LOCAL}"],
+                              capture_output=True, text=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            pytest.skip(f"npm could not install gitlab-ci-local: {proc.stderr[-500:]}")
+    return tool
+
+
+class PreviousNight:
+    """The GitLab API's job-artifacts endpoint on loopback: serves the previous
+    night's merged results.json, or 404 (the first night)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.body: bytes | None = None
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                if outer.body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.lab_pipeline
+def test_gitlab_pipeline_runs_two_hosts_merges_reports_and_diffs(tmp_path):
+    """docs/lab/gitlab-ci.yml as a lab copies it, run by gitlab-ci-local with the
+    shell executor: two host jobs on two throw-away SoftHSM2 tokens (different
+    profiles), their artifacts, the merge, the report, and the diff against the
+    previous night: none (first night), the same results (exit 0), and an
+    injected regression, which fails the job (the negative control). Only
+    variables differ from the example."""
+    import json
+
+    tool = gitlab_ci_local()
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True, timeout=120)
+    store = tmp_path / "softhsm"
+    store.mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {store}\nobjectstore.backend = file\n")
+    pins = {"pipeline-a": "1111", "pipeline-b": "2222"}
+    for label, pin in pins.items():
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label,
+                        "--pin", pin, "--so-pin", "5678"], check=True, capture_output=True,
+                       env={**__import__("os").environ, "SOFTHSM2_CONF": str(conf)})
+    lab = tmp_path / "lab.toml"
+    lab.write_text(TWO_TOKENS)
+    previous = PreviousNight()
+
+    def pipeline(*jobs: str) -> subprocess.CompletedProcess[str]:
+        variables = {"CI_PIPELINE_SOURCE": "schedule", "P11TLS_LAB_FILE": str(lab),
+                     "SOFTHSM2_CONF": str(conf), "CI_API_V4_URL": previous.url,
+                     "P11TLS_LAB_SOFTHSM2_PIN": pins["pipeline-a"],
+                     "P11TLS_LAB_TPM2_PIN": pins["pipeline-b"]}
+        argv = [str(tool), "--file", "docs/lab/gitlab-ci.yml"]
+        for name, value in variables.items():
+            argv += ["--variable", f"{name}={value}"]
+        return subprocess.run([*argv, *jobs], cwd=repo, capture_output=True, text=True,
+                              timeout=900, check=False)
+
+    try:
+        first = pipeline("matrix:softhsm2", "matrix:tpm2-pkcs11", "nightly-report")
+        out = first.stdout + first.stderr
+        assert first.returncode == 0, out[-3000:]
+        for job in ("matrix:softhsm2", "matrix:tpm2-pkcs11", "nightly-report"):
+            assert re.search(rf"PASS\s+{re.escape(job)}", out), out[-3000:]
+        assert "no previous night to compare with" in out
+        for lab_name in ("softhsm2", "tpm2-pkcs11"):  # each host's artifacts (":" is "Og")
+            artifacts = repo / ".gitlab-ci-local" / "artifacts"
+            assert list(artifacts.glob(f"matrix*{lab_name}/reports/{lab_name}/results.json")), \
+                sorted(p.name for p in artifacts.iterdir())
+        merged = json.loads((repo / "merged" / "results.json").read_text())
+        assert {r["module"]["token_label"] for r in merged} == set(pins)  # one table each
+        assert (repo / "merged" / "matrix.html").stat().st_size > 0
+        failing = [r for r in merged if r["outcome"] == "fail"]
+        assert failing, "combined-pss-only should fail TLS 1.3 with RSA for gnutls"
+
+        previous.body = (repo / "merged" / "results.json").read_bytes()
+        same = pipeline("nightly-report")
+        assert same.returncode == 0, (same.stdout + same.stderr)[-3000:]
+        assert "0 regression" in same.stdout
+
+        injected = [dict(r) for r in merged]  # a night on which that case still worked
+        for record in injected:
+            if record["case_id"] == failing[0]["case_id"] and (
+                    record["module"]["token_label"] == failing[0]["module"]["token_label"]):
+                record.update(outcome="ok", verdict="passed", error=None, expected=None)
+        previous.body = json.dumps(injected).encode()
+        regressed = pipeline("nightly-report")
+        out = regressed.stdout + regressed.stderr
+        assert regressed.returncode != 0, out[-3000:]
+        assert "REGRESSION" in out and re.search(r"FAIL\s+nightly-report", out), out[-3000:]
+    finally:
+        previous.close()
