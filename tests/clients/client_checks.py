@@ -74,3 +74,8 @@ def logins(calls: list[dict[str, Any]]) -> list[str]:
 
 def signs(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in calls if c["fn"] in ("C_Sign", "C_SignUpdate", "C_SignFinal")]
+
+
+def wrong_pin(pin: str) -> str:
+    """A PIN that is surely not `pin`, of the same length."""
+    return "0" * len(pin) if pin != "0" * len(pin) else "1" * len(pin)

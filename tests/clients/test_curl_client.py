@@ -20,6 +20,7 @@ from client_checks import (
     logins,
     run_direct,
     signs,
+    wrong_pin,
 )
 
 from harness.clients.curl import CurlClient
@@ -86,7 +87,7 @@ def test_error_after_an_accepted_handshake_says_so(p11tls_runner, tmp_path):
 
 def test_wrong_pin_is_refused_once(p11tls_runner, tmp_path):
     pin = p11tls_runner.pin
-    wrong = "0" * len(pin) if pin != "0" * len(pin) else "1111"
+    wrong = wrong_pin(pin)
     bad = run_direct(p11tls_runner, "curl", tmp_path / "wrong", pin=wrong)
     assert not bad.seen.accepted
     assert logins(bad.calls) == ["CKR_PIN_INCORRECT"]

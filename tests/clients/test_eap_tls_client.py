@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from client_checks import RAW_MECHANISMS, expected_input, foreign_ca, logins, signs
+from client_checks import RAW_MECHANISMS, expected_input, foreign_ca, logins, signs, wrong_pin
 
 from harness.clients.base import HandshakeJob
 from harness.clients.eap_tls import EAPTLSClient, masked, observation
@@ -38,24 +38,24 @@ def direct(runner, logs, *, pin=None, ca=None):
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256"])
-def test_eap_tls_against_hostapd(p11_runner, key, tls):
+def test_eap_tls_against_hostapd(p11tls_runner, key, tls):
     case = Case("eap-tls", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11_runner.judge(case, p11_runner.run(case))
+    record = p11tls_runner.judge(case, p11tls_runner.run(case))
     assert record.outcome == "ok", record.error
     assert record.negotiated_version == f"TLSv{tls.value}"  # from hostapd's log
     assert record.peer.startswith("hostapd")
-    assert p11_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
+    assert p11tls_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
     assert record.sign["mechanism"] in RAW_MECHANISMS and record.sign["parts"] == 0
     assert record.sign["input_bytes"] == expected_input(record.signature_scheme)
     assert not record.problems and not record.unmeasured
 
 
-def test_pin_is_masked_in_the_log(p11_runner, tmp_path):
-    result, _, job = direct(p11_runner, tmp_path / "pin")
+def test_pin_is_masked_in_the_log(p11tls_runner, tmp_path):
+    result, _, job = direct(p11tls_runner, tmp_path / "pin")
     assert result.peer.accepted
     text = job.log_path.read_text()
-    assert p11_runner.pin not in text and "[PIN masked]" in text
-    assert p11_runner.pin not in (tmp_path / "pin" / "hostapd.log").read_text()
+    assert p11tls_runner.pin not in text and "[PIN masked]" in text
+    assert p11tls_runner.pin not in (tmp_path / "pin" / "hostapd.log").read_text()
 
 
 def test_masking():
@@ -67,18 +67,18 @@ def test_masking():
     assert "a line" in masked("a line\n", "")  # no PIN: unchanged (negative control)
 
 
-def test_server_trusting_another_ca_fails(p11_runner, tmp_path):
-    result, _, _ = direct(p11_runner, tmp_path / "other", ca=foreign_ca(tmp_path / "ca"))
+def test_server_trusting_another_ca_fails(p11tls_runner, tmp_path):
+    result, _, _ = direct(p11tls_runner, tmp_path / "other", ca=foreign_ca(tmp_path / "ca"))
     assert not result.peer.accepted and result.error
-    assert direct(p11_runner, tmp_path / "same")[0].peer.accepted  # control
+    assert direct(p11tls_runner, tmp_path / "same")[0].peer.accepted  # control
 
 
-def test_wrong_pin_fails_with_one_login(p11_runner, tmp_path):
-    wrong = "0" * len(p11_runner.pin) if p11_runner.pin != "0" * len(p11_runner.pin) else "1111"
-    result, calls, _ = direct(p11_runner, tmp_path / "wrong", pin=wrong)
+def test_wrong_pin_fails_with_one_login(p11tls_runner, tmp_path):
+    wrong = wrong_pin(p11tls_runner.pin)
+    result, calls, _ = direct(p11tls_runner, tmp_path / "wrong", pin=wrong)
     assert not result.peer.accepted
     assert logins(calls) == ["CKR_PIN_INCORRECT"] and not signs(calls)
-    result, calls, _ = direct(p11_runner, tmp_path / "right")  # negative control
+    result, calls, _ = direct(p11tls_runner, tmp_path / "right")  # negative control
     assert result.peer.accepted and "CKR_OK" in logins(calls)
 
 
@@ -92,12 +92,12 @@ def test_hostapd_log_parsing():
     assert not observation("RADIUS SRV: Received 1 bytes\nSending Access-Reject\n").accepted
 
 
-def test_missing_eapol_test_is_a_skip_with_the_package(p11_runner, monkeypatch):
+def test_missing_eapol_test_is_a_skip_with_the_package(p11tls_runner, monkeypatch):
     case = Case("eap-tls", KEYS["p256"], Provisioning.GENERATE, TLSVersion.TLS12)
     real_which = shutil.which
     monkeypatch.setattr("shutil.which",
                         lambda name, *a, **k: None if name == "eapol_test" else real_which(name))
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "skip" and "install eapoltest" in record.error
     monkeypatch.undo()
-    assert p11_runner.run(case).outcome == "ok"  # negative control
+    assert p11tls_runner.run(case).outcome == "ok"  # negative control

@@ -10,7 +10,15 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from client_checks import RAW_MECHANISMS, expected_input, foreign_ca, logins, run_direct, signs
+from client_checks import (
+    RAW_MECHANISMS,
+    expected_input,
+    foreign_ca,
+    logins,
+    run_direct,
+    signs,
+    wrong_pin,
+)
 
 from harness.clients import go as go_module
 from harness.clients.go import GoClient, build_binary, build_env, find_go_sources
@@ -25,49 +33,49 @@ pytestmark = pytest.mark.skipif(GoClient().unavailable_reason() is not None,
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256", "p384"])
-def test_handshake_signs_a_host_made_digest_once(p11_runner, key, tls):
+def test_handshake_signs_a_host_made_digest_once(p11tls_runner, key, tls):
     case = Case("go", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11_runner.judge(case, p11_runner.run(case))
+    record = p11tls_runner.judge(case, p11tls_runner.run(case))
     assert record.outcome == "ok", record.error
     assert record.negotiated_version == f"TLSv{tls.value}"
-    assert p11_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
+    assert p11tls_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
     assert record.sign["mechanism"] in RAW_MECHANISMS and record.sign["parts"] == 0
     assert record.sign["input_bytes"] == expected_input(record.signature_scheme)
     assert not record.problems and not record.unmeasured
 
 
-def test_forced_rsa_pkcs1_signs_a_digest_info(p11_runner):
+def test_forced_rsa_pkcs1_signs_a_digest_info(p11tls_runner):
     case = Case("go", KEYS["rsa2048"], Provisioning.GENERATE, TLSVersion.TLS12,
                 FORCED_RSA_PKCS1)
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "ok", record.error
     assert record.signature_scheme == "rsa_pkcs1_sha256"
     assert record.sign["mechanism"] == "CKM_RSA_PKCS" and record.sign["input_bytes"] == 51
 
 
-def test_wrong_pin_is_refused_once(p11_runner, tmp_path):
-    wrong = "0" * len(p11_runner.pin) if p11_runner.pin != "0" * len(p11_runner.pin) else "1111"
-    bad = run_direct(p11_runner, "go", tmp_path / "wrong", pin=wrong)
+def test_wrong_pin_is_refused_once(p11tls_runner, tmp_path):
+    wrong = wrong_pin(p11tls_runner.pin)
+    bad = run_direct(p11tls_runner, "go", tmp_path / "wrong", pin=wrong)
     assert not bad.seen.accepted and bad.result.returncode != 0
     assert "CKR_PIN_INCORRECT" in (bad.result.error or "")
     assert logins(bad.calls) == ["CKR_PIN_INCORRECT"]
     assert not signs(bad.calls)
-    good = run_direct(p11_runner, "go", tmp_path / "right")  # negative control
+    good = run_direct(p11tls_runner, "go", tmp_path / "right")  # negative control
     assert good.seen.accepted and logins(good.calls) == ["CKR_OK"]
 
 
-def test_server_trusting_another_ca_rejects_the_certificate(p11_runner, tmp_path):
+def test_server_trusting_another_ca_rejects_the_certificate(p11tls_runner, tmp_path):
     for tls in TLSVersion:
-        other = run_direct(p11_runner, "go", tmp_path / f"other{tls.value}", tls=tls,
+        other = run_direct(p11tls_runner, "go", tmp_path / f"other{tls.value}", tls=tls,
                            client_ca=foreign_ca(tmp_path / f"ca{tls.value}"))
         assert not other.seen.accepted and other.result.returncode != 0
-    assert run_direct(p11_runner, "go", tmp_path / "same").seen.accepted  # control
+    assert run_direct(p11tls_runner, "go", tmp_path / "same").seen.accepted  # control
 
 
-def test_pin_is_in_no_argv_and_no_log(p11_runner, tmp_path):
-    done = run_direct(p11_runner, "go", tmp_path / "pin")
+def test_pin_is_in_no_argv_and_no_log(p11tls_runner, tmp_path):
+    done = run_direct(p11tls_runner, "go", tmp_path / "pin")
     assert done.seen.accepted
-    assert p11_runner.pin not in done.job.log_path.read_text()
+    assert p11tls_runner.pin not in done.job.log_path.read_text()
 
 
 def test_build_is_cached_and_offline(tmp_path):
@@ -84,7 +92,7 @@ def test_build_is_cached_and_offline(tmp_path):
 
 @pytest.mark.parametrize("missing,hint", [("go", "install golang-go"),
                                           ("crypto11", "golang-github-thalesignite-crypto11-dev")])
-def test_missing_toolchain_or_crypto11_is_a_skip(p11_runner, monkeypatch, tmp_path,
+def test_missing_toolchain_or_crypto11_is_a_skip(p11tls_runner, monkeypatch, tmp_path,
                                                  missing, hint):
     case = Case("go", KEYS["p256"], Provisioning.GENERATE, TLSVersion.TLS12)
     if missing == "go":
@@ -93,7 +101,7 @@ def test_missing_toolchain_or_crypto11_is_a_skip(p11_runner, monkeypatch, tmp_pa
                             lambda name, *a, **k: None if name == "go" else real_which(name))
     else:
         monkeypatch.setattr(go_module, "CRYPTO11", tmp_path / "none")
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "skip" and hint in record.error
     monkeypatch.undo()
-    assert p11_runner.run(case).outcome == "ok"  # negative control
+    assert p11tls_runner.run(case).outcome == "ok"  # negative control

@@ -23,6 +23,7 @@ from client_checks import (
     logins,
     run_direct,
     signs,
+    wrong_pin,
 )
 
 pytestmark = pytest.mark.skipif(NSSClient().unavailable_reason() is not None,
@@ -65,7 +66,7 @@ def test_nss_debug_log_is_kept_per_case_without_the_pin(p11tls_runner):
 
 def test_wrong_pin_is_refused_once(p11tls_runner, tmp_path):
     pin = p11tls_runner.pin
-    wrong = "0" * len(pin) if pin != "0" * len(pin) else "1111"
+    wrong = wrong_pin(pin)
     bad = run_direct(p11tls_runner, "nss", tmp_path / "wrong", pin=wrong)
     assert not bad.seen.accepted
     assert logins(bad.calls) == ["CKR_PIN_INCORRECT"]  # once: never retried

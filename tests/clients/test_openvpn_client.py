@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from client_checks import RAW_MECHANISMS, expected_input, foreign_ca, logins, signs
+from client_checks import RAW_MECHANISMS, expected_input, foreign_ca, logins, signs, wrong_pin
 
 from harness.clients.base import HandshakeJob
 from harness.clients.openvpn import OpenVPNClient, observation
@@ -42,13 +42,13 @@ def direct(runner, logs: Path, *, pin: str | None = None, ca: Path | None = None
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256"])
-def test_handshake_with_a_real_openvpn_server(p11_runner, key, tls):
+def test_handshake_with_a_real_openvpn_server(p11tls_runner, key, tls):
     case = Case("openvpn", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11_runner.judge(case, p11_runner.run(case))
+    record = p11tls_runner.judge(case, p11tls_runner.run(case))
     assert record.outcome == "ok", record.error
     assert record.negotiated_version == f"TLSv{tls.value}"  # from the openvpn server's log
     assert record.peer.startswith("openvpn server")
-    assert p11_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
+    assert p11tls_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
     assert record.sign["mechanism"] in RAW_MECHANISMS and record.sign["parts"] == 0
     assert record.sign["input_bytes"] == expected_input(record.signature_scheme)
     assert not record.problems and not record.unmeasured
@@ -60,30 +60,30 @@ def test_no_forced_scheme_cases_for_an_own_peer():
     assert not any(i.startswith("openvpn") and i.endswith("rsa_pkcs1_sha256") for i in ids)
 
 
-def test_wrong_pin_is_sent_once_and_not_retried(p11_runner, tmp_path):
-    wrong = "0" * len(p11_runner.pin) if p11_runner.pin != "0" * len(p11_runner.pin) else "1111"
-    result, calls, _ = direct(p11_runner, tmp_path / "wrong", pin=wrong)
+def test_wrong_pin_is_sent_once_and_not_retried(p11tls_runner, tmp_path):
+    wrong = wrong_pin(p11tls_runner.pin)
+    result, calls, _ = direct(p11tls_runner, tmp_path / "wrong", pin=wrong)
     assert not result.peer.accepted
     assert logins(calls) == ["CKR_PIN_INCORRECT"]  # pkcs11-helper asked again: not answered
     assert not signs(calls)
     assert "not retried" in result.error
-    result, calls, _ = direct(p11_runner, tmp_path / "right")  # negative control
+    result, calls, _ = direct(p11tls_runner, tmp_path / "right")  # negative control
     assert result.peer.accepted and logins(calls) == ["CKR_OK"]
 
 
-def test_pin_is_in_no_argv_no_log_and_no_file(p11_runner, tmp_path):
-    result, _, job = direct(p11_runner, tmp_path / "pin")
+def test_pin_is_in_no_argv_no_log_and_no_file(p11tls_runner, tmp_path):
+    result, _, job = direct(p11tls_runner, tmp_path / "pin")
     assert result.peer.accepted
     for log in tmp_path.joinpath("pin").glob("*.log"):
-        assert p11_runner.pin not in log.read_text()
+        assert p11tls_runner.pin not in log.read_text()
     config = Path(job.log_path.read_text().splitlines()[0].split()[-1])
     assert not config.parent.exists()  # the configs and the management socket: removed
 
 
-def test_server_trusting_another_ca_fails(p11_runner, tmp_path):
-    result, _, _ = direct(p11_runner, tmp_path / "other", ca=foreign_ca(tmp_path / "ca"))
+def test_server_trusting_another_ca_fails(p11tls_runner, tmp_path):
+    result, _, _ = direct(p11tls_runner, tmp_path / "other", ca=foreign_ca(tmp_path / "ca"))
     assert not result.peer.accepted and result.error
-    assert direct(p11_runner, tmp_path / "same")[0].peer.accepted  # control
+    assert direct(p11tls_runner, tmp_path / "same")[0].peer.accepted  # control
 
 
 def test_server_log_parsing():
@@ -97,12 +97,12 @@ def test_server_log_parsing():
     assert not rejected.accepted and rejected.error.startswith("VERIFY ERROR")
 
 
-def test_missing_openvpn_is_a_skip_with_the_package(p11_runner, monkeypatch):
+def test_missing_openvpn_is_a_skip_with_the_package(p11tls_runner, monkeypatch):
     case = Case("openvpn", KEYS["p256"], Provisioning.GENERATE, TLSVersion.TLS12)
     real_which = shutil.which
     monkeypatch.setattr("shutil.which",
                         lambda name, *a, **k: None if name == "openvpn" else real_which(name))
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "skip" and "install openvpn" in record.error
     monkeypatch.undo()
-    assert p11_runner.run(case).outcome == "ok"  # negative control
+    assert p11tls_runner.run(case).outcome == "ok"  # negative control

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from client_checks import foreign_ca, logins, run_direct, signs
+from client_checks import foreign_ca, logins, run_direct, signs, wrong_pin
 
 from harness.clients import python_ssl
 from harness.clients.python_ssl import PythonSSLClient, uri_pem
@@ -35,9 +35,9 @@ def test_uri_pem_is_the_provider_structure():
 @available
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256", "p384"])
-def test_handshake_through_pkcs11_provider(p11_runner, key, tls):
+def test_handshake_through_pkcs11_provider(p11tls_runner, key, tls):
     case = Case("python-ssl", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11_runner.judge(case, p11_runner.run(case))
+    record = p11tls_runner.judge(case, p11tls_runner.run(case))
     assert record.outcome == "ok", record.error
     assert record.negotiated_version == f"TLSv{tls.value}"
     assert record.sign["rv"] == "CKR_OK"
@@ -45,20 +45,20 @@ def test_handshake_through_pkcs11_provider(p11_runner, key, tls):
 
 
 @available
-def test_wrong_pin_and_foreign_ca_fail(p11_runner, tmp_path):
-    wrong = "0" * len(p11_runner.pin) if p11_runner.pin != "0" * len(p11_runner.pin) else "1111"
-    bad = run_direct(p11_runner, "python-ssl", tmp_path / "wrong", pin=wrong)
+def test_wrong_pin_and_foreign_ca_fail(p11tls_runner, tmp_path):
+    wrong = wrong_pin(p11tls_runner.pin)
+    bad = run_direct(p11tls_runner, "python-ssl", tmp_path / "wrong", pin=wrong)
     assert not bad.seen.accepted and not signs(bad.calls)
     assert "CKR_OK" not in logins(bad.calls)
-    other = run_direct(p11_runner, "python-ssl", tmp_path / "other",
+    other = run_direct(p11tls_runner, "python-ssl", tmp_path / "other",
                        client_ca=foreign_ca(tmp_path / "ca"))
     assert not other.seen.accepted
-    good = run_direct(p11_runner, "python-ssl", tmp_path / "right")  # negative control
-    assert good.seen.accepted and p11_runner.pin not in good.job.log_path.read_text()
+    good = run_direct(p11tls_runner, "python-ssl", tmp_path / "right")  # negative control
+    assert good.seen.accepted and p11tls_runner.pin not in good.job.log_path.read_text()
 
 
-def test_missing_provider_is_a_skip_with_the_package(p11_runner, monkeypatch):
+def test_missing_provider_is_a_skip_with_the_package(p11tls_runner, monkeypatch):
     monkeypatch.setattr(python_ssl, "find_provider", lambda: None)
     case = Case("python-ssl", KEYS["p256"], Provisioning.GENERATE, TLSVersion.TLS12)
-    record = p11_runner.run(case)
+    record = p11tls_runner.run(case)
     assert record.outcome == "skip" and "install pkcs11-provider" in record.error
