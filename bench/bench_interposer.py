@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.run.config import resolve
-from harness.matrix.keys import KEYS, Provisioning
 from harness.matrix.cases import Case
+from harness.matrix.keys import KEYS, Provisioning
+from harness.run.config import resolve
 from harness.run.runner import MatrixRunner
 from harness.tls.version import TLSVersion
 

@@ -24,16 +24,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.tls.ca import TestCA
 from harness.clients.base import HandshakeJob
 from harness.clients.java import JavaClient
-from harness.matrix.keys import KEYS, Provisioning
-from harness.token.provision import Provisioner
-from harness.tls.server import HandshakeServer, ServerCase
-from harness.token.softhsm import TemporarySoftHSM
 from harness.installed import LIBP11_ENGINE, find_library
+from harness.matrix.keys import KEYS, Provisioning
+from harness.tls.ca import TestCA
+from harness.tls.server import HandshakeServer, ServerCase
 from harness.tls.version import TLSVersion
+from harness.token.provision import Provisioner
 from harness.token.session import Token
+from harness.token.softhsm import TemporarySoftHSM
 
 
 def run_server(ca: TestCA, tls: TLSVersion, log: Path,

@@ -31,13 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness.clients import CLIENTS
 from harness.clients.base import pct, pct_bytes
-from harness.run.config import resolve
-from harness.matrix.keys import KEYS, Provisioning
 from harness.matrix.cases import Case
-from harness.token.provision import ProvisionedKey
+from harness.matrix.keys import KEYS, Provisioning
+from harness.run.config import resolve
 from harness.run.runner import MatrixRunner
 from harness.tls.server import ServerCase
 from harness.tls.version import TLSVersion
+from harness.token.provision import ProvisionedKey
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,25 +22,28 @@ from typing import Any, Optional
 
 import pytest
 
-from harness.explain import masking as pin_masking
 from harness.clients import CLIENTS, check_clients, make_client
-from harness.run.config import OPTIONS, Settings, resolve
+from harness.clients.java import JavaClient, find_jdk
 from harness.errors import HarnessError
-from harness.run.lab import LabModuleMissing
-from harness.matrix.cases import cases
-from harness.token.locking import TokenLock, token_key
-from harness.process import install_signal_handlers, tool_version
+from harness.explain import masking as pin_masking
 from harness.interposer.profile import Profile, load_profile
+from harness.matrix.cases import cases
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord
+from harness.process import install_signal_handlers, tool_version
 from harness.reports.files import write_reports, write_results
 from harness.reports.progress import SlowCases, matrix_case
-from harness.reports.terminal import fit_lines, terminal_matrix
 from harness.reports.rundir import new_run_id, publish, run_dir
-from harness.run.runner import STOPPED
-from harness.verdict.predict import prediction_summary
-from harness.token.probe import check_login, describe_token
+from harness.reports.terminal import fit_lines, terminal_matrix
+from harness.run.config import OPTIONS, Settings, resolve
+from harness.run.lab import LabModuleMissing
+from harness.run.runner import STOPPED, MatrixRunner
+from harness.token.existing_keys import writes_in
+from harness.token.journal import journal_dir, scan_journals
+from harness.token.locking import TokenLock, token_key
+from harness.token.probe import check_login, describe_token, existing_specs
 from harness.token.run_tokens import emulated_module, lock_token, refuse_fixed_slot
 from harness.token.session import exit_if_in_flight
+from harness.verdict.predict import prediction_summary
 
 MARKER = "p11tls"  # a matrix test: the plugin acts for it
 PLUGIN_NAMES = ("p11tls", "harness.plugin")  # -p NAME asks for it
@@ -171,7 +174,6 @@ def _check_java_config(settings: Settings) -> None:
     """--java-p11-config lines parsed by SunPKCS11 once, at start, not per case."""
     if not settings.java_p11_config:
         return
-    from harness.clients.java import JavaClient
 
     for name in settings.clients:
         client = make_client(name, settings.client_options())
@@ -319,7 +321,6 @@ def _clean_after_workers(config: pytest.Config) -> None:
     clean-up); its journal names it. In a child process, the lock still ours."""
     import subprocess
 
-    from harness.token.journal import journal_dir, scan_journals
 
     settings = config.stash[settings_key]
     assert settings.module is not None
@@ -364,7 +365,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _java_version(settings: Settings) -> str:
-    from harness.clients.java import find_jdk
 
     try:
         jdk = find_jdk(settings.java_home)
@@ -464,7 +464,6 @@ def _existing_keys(config: pytest.Config, settings: Settings) -> tuple[Any, ...]
     """Read-only mode: the KeySpecs of the keys on the token, read once without a
     login; a failure is kept and raised again where it becomes the one-line error."""
     if existing_key not in config.stash:
-        from harness.token.probe import existing_specs
 
         assert settings.module is not None
         try:
@@ -495,7 +494,6 @@ def p11tls_runner(p11tls_settings: Settings, tmp_path_factory: pytest.TempPathFa
     Each pytest-xdist worker gets its own. A bad module, token label or PIN
     ends the whole run with one line: the PIN is never tried twice.
     """
-    from harness.run.runner import MatrixRunner
 
     try:
         runner = MatrixRunner(
@@ -655,7 +653,6 @@ class RecordCollector:
 
 def read_only_summary(records: list[HandshakeRecord]) -> list[str]:
     """A read-only run's keys (label, CKA_ID, type) and its proof that it wrote nothing."""
-    from harness.token.existing_keys import writes_in
 
     keys: list[dict[str, Any]] = next((r.module["existing_keys"] for r in records
                                        if r.module.get("existing_keys")), [])

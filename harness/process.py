@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import select
-import stat
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 from types import FrameType
-from typing import Any
+from typing import Any, BinaryIO
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.openssl_provider import find_provider
-from harness.process import base_env, run_logged
 from harness.installed import LIBP11_ENGINE, find_library
+from harness.process import base_env, run_logged
 from harness.versions import command_version, first_version, in_range, package_version
 
 PROVIDER_SINCE = ">=8.12"  # CURLOPT_SSLKEYTYPE "PROV"

@@ -22,10 +22,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from harness.explain import masking as pin_masking
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.pin_once import pin_once
 from harness.errors import HarnessError
+from harness.explain import masking as pin_masking
 from harness.process import base_env, run_logged
 from harness.versions import package_version
 

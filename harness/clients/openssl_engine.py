@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
-from harness.process import base_env, run_logged, tool_version
 from harness.installed import LIBP11_ENGINE, find_library
+from harness.process import base_env, run_logged, tool_version
 from harness.versions import command_version, package_version
 
 

@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
-from harness.process import base_env, run_logged, tool_version
 from harness.installed import PKCS11_PROVIDER, find_library
+from harness.process import base_env, run_logged, tool_version
 from harness.versions import command_version, package_version
 
 CONFIG = """\

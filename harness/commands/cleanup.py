@@ -13,6 +13,7 @@ from harness.token.cleanup import delete, find_leftovers, prune_journals
 from harness.token.locking import TokenLock, token_key
 from harness.token.session import Token
 
+
 def cleanup_main(argv: Sequence[str]) -> int:
     """`p11tls cleanup --p11-module M --p11-token-label L [--p11-pin P] [--yes]`."""
     parser = argparse.ArgumentParser(

@@ -10,6 +10,7 @@ from harness.commands import run_command
 from harness.reports.compare import diff
 from harness.reports.files import load_results
 
+
 def diff_main(argv: Sequence[str] | None = None) -> int:
     """`p11tls diff OLD.json NEW.json`: exit 1 when a case that was ok now fails."""
     parser = argparse.ArgumentParser(

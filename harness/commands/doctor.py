@@ -21,14 +21,21 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from harness.clients import client_names, make_client
 from harness.commands.token_command import token_command
 from harness.errors import ConfigError, HarnessError, TokenError
+from harness.interposer.profile import Profile, load_profile
+from harness.matrix.keys import KEYS, key_spec
+from harness.pkcs11 import exception_return_code
 from harness.process import read_bounded
-
-if TYPE_CHECKING:
-    from harness.interposer.profile import Profile
+from harness.token.existing_keys import discover
+from harness.token.fixed_slots import slot_verdict
+from harness.token.measurements import load_measurement
+from harness.token.run_tokens import emulated_module
+from harness.token.session import load_module, text_of, version_of
+from harness.verdict.predict import Prediction, TokenFacts, case_id, notes, predict_matrix
 
 TLS_MECHANISMS = (
     "RSA_PKCS", "RSA_PKCS_PSS", "RSA_X_509", "SHA256_RSA_PKCS", "SHA384_RSA_PKCS",
@@ -36,6 +43,7 @@ TLS_MECHANISMS = (
     "ECDSA", "ECDSA_SHA256", "ECDSA_SHA384", "ECDSA_SHA512", "EDDSA",
     "RSA_PKCS_KEY_PAIR_GEN", "EC_KEY_PAIR_GEN", "EC_EDWARDS_KEY_PAIR_GEN",
 )
+
 TOKEN_FLAGS = ("WRITE_PROTECTED", "LOGIN_REQUIRED", "USER_PIN_INITIALIZED",
                "PROTECTED_AUTHENTICATION_PATH", "USER_PIN_COUNT_LOW", "USER_PIN_FINAL_TRY",
                "USER_PIN_LOCKED", "USER_PIN_TO_BE_CHANGED", "TOKEN_INITIALIZED")
@@ -68,7 +76,6 @@ def _doctor(args: argparse.Namespace) -> int:
     keys = _keys(args.p11_keys)
     profile = None
     if args.p11_profile:
-        from harness.interposer.profile import load_profile
 
         profile = load_profile(args.p11_profile)
     report = inspect(args.p11_module.expanduser(), args.p11_token_label, _pin(args),
@@ -87,7 +94,6 @@ def _pin(args: argparse.Namespace) -> str | None:
 
 
 def _keys(text: str) -> list[str]:
-    from harness.matrix.keys import KEYS, key_spec
 
     if text.strip() == "all":
         return list(KEYS)
@@ -100,7 +106,6 @@ def inspect(module: Path, label: str | None, pin: str | None, *,
     with tempfile.TemporaryDirectory(prefix="p11tls-doctor-") as tmp:
         load = module
         if profile is not None:  # the token as the clients would see it under the profile
-            from harness.token.run_tokens import emulated_module
 
             load, env = emulated_module(module, profile, Path(tmp))
             os.environ.update(env)
@@ -113,12 +118,6 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
     from pkcs11 import exceptions as p11exc
     from pkcs11.constants import MechanismFlag, TokenFlag
 
-    from harness.pkcs11 import exception_return_code
-    from harness.token.existing_keys import discover
-    from harness.token.fixed_slots import slot_verdict
-    from harness.token.measurements import load_measurement
-    from harness.verdict.predict import TokenFacts, case_id, notes, predict_matrix
-    from harness.token.session import load_module, text_of, version_of
 
     lib = load_module(load)
     slots = lib.get_slots(token_present=True)
@@ -193,7 +192,6 @@ def _inspect(module: Path, load: Path, label: str | None, pin: str | None,
 def installed_clients() -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
     """Each client: its version, or why it cannot run here; and for the clients
     that can, the versions of their parts (what the facts are keyed to)."""
-    from harness.clients import client_names, make_client
 
     found: dict[str, str] = {}
     components: dict[str, dict[str, str | None]] = {}
@@ -256,7 +254,6 @@ def measured_line(measured: Any) -> str:
 def render_cells(cells: list[dict[str, Any]]) -> list[str]:
     """One line per client × key × TLS version (× forced scheme): both
     provisionings on one line when they agree."""
-    from harness.verdict.predict import Prediction
 
     from collections import Counter
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.commands import run_command
-from harness.reports.files import load_results
 from harness.errors import ConfigError
-from harness.reports.layout import failure_code
 from harness.matrix.record import HandshakeRecord, verdict_of
+from harness.reports.files import load_results
+from harness.reports.layout import failure_code
 from harness.versions import MODULE_COMPONENTS
 
 # a signed input longer than this is a whole transcript: its size varies with

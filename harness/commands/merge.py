@@ -12,6 +12,7 @@ from harness.errors import ConfigError
 from harness.reports.compare import merge
 from harness.reports.files import load_results, write_results
 
+
 def merge_main(argv: Sequence[str] | None = None) -> int:
     """`p11tls merge A.json B.json ... -o ALL.json`."""
     parser = argparse.ArgumentParser(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from harness.errors import HarnessError
 from harness.interposer.profile import Profile, load_profile, shipped_profiles
 
+
 def profiles_main(argv: Sequence[str]) -> int:
     """`p11tls profiles [PROFILE]`: list the shipped emulation profiles, or show
     one (shipped name or a TOML path: also checks a profile of your own).

@@ -24,14 +24,13 @@ from pkcs11 import Attribute
 from pkcs11 import exceptions as p11exc
 
 from harness.commands.token_command import token_command
-from harness.process import read_bounded, signals_held
-from harness.matrix.keys import parse_keys
 from harness.errors import ConfigError, HarnessError
-from harness.token.journal import LAB_PREFIX, CleanupError, Journal, LeftObject, journal_dir
-from harness.matrix.keys import Provisioning
+from harness.matrix.keys import Provisioning, parse_keys
+from harness.process import read_bounded, signals_held
 from harness.tls.lab_ca import LabCA
-from harness.token.locking import TokenLock, token_key
 from harness.token.fixed_slots import fixed_slot_reason, override_in
+from harness.token.journal import LAB_PREFIX, CleanupError, Journal, LeftObject, journal_dir
+from harness.token.locking import TokenLock, token_key
 from harness.token.provision import Provisioner, ProvisioningRefused
 from harness.token.session import Token
 

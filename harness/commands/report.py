@@ -11,6 +11,7 @@ from harness.commands import run_command
 from harness.reports.compare import failed_cases
 from harness.reports.files import load_results, write_reports
 
+
 def report_main(argv: Sequence[str] | None = None) -> int:
     """`p11tls report RESULTS.json [-o DIR]`: write matrix.html and matrix.md;
     exit 1 when a case failed unexpectedly."""

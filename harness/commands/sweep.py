@@ -21,12 +21,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.commands.token_command import token_command
-from harness.run.config import OPTIONS, add_runner_options, resolve
 from harness.errors import ConfigError, HarnessError
-from harness.matrix.keys import Provisioning, key_spec
 from harness.matrix.cases import Case
+from harness.matrix.keys import Provisioning, key_spec
 from harness.matrix.record import HandshakeRecord
+from harness.run.config import OPTIONS, add_runner_options, resolve
+from harness.run.runner import MatrixRunner
 from harness.tls.version import TLSVersion
+from harness.token.journal import CleanupError
 
 DEFAULT_STEPS_KIB = (0, 1, 2, 4, 8, 16)  # padding of the CertificateRequest, KiB
 
@@ -193,8 +195,6 @@ def _sweep_and_say(settings: Any, pairs: list[tuple[str, str]], steps: list[int]
                    say: Callable[[str], None] | None, as_json: bool, bisect: bool) -> int:
     """Every client × key, then the summary (also when the token stopped
     answering: what was measured so far, exit 1)."""
-    from harness.run.runner import MatrixRunner
-    from harness.token.journal import CleanupError
 
     runner = MatrixRunner(settings)
     results: list[SweepResult] = []

@@ -27,11 +27,15 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, NoReturn
 
+from harness.commands.token_command import token_command
+from harness.errors import ConfigError, HarnessError
+from harness.matrix.keys import Provisioning, key_spec
 from harness.run.config import OPTIONS, add_runner_options, resolve
 from harness.run.measure import keep_measurement
-from harness.errors import ConfigError, HarnessError
-from harness.commands.token_command import token_command
-from harness.matrix.keys import Provisioning, key_spec
+from harness.run.runner import MatrixRunner
+from harness.token.journal import CleanupError
+from harness.token.provision import ckr_name
+from harness.token.session import TokenTimeout
 
 # What a CertificateVerify hands the token with a combined mechanism, as the
 # server saw it in this harness's runs (README, "What the server saw"): TLS 1.3
@@ -186,8 +190,6 @@ def sweep_token(runner: Any, mechanisms: Sequence[str] | None = None,
     from pkcs11 import Mechanism, ObjectClass
     from pkcs11 import exceptions as p11exc
 
-    from harness.token.provision import ckr_name
-    from harness.token.session import TokenTimeout
 
     offered = runner.token_mechanisms(key_spec("p256"))
     chosen = combined_mechanisms(
@@ -296,8 +298,6 @@ def _sweep_and_say(settings: Any, wanted: list[str], max_bytes: int, as_json: bo
                    say: Callable[[str], None] | None) -> int:
     """The sweep, then its summary (also when the token stopped answering:
     what was measured so far, exit 1)."""
-    from harness.run.runner import MatrixRunner
-    from harness.token.journal import CleanupError
 
     runner = MatrixRunner(settings)
     try:

@@ -28,10 +28,10 @@ import re
 from collections.abc import Sequence
 
 from harness.explain import names
-
 from harness.explain.formats import opensc, pkcs11_logger
 from harness.explain.model import LogFormat
 from harness.explain.redact import mask_pasted, mask_secrets
+
 __all__ = ["contains", "forms", "known", "mask_bytes", "mask_lines", "mask_secrets",
            "mask_text", "register"]
 

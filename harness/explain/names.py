@@ -9,8 +9,8 @@ from harness.interposer.profile import PKCS11_FUNCTIONS
 from harness.pkcs11 import (
     attribute_name,
     curve_from_params,
-    exception_class_code,
     curve_name,
+    exception_class_code,
     key_type_name,
     mechanism_name,
     number,
@@ -21,12 +21,24 @@ from harness.pkcs11 import (
 )
 from harness.pkcs11.vocabulary import (
     ATTRIBUTES,
-    CURVE_SIZES as _CURVE_SIZES,
     CURVES,
+)
+from harness.pkcs11.vocabulary import (
+    CURVE_SIZES as _CURVE_SIZES,
+)
+from harness.pkcs11.vocabulary import (
     KEY_TYPES as _KEY_TYPES,
+)
+from harness.pkcs11.vocabulary import (
     MECHANISMS as _MECHANISMS,
+)
+from harness.pkcs11.vocabulary import (
     OBJECT_CLASSES as _OBJECT_CLASSES,
+)
+from harness.pkcs11.vocabulary import (
     RETURN_CODES as _RETURN_CODES,
+)
+from harness.pkcs11.vocabulary import (
     USER_TYPES as _USER_TYPES,
 )
 

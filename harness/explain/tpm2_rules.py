@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 
-from harness.explain.model import Call
 from harness.explain.formats.tpm2_log import mentions_tpm2
+from harness.explain.model import Call
 
 PSS = re.compile(r"^CKM_(SHA\d+_)?RSA_PKCS_PSS$")
 # OpenSSL's RSA_R_SLEN_CHECK_FAILED, and what TLS stacks print around it

@@ -59,8 +59,8 @@ from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
 from harness.errors import ConfigError
-from harness.process import read_bounded
 from harness.pkcs11.vocabulary import KEY_TYPES, MECHANISMS, OBJECT_CLASSES, RETURN_CODES
+from harness.process import read_bounded
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -25,6 +25,7 @@ from harness.errors import ConfigError
 from harness.process import NotReadable, read_bounded
 from harness.matrix.record import HandshakeRecord, verdict_of
 from harness.reports.markdown import render_markdown
+from harness.reports.html import render_html
 
 __all__ = ["FORMAT_VERSION", "load_results", "schema", "validate", "write_reports",
            "write_results"]
@@ -225,7 +226,6 @@ def write_reports(records: Sequence[HandshakeRecord], out_dir: Path, *,
     Relative log paths in the records are read from `log_base` (default
     out_dir, the reports directory they are relative to).
     """
-    from harness.reports.html import render_html
 
     out_dir = Path(out_dir)
     html_path, md_path = out_dir / "matrix.html", out_dir / "matrix.md"

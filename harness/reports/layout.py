@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, problems_of, verdict_of
+from harness.matrix.keys import KEYS
 
 __all__ = [
     "FAILED",
@@ -252,7 +253,6 @@ def matrix_tables(records: Sequence[HandshakeRecord]) -> list[MatrixTable]:
 
 
 def _row_order(row: Heading) -> tuple[int, str, int, str]:
-    from harness.matrix.keys import KEYS
 
     key, label = row
     provisioning = label.split(",")[0]

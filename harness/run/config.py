@@ -13,9 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.clients import client_names
 from harness.clients.base import ClientOptions
 from harness.errors import ConfigError
 from harness.matrix.keys import KeySpec, parse_keys
+from harness.run.lab import lab_options
+from harness.token.existing_keys import parse_key_uri
 from harness.token.named_modules import is_named
 from harness.token.opensc_conf import parse_cache_setting
 
@@ -179,7 +182,6 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
                           "option out for the throw-away SoftHSM2 token")
     raw = {o.name: _pick(o, cli, ini, env) for o in OPTIONS}
     if raw["p11_lab"]:  # the lab entry fills what the command line and ini leave open
-        from harness.run.lab import lab_options
 
         raw.update(lab_options(raw["p11_lab"], cli, ini, env, base))
     # a named module (tpm2) brings up its own throw-away token: no file, label or PIN
@@ -218,7 +220,6 @@ def resolve(cli: Mapping[str, object], ini: Mapping[str, object],
         raise ConfigError("--p11-existing and --p11-key test the keys already on a token: "
                           "name it with --p11-module, --p11-token-label and the PIN")
     if key_uris:
-        from harness.token.existing_keys import parse_key_uri
 
         for uri in key_uris:
             parse_key_uri(uri)
@@ -287,7 +288,6 @@ def _flag(raw: Mapping[str, str | None], name: str) -> bool:
 def parse_clients(text: str, java_homes: tuple[str, ...] = ()) -> tuple[str, ...]:
     """`--p11-clients`: comma-separated client names, or `all` (with one
     java@N pair per further JDK found)."""
-    from harness.clients import client_names
 
     known = client_names(java_homes)
     if text.strip() == "all":

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError
+from harness.installed import LIBRARY_DIRS, find_library
 from harness.matrix.keys import parse_keys
 from harness.process import read_bounded
+from harness.token.named_modules import NAMED_MODULES, is_named
 from harness.token.probe import list_tokens
 
 if sys.version_info >= (3, 11):
@@ -69,7 +71,6 @@ class LabEntry:
 
     @property
     def named(self) -> bool:
-        from harness.token.named_modules import is_named
 
         return is_named(self.module)
 
@@ -149,7 +150,6 @@ def _entry(path: Path, where: str, name: str, table: object) -> LabEntry:
     if "module" not in values:
         raise bad("module", "missing: a module's path, a library name or a named module "
                             "(tpm2)")
-    from harness.token.named_modules import is_named
 
     named = is_named(values["module"])
     mode = values.get("mode", "provision" if named else "")
@@ -221,7 +221,6 @@ def resolve_module(entry: LabEntry) -> str:
     the library is not installed, with what to install."""
     install = f": {entry.install}" if entry.install else ""
     if entry.named:
-        from harness.token.named_modules import NAMED_MODULES
 
         module = __import__(NAMED_MODULES[entry.module].split(":")[0], fromlist=["_"])
         reason = getattr(module, "unavailable_reason", lambda: None)()
@@ -234,7 +233,6 @@ def resolve_module(entry: LabEntry) -> str:
         if not path.is_file():
             raise LabModuleMissing(f"lab module {entry.name}: {path} is not installed{install}")
         return str(path)
-    from harness.installed import LIBRARY_DIRS, find_library
 
     # a library name: the library directories, then their PKCS#11 module
     # folders (p11-kit's pkcs11/, Debian's softhsm/ for libsofthsm2.so)

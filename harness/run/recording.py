@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ToolMissing
+from harness.explain.masking import mask_bytes, mask_lines
 from harness.explain.model import LogFormat
+from harness.installed import PKCS11_SPY, find_library
 from harness.interposer import build_interposer, write_interposer_config
 from harness.interposer.calls import parse_calls, read_from, size_of
-from harness.explain.masking import mask_bytes, mask_lines
-from harness.installed import PKCS11_SPY, find_library
-
 
 # The harness's own calls that make a case's key on the token.
 PROVISIONING_FUNCTIONS = ("C_CreateObject", "C_GenerateKeyPair")

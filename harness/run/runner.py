@@ -29,15 +29,17 @@ from harness.clients import make_client
 from harness.clients.base import Client, ClientResult, HandshakeJob
 from harness.clients.software import NEEDS_IMPORT
 from harness.errors import HarnessError
+from harness.explain.explanation import explain_file
 from harness.explain.no_sign import explain_without_signing
 from harness.interposer.calls import parse_calls, scheme_of_signing_call, sign_summary
 from harness.interposer.profile import load_profile
 from harness.matrix.cases import SOFTWARE, Case
-from harness.matrix.keys import Provisioning
+from harness.matrix.keys import KEYS, Provisioning
 from harness.matrix.record import IMPORT_UNSUPPORTED, HandshakeRecord, Outcome
 from harness.process import signals_held
 from harness.run.config import Settings
 from harness.run.recording import CallRecorder, provisioned_by
+from harness.run.token_facts import token_facts
 from harness.tls.server import (
     HandshakeServer,
     ServerCase,
@@ -52,6 +54,7 @@ from harness.token.provision import ProvisionedKey, ProvisioningRefused
 from harness.token.run_tokens import RunTokens
 from harness.token.session import TokenTimeout
 from harness.verdict.expectations import CaseExpectations, has_outcomes
+from harness.verdict.predict import predict
 from harness.versions import command_version
 
 # After this many cases in a row timed out on a token, the rest are not run.
@@ -186,9 +189,6 @@ class MatrixRunner:
     def _predict(self, case: Case, record: HandshakeRecord) -> None:
         """What harness.verdict.predict expects of the case from the token's mechanisms
         (and the profile's rules), and whether the record is that."""
-        from harness.matrix.keys import KEYS
-        from harness.run.token_facts import token_facts
-        from harness.verdict.predict import predict
 
         if case.key.name not in KEYS or case.padding_bytes is not None:
             return  # a key by label, or a sweep step: no cell of the matrix
@@ -448,7 +448,6 @@ class MatrixRunner:
 
 def explain_calls(record_file: Path) -> dict[str, Any] | None:
     """`p11tls explain` findings for a case's calls, or None when no rule matches."""
-    from harness.explain.explanation import explain_file
 
     try:
         findings = explain_file(record_file).to_json()["findings"]

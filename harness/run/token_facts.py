@@ -5,13 +5,11 @@ measured on this token (harness.token.measurements)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from harness.interposer.profile import Profile
 from harness.token.measurements import load_measurement
 from harness.verdict.predict import TokenFacts
-
-if TYPE_CHECKING:
-    from harness.interposer.profile import Profile
 
 
 def token_facts(mechanisms: Iterable[str], profile: Profile | None,

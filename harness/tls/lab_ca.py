@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from harness.tls.ca import PublicKey
 from harness.errors import ConfigError
+from harness.tls.ca import PublicKey
 
 CA_NAME = "p11tls lab CA"
 CA_DAYS = 3650

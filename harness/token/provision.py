@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -22,15 +22,13 @@ from pkcs11 import DEFAULT, Attribute, CertificateType, KeyType, Mechanism, Obje
 from pkcs11 import exceptions as p11exc
 from pkcs11.util.ec import encode_ec_public_key
 
-from harness.tls.ca import PublicKey, TestCA, write_pem
 from harness.errors import TokenError
-from harness.token.journal import CleanupError, Journal, LeftObject, describe_object
 from harness.matrix.keys import Algorithm, KeySpec, Provisioning
 from harness.pkcs11 import exception_return_code
+from harness.tls.ca import PublicKey, TestCA, write_pem
+from harness.tls.lab_ca import LabCA
+from harness.token.journal import CleanupError, Journal, LeftObject, describe_object
 from harness.token.session import Token, TokenTimeout
-
-if TYPE_CHECKING:
-    from harness.tls.lab_ca import LabCA
 
 RSA_EXPONENT = 65537
 

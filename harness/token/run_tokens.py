@@ -44,12 +44,12 @@ from harness.token.existing_keys import (
     parse_key_uri,
     writes_in,
 )
+from harness.token.fixed_slots import fixed_slot_reason
 from harness.token.journal import CleanupError, Journal, journal_dir
 from harness.token.locking import TokenLock, token_key
 from harness.token.named_modules import ModuleSetup, open_named_module
-from harness.token.probe import describe_token
-from harness.token.fixed_slots import fixed_slot_reason
 from harness.token.opensc_conf import run_opensc_environment
+from harness.token.probe import describe_token
 from harness.token.provision import ProvisionedKey, Provisioner, ProvisioningRefused
 from harness.token.session import Token, TokenInfo, calls_in_flight
 from harness.token.softhsm import TemporarySoftHSM

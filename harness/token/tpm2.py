@@ -37,9 +37,9 @@ from types import FrameType
 from typing import Any
 
 from harness.errors import HarnessError, TokenError, ToolMissing
-from harness.token.named_modules import ModuleSetup
-from harness.process import tail
 from harness.installed import find_library
+from harness.process import tail
+from harness.token.named_modules import ModuleSetup
 from harness.versions import package_version
 
 TPM2_PKCS11 = ("pkcs11/libtpm2_pkcs11.so", "libtpm2_pkcs11.so.1")

@@ -23,13 +23,22 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from harness.verdict.expectations import Expectation, FactTable
-    from harness.interposer.profile import Profile
-    from harness.token.measurements import Measurement
-    from harness.versions import Versions
+from harness.interposer.profile import Profile
+from harness.matrix.cases import Case, cases
+from harness.matrix.keys import Provisioning, key_spec
+from harness.tls.version import TLSVersion
+from harness.token.measurements import Measurement
+from harness.verdict.expectations import (
+    EXPECTED_MECHANISMS,
+    KNOWN_FAILURES,
+    Expectation,
+    FactTable,
+    first_match,
+    load_table,
+)
+from harness.versions import Versions
 
 
 @dataclass(frozen=True)
@@ -266,7 +275,6 @@ def _whole(tls: str) -> tuple[int, int]:
 def _rule(client: str, key: str, tls: str, sigalgs: str | None, provisioning: str,
           token: TokenFacts, versions: Versions) -> Prediction:
     """The rules alone: what the client asks of a token offering `token`."""
-    from harness.matrix.keys import key_spec
 
     family = _family(client, versions)
     have = token.mechanisms
@@ -365,7 +373,6 @@ def _limited(cell: Prediction, token: TokenFacts) -> Prediction:
 
 def _import_unknown(cell: Prediction, token: TokenFacts) -> Prediction:
     """An import cell on a token whose private-key import nobody measured."""
-    from harness.matrix.keys import key_spec
 
     key_type = CKK[key_spec(cell.key).algorithm.value]
     if cell.provisioning != "import" or cell.outcome == "skip" or token.import_known(key_type):
@@ -377,17 +384,12 @@ def _import_unknown(cell: Prediction, token: TokenFacts) -> Prediction:
 
 @lru_cache(maxsize=1)
 def _stack_facts() -> tuple[FactTable, FactTable]:
-    from harness.verdict.expectations import EXPECTED_MECHANISMS, KNOWN_FAILURES, load_table
 
     return load_table(EXPECTED_MECHANISMS), load_table(KNOWN_FAILURES)
 
 
 def _fact(client: str, key: str, tls: str, sigalgs: str | None, provisioning: str,
           table: FactTable, versions: Versions) -> Expectation | None:
-    from harness.verdict.expectations import first_match
-    from harness.matrix.keys import Provisioning, key_spec
-    from harness.matrix.cases import Case
-    from harness.tls.version import TLSVersion
 
     prov = provisioning if provisioning != "existing" else "generate"
     case = Case(client, key_spec(key), Provisioning(prov), TLSVersion(tls), sigalgs)
@@ -445,8 +447,6 @@ def predict_matrix(clients: list[str], keys: list[str], token: TokenFacts,
                    versions: Mapping[str, Versions]) -> list[Prediction]:
     """Every cell of the matrix (harness.matrix.cases.cases) for these clients and keys;
     `versions`: client -> its components' versions."""
-    from harness.matrix.keys import key_spec
-    from harness.matrix.cases import cases
 
     return [predict(c.client, c.key.name, c.tls.value, token, versions.get(c.client, {}),
                     sigalgs=c.client_sigalgs, provisioning=c.provisioning.value)

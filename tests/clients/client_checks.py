@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.tls.ca import TestCA
 from harness.clients.base import ClientResult, HandshakeJob
 from harness.matrix.keys import KEYS, Provisioning
+from harness.tls.ca import TestCA
 from harness.tls.server import HandshakeServer, ServerCase, ServerObservation
 from harness.tls.version import TLSVersion
 

@@ -11,8 +11,8 @@ import pytest
 
 from harness.clients.command import CommandClient
 from harness.errors import ConfigError
-from harness.matrix.keys import KEYS, Provisioning
 from harness.matrix.cases import Case
+from harness.matrix.keys import KEYS, Provisioning
 from harness.tls.version import TLSVersion
 
 DOC = Path(__file__).parents[2] / "docs" / "clients.md"

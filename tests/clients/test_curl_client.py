@@ -24,8 +24,8 @@ from client_checks import (
 )
 
 from harness.clients.curl import CurlClient
-from harness.matrix.keys import KEYS, Provisioning
 from harness.matrix.cases import FORCED_RSA_PKCS1, Case
+from harness.matrix.keys import KEYS, Provisioning
 from harness.tls.version import TLSVersion
 
 pytestmark = pytest.mark.skipif(CurlClient().unavailable_reason() is not None,

@@ -37,8 +37,8 @@ from harness.clients.java import (
 )
 from harness.errors import ConfigError, TokenError, ToolMissing
 from harness.tls.server import HandshakeServer, ServerCase, ServerObservation
-from harness.token.softhsm import TemporarySoftHSM
 from harness.tls.version import TLSVersion
+from harness.token.softhsm import TemporarySoftHSM
 
 TLS_IDS = {TLSVersion.TLS12: "tls12", TLSVersion.TLS13: "tls13"}
 

@@ -20,10 +20,10 @@ from harness.clients.java import (
     find_jdk,
     jdk_variants,
 )
-from harness.run.config import resolve
 from harness.errors import ConfigError
-from harness.matrix.keys import KEYS, Provisioning
 from harness.matrix.cases import Case
+from harness.matrix.keys import KEYS, Provisioning
+from harness.run.config import resolve
 from harness.tls.version import TLSVersion
 
 JDKS = discover_jdks()

@@ -11,11 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from harness.clients.nss import DEBUG_LOG, NSSClient
-from harness.matrix.keys import KEYS, Provisioning
-from harness.matrix.cases import FORCED_RSA_PKCS1, Case
-from harness.tls.version import TLSVersion
 from client_checks import (
     RAW_MECHANISMS,
     expected_input,
@@ -25,6 +20,11 @@ from client_checks import (
     signs,
     wrong_pin,
 )
+
+from harness.clients.nss import DEBUG_LOG, NSSClient
+from harness.matrix.cases import FORCED_RSA_PKCS1, Case
+from harness.matrix.keys import KEYS, Provisioning
+from harness.tls.version import TLSVersion
 
 pytestmark = pytest.mark.skipif(NSSClient().unavailable_reason() is not None,
                                 reason=f"Requires NSS: {NSSClient().unavailable_reason()}")

@@ -19,15 +19,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness.tls.ca import TestCA, write_pem
 from harness.clients import CLIENTS
 from harness.clients.base import HandshakeJob
 from harness.clients.software import NEEDS_IMPORT, SoftwareClient
-from harness.run.config import resolve
-from harness.matrix.keys import KEYS, Provisioning
-from harness.reports.layout import CLIENT_ORDER
 from harness.matrix.cases import FORCED_RSA_PKCS1, Case, cases
+from harness.matrix.keys import KEYS, Provisioning
 from harness.plugin import MARKERS
+from harness.reports.layout import CLIENT_ORDER
+from harness.run.config import resolve
+from harness.tls.ca import TestCA, write_pem
 from harness.tls.version import TLSVersion
 
 PROFILES = sorted(p.stem for p in (Path(__file__).parents[2] / "harness/profiles").glob("*.toml"))

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 from harness.interposer import build_interposer, write_interposer_config
-from harness.verdict.predict import notes
 from harness.interposer.profile import load_profile
+from harness.verdict.predict import notes
 
 
 def doctor(module, label, env, *extra):

@@ -11,10 +11,10 @@ import time
 import pytest
 from cryptography import x509
 
-from harness.matrix.keys import KEYS, Provisioning
-from harness.matrix.cases import Case
-from harness.tls.transcript_padding import names_size, padding_file
 from harness.commands.sweep import sweep
+from harness.matrix.cases import Case
+from harness.matrix.keys import KEYS, Provisioning
+from harness.tls.transcript_padding import names_size, padding_file
 from harness.tls.version import TLSVersion
 
 

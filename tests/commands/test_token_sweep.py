@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from harness.interposer.profile import load_profile
 from harness.commands.token_sweep import (
     MechanismLimit,
     bisect_limit,
     combined_mechanisms,
 )
+from harness.interposer.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 

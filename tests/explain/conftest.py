@@ -11,18 +11,16 @@ python-pkcs11, and one process must load a module path only once.
 
 from __future__ import annotations
 
-
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from explain_helpers import LABEL, PIN, WRONG_PIN, _first
 
 from harness.errors import HarnessError, ToolMissing
 from harness.installed import OPENSC, P11_KIT_PROXY, PKCS11_SPY
-from explain_helpers import LABEL, PIN, WRONG_PIN, _first
-
 
 # --- logs made for real ------------------------------------------------------------
 
@@ -298,8 +296,8 @@ def tpm2_logs(tmp_path_factory: pytest.TempPathFactory,
               import_key: tuple[Path, bytes]) -> dict[str, Path]:
     """name -> log; "NAME" is the module's stderr, "NAME.jsonl" the interposer's records,
     "pss_ok.spy" pkcs11-spy's log, "engine" the stderr of `openssl pkeyutl -engine pkcs11`."""
-    from harness.token import tpm2
     from harness.interposer import build_interposer, write_interposer_config
+    from harness.token import tpm2
 
     missing = tpm2.unavailable_reason()
     if missing:

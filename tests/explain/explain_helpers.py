@@ -3,14 +3,13 @@ puts this folder on sys.path)."""
 
 from __future__ import annotations
 
-
 import json
 from pathlib import Path
 
 import pytest
 
-from harness.explain.explanation import explain_file
 from harness.commands.explain import explain_main
+from harness.explain.explanation import explain_file
 from harness.installed import find_library
 
 DATA = Path(__file__).parents[1] / "data" / "explain"

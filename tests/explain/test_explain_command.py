@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-
 import json
 import subprocess
 import sys
 
 import pytest
-
 from explain_helpers import DATA, cli
-
 
 # --- output --------------------------------------------------------------------------
 

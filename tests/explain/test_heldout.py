@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import pytest
-
-from harness.explain.explanation import explain_file
 from explain_helpers import HELDOUT
 
+from harness.explain.explanation import explain_file
 
 # --- held-out field logs: configurations no other test uses -------------------------------
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-
-
-
-from harness.explain.model import LogFormat
-from harness.explain.formats.detect import read_log
-from harness.explain.masking import mask_lines
 from explain_helpers import DATA, WRONG_PIN, cli
 
+from harness.explain.formats.detect import read_log
+from harness.explain.masking import mask_lines
+from harness.explain.model import LogFormat
 
 # --- masking: no PIN bytes or key values in anything echoed -------------------------------
 

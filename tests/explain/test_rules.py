@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import pytest
-
-from harness.errors import HarnessError
-from harness.explain.rules import RULE_NAMES
-from harness.explain.explanation import explain_file
 from explain_helpers import DATA, RECORDS, _pasted, rules_found, sign_records, write_records
 
+from harness.errors import HarnessError
+from harness.explain.explanation import explain_file
+from harness.explain.rules import RULE_NAMES
 
 # --- rules: each with a positive case and a negative control --------------------------------
 

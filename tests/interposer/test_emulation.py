@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from harness.interposer.calls import RecordedCall, load_calls, sign_summary
 from harness.errors import ConfigError, ToolMissing
+from harness.installed import PKCS11_SPY, find_library
 from harness.interposer import CONF_ENV, build_interposer, write_interposer_config
+from harness.interposer.calls import RecordedCall, load_calls, sign_summary
 from harness.interposer.profile import Profile, load_profile
 from harness.token.softhsm import TemporarySoftHSM
-from harness.installed import PKCS11_SPY, find_library
 
 TESTS = Path(__file__).parent
 EMULATION_DRIVER = TESTS / "emulation_driver.py"

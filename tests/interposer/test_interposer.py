@@ -26,8 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from harness.interposer.calls import RecordedCall, format_calls_table, load_calls, sign_summary
 from harness.errors import ConfigError, HarnessError, ToolMissing
+from harness.installed import OPENSC, PKCS11_SPY, find_library
 from harness.interposer import (
     CONF_ENV,
     INTERPOSER_SOURCE,
@@ -36,8 +36,8 @@ from harness.interposer import (
     write_interposer_config,
     write_names_header,
 )
+from harness.interposer.calls import RecordedCall, format_calls_table, load_calls, sign_summary
 from harness.token.softhsm import TemporarySoftHSM
-from harness.installed import OPENSC, PKCS11_SPY, find_library
 
 sys.path.insert(0, str(Path(__file__).parent))
 from interposer_driver import JUNK as JUNK_SESSION

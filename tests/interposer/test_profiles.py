@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.commands.profiles import profiles_main
 from harness.errors import ConfigError
 from harness.interposer import write_interposer_config
-from harness.commands.profiles import profiles_main
 from harness.interposer.profile import (
     PROFILES_DIR,
     FailAfter,

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.interposer.calls import load_calls, parse_records
 from harness.errors import ConfigError
 from harness.explain.explanation import parse_log
-from harness.interposer.calls import parse_calls
+from harness.interposer.calls import load_calls, parse_calls, parse_records
 
 
 def _line(fn: str, seq: int, pid: int = 7, rv: str = "CKR_OK") -> str:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.run.config import resolve
 from harness.errors import ConfigError
+from harness.run.config import resolve
 
 MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 

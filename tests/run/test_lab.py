@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.run.config import resolve
 from harness.errors import ConfigError
+from harness.run.config import resolve
 from harness.run.lab import LabModuleMissing, find_lab_file, lab_options, load_lab
 from harness.token.softhsm import TemporarySoftHSM
 

@@ -11,11 +11,11 @@ import pytest
 from cryptography import x509
 from pkcs11 import Attribute, ObjectClass
 
-from harness.tls.ca import TestCA, write_pem
-from harness.matrix.keys import KEYS, Provisioning
 from harness.matrix.cases import Case
-from harness.token.provision import Provisioner
+from harness.matrix.keys import KEYS, Provisioning
+from harness.tls.ca import TestCA, write_pem
 from harness.tls.version import TLSVersion
+from harness.token.provision import Provisioner
 
 CASE = Case("openssl-engine", KEYS["p256"], Provisioning.GENERATE, TLSVersion.TLS12)
 

@@ -20,8 +20,8 @@ from OpenSSL._util import ffi, lib
 
 from harness.tls import server as server_module
 from harness.tls.ca import TestCA
-from harness.tls.transcript_padding import names_size, padding_file
 from harness.tls.server import HandshakeServer, ServerCase, ServerError, ca_names_from
+from harness.tls.transcript_padding import names_size, padding_file
 from harness.tls.version import TLSVersion
 
 CN = "p11tls-test-client"

@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from harness.errors import ConfigError
-from harness.token.existing_keys import WRITE_FUNCTIONS, parse_key_uri, writes_in
 from harness.interposer import build_interposer, write_interposer_config
-from harness.matrix.keys import KEYS, Provisioning
-from harness.matrix.cases import cases
 from harness.interposer.calls import parse_calls
+from harness.matrix.cases import cases
+from harness.matrix.keys import KEYS, Provisioning
+from harness.token.existing_keys import WRITE_FUNCTIONS, parse_key_uri, writes_in
 
 MATRIX_TEST = (Path(__file__).parents[1] / "test_matrix.py").read_text()
 FOREIGN_CA = "Users' Own Issuing CA"

@@ -160,8 +160,8 @@ def test_registered_pin_is_masked_in_every_form():
 
 def test_objects_holding_a_pin_do_not_show_it_in_their_repr(tmp_path):
     from harness.clients.base import HandshakeJob
-    from harness.token.softhsm import SoftHSMToken
     from harness.tls.version import TLSVersion
+    from harness.token.softhsm import SoftHSMToken
 
     job = HandshakeJob(host="127.0.0.1", port=1, tls=TLSVersion("1.2"), module=tmp_path,
                        token_label="t", pin="Ab3-repr-55", key_label="k", key_id_hex="01",

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.token import tpm2
-from harness.run.config import Settings, parse_clients, resolve
 from harness.errors import ConfigError, TokenError
 from harness.interposer import build_interposer, write_interposer_config
-from harness.matrix.keys import KEYS
 from harness.matrix.cases import cases
+from harness.matrix.keys import KEYS
+from harness.run.config import Settings, parse_clients, resolve
+from harness.token import tpm2
 from harness.token.named_modules import ModuleSetup
 from harness.token.probe import check_login
 

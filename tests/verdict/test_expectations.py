@@ -7,6 +7,10 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import ConfigError
+from harness.matrix.cases import Case, cases
+from harness.matrix.keys import KEYS, Provisioning
+from harness.matrix.record import HandshakeRecord
+from harness.tls.version import TLSVersion
 from harness.verdict.expectations import (
     EXPECTED_MECHANISMS,
     KNOWN_FAILURES,
@@ -16,10 +20,6 @@ from harness.verdict.expectations import (
     load_expectations,
     load_table,
 )
-from harness.matrix.keys import KEYS, Provisioning
-from harness.matrix.cases import Case, cases
-from harness.matrix.record import HandshakeRecord
-from harness.tls.version import TLSVersion
 from harness.versions import in_range
 
 PSS = {"hash": "CKM_SHA256", "mgf": "CKG_MGF1_SHA256", "salt_len": 32}

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.reports.markdown import render_markdown
+from harness.interposer.profile import load_profile, shipped_profiles
+from harness.matrix.record import HandshakeRecord
 from harness.reports.layout import cell_text
+from harness.reports.markdown import render_markdown
 from harness.verdict.predict import (
     MEASURED_TOKEN,
     TLS12_TRANSCRIPT,
@@ -24,8 +26,6 @@ from harness.verdict.predict import (
     agreement,
     predict,
 )
-from harness.interposer.profile import load_profile, shipped_profiles
-from harness.matrix.record import HandshakeRecord
 
 ROOT = Path(__file__).parents[2]
 DEFAULT = "default"

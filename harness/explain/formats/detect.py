@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from harness.errors import ConfigError
-from harness.process import open_regular
+from harness.explain.formats import (
+    interposer_records as records,
+)
 from harness.explain.formats import (
     nss_log,
     opensc,
     pkcs11_logger,
-    interposer_records as records,
     tpm2_log,
 )
 from harness.explain.model import LogFormat
+from harness.process import open_regular
 
 MAX_LOG_BYTES = 1 << 30  # OpenSC debug logs of a long run are hundreds of MB
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness.interposer.calls import parse_records
 from harness.explain import names
 from harness.explain.model import Call, KeyBook, LogFormat, ParsedLog
+from harness.interposer.calls import parse_records
 from harness.pkcs11.vocabulary import PIN_FLAGS
 
 

@@ -23,8 +23,8 @@ import re
 from collections.abc import Sequence
 
 from harness.explain import names
-from harness.explain.redact import mask_pasted
 from harness.explain.model import Call, ClientError, LogFormat, ParsedLog
+from harness.explain.redact import mask_pasted
 
 # A code as people paste it: a CKR_ name, hex (0x5, 0x00000005) or decimal.
 _CODE = r"(CKR_[A-Z0-9_]+|0x[0-9a-fA-F]+|\d+)"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
-
 import pytest
-
-from harness.explain.model import LogFormat
-from harness.explain.formats.detect import detect_format, read_log
-from harness.explain.explanation import explain_file
 from explain_helpers import DATA
+
+from harness.explain.explanation import explain_file
+from harness.explain.formats.detect import detect_format, read_log
+from harness.explain.model import LogFormat
 
 
 @pytest.mark.parametrize(

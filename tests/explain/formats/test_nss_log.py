@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
-
-
-from harness.explain.model import LogFormat
-from harness.explain.formats.detect import detect_format, read_log
-from harness.explain.explanation import parse_file
 from explain_helpers import DATA, HELDOUT
+
+from harness.explain.explanation import parse_file
+from harness.explain.formats.detect import detect_format, read_log
+from harness.explain.model import LogFormat
 
 
 def test_nss_debug_log_parser():

@@ -8,10 +8,10 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from harness.commands.explain import explain_main
 from harness.explain.client_side import RULE as NO_CALL

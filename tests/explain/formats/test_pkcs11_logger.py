@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
-
-
-from harness.explain.model import LogFormat
-from harness.explain.explanation import parse_file
 from explain_helpers import DATA
+
+from harness.explain.explanation import parse_file
+from harness.explain.model import LogFormat
 
 
 def test_pkcs11_logger_sample():

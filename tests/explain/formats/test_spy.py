@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-
-
-
-from harness.explain.model import LogFormat
-from harness.explain.explanation import explain_file, parse_file
 from explain_helpers import DATA, WRONG_PIN
 
+from harness.explain.explanation import explain_file, parse_file
+from harness.explain.model import LogFormat
 
 # --- parsers: seed excerpts -----------------------------------------------------------
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-
-
-
-from harness.explain.model import LogFormat
 from harness.explain.explanation import explain_file, parse_file
+from harness.explain.model import LogFormat
 
 
 def test_tpm2_log_parser_reads_calls_return_codes_and_module_errors(tpm2_logs):

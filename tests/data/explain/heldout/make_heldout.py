@@ -20,12 +20,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[3]))
 
-from harness.explain.model import LogFormat  # noqa: E402
-from harness.interposer import build_interposer, write_interposer_config  # noqa: E402
 from harness.explain.masking import mask_lines  # noqa: E402
+from harness.explain.model import LogFormat  # noqa: E402
+from harness.installed import P11_KIT_PROXY, PKCS11_SPY, find_library  # noqa: E402
+from harness.interposer import build_interposer, write_interposer_config  # noqa: E402
 from harness.interposer.profile import load_profile  # noqa: E402
 from harness.token.softhsm import TemporarySoftHSM  # noqa: E402
-from harness.installed import P11_KIT_PROXY, PKCS11_SPY, find_library  # noqa: E402
 
 LABEL = "heldout"
 
