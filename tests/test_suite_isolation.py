@@ -9,6 +9,8 @@ must have gone to the session's own directory.
 
 from __future__ import annotations
 
+import importlib.util
+
 import hashlib
 import os
 import re
@@ -76,7 +78,12 @@ def test_a_suite_run_leaves_reports_and_the_user_state_alone(
 def test_a_matrix_run_is_the_main_job_not_the_suite() -> None:
     """Negative control of the rule above: `./run matrix` (tests/test_matrix.py
     alone) writes reports as documented, so the isolation does not apply."""
-    from conftest import _matrix_only
+    # tests/conftest.py by its path: tests/explain/ has a conftest module too
+    spec = importlib.util.spec_from_file_location("suite_conftest", ROOT / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    suite_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite_conftest)
+    _matrix_only = suite_conftest._matrix_only
 
     class Config:
         class invocation_params:  # noqa: N801 - pytest's attribute name

@@ -112,7 +112,7 @@ def test_an_import_cell_shows_the_harness_c_create_object(matrix, tmp_path, prof
         extra = ["--p11-profile", str(tmp_path / "no-import.toml")]
     result = matrix.runpytest_subprocess(
         "-k", IMPORT_CASE, *extra, timeout=180)
-    records = json.loads((matrix.path / "reports/results.json").read_text())
+    records = json.loads((matrix.path / "reports/results.json").read_text())["cases"]
     assert len(records) == 1, [r["case_id"] for r in records]
     (record,) = records
     creates = [c for c in record["provisioned"] if c["fn"] == "C_CreateObject"]
@@ -129,5 +129,5 @@ def test_an_import_cell_shows_the_harness_c_create_object(matrix, tmp_path, prof
 def test_no_record_records_no_provisioning_either(matrix):
     result = matrix.runpytest_subprocess("-k", IMPORT_CASE, "--p11-no-record", timeout=180)
     result.assert_outcomes(passed=1)
-    (record,) = json.loads((matrix.path / "reports/results.json").read_text())
+    (record,) = json.loads((matrix.path / "reports/results.json").read_text())["cases"]
     assert record["provisioned"] is None and record["calls"] is None
