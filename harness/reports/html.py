@@ -51,10 +51,11 @@ table.matrix { border-collapse: separate; border-spacing: 0; font-size: 11px;
   border-top: 1px solid #bbb; }
 table.matrix > * > tr > th, table.matrix > * > tr > td { border: solid #bbb;
   border-width: 0 1px 1px 0; padding: 2px 3px; vertical-align: top; text-align: left; }
-/* narrow cells: the default matrix (20 columns) fits 1400 px; names break after _ */
+/* narrow cells: the default matrix (28 columns) fits 1400 px; names break after _ ,
+   client names after - or @ (java-nocombined@25) */
 table.matrix > tbody td { max-width: 5.6em; overflow-wrap: anywhere; }
 table.matrix > thead th { background: #eee; white-space: nowrap; }
-table.matrix > thead th.client { text-align: center; }
+table.matrix > thead th.client { text-align: center; white-space: normal; }
 /* the row labels stay in view while the matrix scrolls sideways */
 table.matrix th.key, table.matrix th.label { position: sticky; z-index: 1; background: #fff; }
 table.matrix > thead th.key, table.matrix > thead th.label { background: #eee; }
