@@ -304,9 +304,10 @@ def _sweep_and_say(settings: Any, wanted: list[str], max_bytes: int, as_json: bo
         if say and runner.profile is not None:
             say(f"emulation of {runner.profile.emulates} (profile {runner.profile.name})")
         results = sweep_token(runner, wanted, max_bytes, say)
-        kept = keep_measurement(runner, results)  # for doctor and the matrix
-        if say and kept is not None:
-            say(f"kept for p11tls doctor and the matrix: {kept}")
+        if not any(r.stopped for r in results):  # a token that stopped measured nothing whole
+            kept = keep_measurement(runner, results)  # for doctor and the matrix
+            if say and kept is not None:
+                say(f"kept for p11tls doctor and the matrix: {kept}")
     finally:
         left: CleanupError | None = None
         try:
