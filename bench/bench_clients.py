@@ -13,7 +13,6 @@ Run: .venv/bin/python bench/bench_clients.py [--rounds N] [--new a,b]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.clients import client_names, make_client
+from harness.reports.files import load_results
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW = ("go", "openvpn", "python-ssl", "eap-tls")
@@ -40,11 +40,10 @@ def run_matrix(reports: Path, clients: list[str]) -> tuple[float, str, bool]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a results.json (a list, or an object holding "records")."""
+    """The records of a results.json, read by the one reader (harness.reports.files)."""
     if not path.exists():
         return []
-    data = json.loads(path.read_text())
-    return data.get("records", []) if isinstance(data, dict) else data
+    return [r.to_json() for r in load_results(path)]
 
 
 def main() -> int:

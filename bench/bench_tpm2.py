@@ -15,15 +15,14 @@ Run: .venv/bin/python bench/bench_tpm2.py [--keys rsa2048,p256,p384] [--clients 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from harness.reports.files import load_results
 from harness.token.tpm2 import unavailable_reason
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +47,7 @@ def run_matrix(module: str | None, keys: str, clients: str, reports: Path) -> fl
 def signature_times_ms(reports: Path) -> list[tuple[float, float]]:
     """Per successful case, the module's time for its one signing operation."""
     times = []
-    records: list[dict[str, Any]] = json.loads((reports / "results.json").read_text())
+    records = [r.to_json() for r in load_results(reports / "results.json")]
     for record in records:
         if record.get("outcome") != "ok" or not record.get("calls"):
             continue

@@ -32,6 +32,7 @@ from typing import Any
 
 from harness.installed import OPENSC, find_library
 from harness.interposer import build_interposer, write_interposer_config
+from harness.reports.files import load_results
 from harness.token.softhsm import TemporarySoftHSM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def run(base: Path, name: str, module: Path, env: dict[str, str], clients: str, 
         cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     took = time.perf_counter() - start
     results = base / name / "reports" / "results.json"
-    records = json.loads(results.read_text()) if results.exists() else []
+    records = [r.to_json() for r in load_results(results)] if results.exists() else []
     tail = next((line for line in reversed((proc.stdout + proc.stderr).splitlines())
                  if "refused" in line or "passed" in line or "failed" in line), "?")
     return records, tail, took

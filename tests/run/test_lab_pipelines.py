@@ -349,7 +349,7 @@ def test_gitlab_pipeline_runs_two_hosts_merges_reports_and_diffs(tmp_path):
             artifacts = repo / ".gitlab-ci-local" / "artifacts"
             assert list(artifacts.glob(f"matrix*{lab_name}/reports/{lab_name}/results.json")), \
                 sorted(p.name for p in artifacts.iterdir())
-        merged = json.loads((repo / "merged" / "results.json").read_text())
+        merged = json.loads((repo / "merged" / "results.json").read_text())["cases"]
         assert {r["module"]["token_label"] for r in merged} == set(pins)  # one table each
         assert (repo / "merged" / "matrix.html").stat().st_size > 0
         failing = [r for r in merged if r["outcome"] == "fail"]

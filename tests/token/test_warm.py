@@ -89,7 +89,7 @@ def test_warm_gives_what_cold_gives_with_one_c_initialize(token):
     assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr[-3000:]
 
     def seen(name: str) -> dict[str, tuple[object, ...]]:
-        records = json.loads((base / name / "reports" / "results.json").read_text())
+        records = json.loads((base / name / "reports" / "results.json").read_text())["cases"]
         return {r["case_id"]: (r["outcome"], (r["sign"] or {}).get("mechanism"),
                                (r["sign"] or {}).get("input_bytes"), r["module"].get("via"))
                 for r in records}
