@@ -28,6 +28,10 @@ activate = 1
 """
 
 
+# short: pytest's skip summary line (SKIPPED [N] file:line: reason) fits 100 columns
+PROVIDER_MISSING = "no pkcs11-provider: apt install pkcs11-provider (Debian 13+)"
+
+
 def find_provider() -> Path | None:
     return find_library(*PKCS11_PROVIDER)
 
@@ -40,8 +44,7 @@ class OpenSSLProviderClient(Client):
         if shutil.which("openssl") is None:
             return "openssl not found: install openssl"
         if find_provider() is None:
-            return ("pkcs11-provider not installed (ossl-modules/pkcs11.so): "
-                    "install pkcs11-provider (Debian 13 and later)")
+            return PROVIDER_MISSING
         return None
 
     def version(self) -> str:

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from harness.clients.base import Client, ClientResult, HandshakeJob
-from harness.clients.openssl_provider import CONFIG, find_provider
+from harness.clients.openssl_provider import CONFIG, PROVIDER_MISSING, find_provider
 from harness.process import base_env, run_logged
 from harness.versions import command_version, package_version
 
@@ -74,8 +74,7 @@ class PythonSSLClient(Client):
 
     def unavailable_reason(self) -> str | None:
         if find_provider() is None:
-            return ("pkcs11-provider not installed (ossl-modules/pkcs11.so): "
-                    "install pkcs11-provider (Debian 13 and later)")
+            return PROVIDER_MISSING
         if ssl.OPENSSL_VERSION_INFO < (3,):
             return f"Python's ssl is built on {ssl.OPENSSL_VERSION}: providers need OpenSSL 3"
         return None
