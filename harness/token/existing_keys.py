@@ -279,6 +279,26 @@ def has_private_key(session: Any, key_id_hex: str) -> bool:
 
 
 def writes_in(calls: list[dict[str, Any]] | None) -> list[str]:
-    """The write functions among recorded calls (none in a read-only run)."""
-    return sorted({str(c.get("fn")) for c in calls or ()
-                   if c.get("fn") in WRITE_FUNCTIONS})
+    """The functions among recorded calls that write to the token (none in a
+    read-only run). A session object is not the token's: pkcs11-provider copies
+    a key into one (C_CopyObject with CKA_TOKEN false) and destroys it again
+    (measured on Debian 13, pkcs11-provider 1.0), which leaves the token as it was."""
+    session_objects: set[object] = set()
+    found: set[str] = set()
+    for call in calls or ():
+        fn = call.get("fn")
+        if fn not in WRITE_FUNCTIONS:
+            continue
+        if fn in ("C_CopyObject", "C_CreateObject") and _session_only(call):
+            session_objects.add(call.get("new_object"))
+            continue
+        if fn == "C_DestroyObject" and call.get("object") in session_objects:
+            continue
+        found.add(str(fn))
+    return sorted(found)
+
+
+def _session_only(call: dict[str, Any]) -> bool:
+    """The call's template says CKA_TOKEN false (the recorded harmless value)."""
+    return any(isinstance(a, dict) and a.get("type") == "CKA_TOKEN" and a.get("value") is False
+               for a in call.get("template") or ())

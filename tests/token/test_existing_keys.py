@@ -274,3 +274,15 @@ def test_read_only_curl_without_a_certificate_runs_or_says_why(pytester, users_t
     else:
         assert curl["outcome"] == "skip" and "has no certificate on the token" in curl["error"]
     assert result.parseoutcomes().get("failed", 0) == 0
+
+
+def test_a_session_copy_is_no_write_to_the_token():
+    """pkcs11-provider copies a key into a session object and destroys it again
+    (Debian 13): not a write. A token copy, or destroying a token object, is."""
+    copy = {"fn": "C_CopyObject", "object": 3, "new_object": 5,
+            "template": [{"type": "CKA_TOKEN", "len": 1, "value": False}]}
+    assert writes_in([copy, {"fn": "C_DestroyObject", "object": 5}]) == []
+    on_token = {**copy, "template": [{"type": "CKA_TOKEN", "len": 1, "value": True}]}
+    assert writes_in([on_token, {"fn": "C_DestroyObject", "object": 5}]) == [
+        "C_CopyObject", "C_DestroyObject"]
+    assert writes_in([copy, {"fn": "C_DestroyObject", "object": 3}]) == ["C_DestroyObject"]

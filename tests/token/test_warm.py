@@ -91,8 +91,17 @@ def test_warm_gives_what_cold_gives_with_one_c_initialize(token):
     def seen(name: str) -> dict[str, tuple[object, ...]]:
         records = json.loads((base / name / "reports" / "results.json").read_text())["cases"]
         return {r["case_id"]: (r["outcome"], (r["sign"] or {}).get("mechanism"),
-                               (r["sign"] or {}).get("input_bytes"), r["module"].get("via"))
+                               size((r["sign"] or {}).get("input_bytes"), r["signed_bytes"]),
+                               r["module"].get("via"))
                 for r in records}
+
+    def size(token_bytes: int | None, server_bytes: int | None) -> object:
+        # A whole transcript (a combined mechanism) differs by a byte or two between
+        # runs (another run's certificates): there the token must have been given
+        # exactly what the server counted; a digest's size must be the same.
+        if token_bytes is not None and server_bytes is not None and token_bytes > 100:
+            return "transcript" if token_bytes == server_bytes else token_bytes
+        return token_bytes
 
     c, w = seen("cold"), seen("warm")
     assert set(c) == set(w) and len(c) >= 20
