@@ -51,7 +51,7 @@ table.matrix { border-collapse: separate; border-spacing: 0; font-size: 11px;
   border-top: 1px solid #bbb; }
 table.matrix > * > tr > th, table.matrix > * > tr > td { border: solid #bbb;
   border-width: 0 1px 1px 0; padding: 2px 3px; vertical-align: top; text-align: left; }
-/* narrow cells: the default matrix (28 columns) fits 1400 px; names break after _ ,
+/* narrow cells: 20 columns fit 1400 px (more scroll in their box); names break after _ ,
    client names after - or @ (java-nocombined@25) */
 table.matrix > tbody td { max-width: 5.6em; overflow-wrap: anywhere; }
 table.matrix > thead th { background: #eee; white-space: nowrap; }
