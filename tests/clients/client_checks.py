@@ -79,3 +79,22 @@ def signs(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def wrong_pin(pin: str) -> str:
     """A PIN that is surely not `pin`, of the same length."""
     return "0" * len(pin) if pin != "0" * len(pin) else "1" * len(pin)
+
+
+def run_own_peer(runner: Any, client: str, logs: Path, *, pin: str | None = None,
+                 ca: Path | None = None, tls: TLSVersion = TLSVersion.TLS12
+                 ) -> tuple[ClientResult, list[dict[str, Any]], HandshakeJob]:
+    """One handshake of a client with a peer of its own (openvpn, eap-tls) with
+    the run's P-256 key, outside the matrix: (result, recorded calls, job)."""
+    key = runner.key(KEYS["p256"], Provisioning.GENERATE)
+    recorder = runner.recorder(client)
+    mark = recorder.mark()
+    job = HandshakeJob(
+        host="127.0.0.1", port=0, tls=tls, module=recorder.module,
+        token_label=runner.token_label_for(KEYS["p256"]), pin=pin or runner.pin,
+        key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
+        ca_pem=ca or runner.ca.ca_pem, log_path=logs / "client.log", timeout_s=20,
+        env={**runner.env, **recorder.env}, server_cert_pem=runner.ca.server_cert_pem,
+        server_key_pem=runner.ca.server_key_pem)
+    result = runner.client(client).handshake(job)
+    return result, recorder.collect(mark, logs), job

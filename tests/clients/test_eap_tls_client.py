@@ -9,9 +9,16 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from client_checks import RAW_MECHANISMS, expected_input, foreign_ca, logins, signs, wrong_pin
+from client_checks import (
+    RAW_MECHANISMS,
+    expected_input,
+    foreign_ca,
+    logins,
+    run_own_peer,
+    signs,
+    wrong_pin,
+)
 
-from harness.clients.base import HandshakeJob
 from harness.clients.eap_tls import EAPTLSClient, masked, observation
 from harness.matrix.cases import Case
 from harness.matrix.keys import KEYS, Provisioning
@@ -21,19 +28,8 @@ pytestmark = pytest.mark.skipif(EAPTLSClient().unavailable_reason() is not None,
                                 reason=f"Requires eap-tls: {EAPTLSClient().unavailable_reason()}")
 
 
-def direct(runner, logs, *, pin=None, ca=None):
-    key = runner.key(KEYS["p256"], Provisioning.GENERATE)
-    recorder = runner.recorder("eap-tls")
-    mark = recorder.mark()
-    job = HandshakeJob(
-        host="127.0.0.1", port=0, tls=TLSVersion.TLS12, module=recorder.module,
-        token_label=runner.token_label_for(KEYS["p256"]), pin=pin or runner.pin,
-        key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
-        ca_pem=ca or runner.ca.ca_pem, log_path=logs / "client.log", timeout_s=20,
-        env={**runner.env, **recorder.env}, server_cert_pem=runner.ca.server_cert_pem,
-        server_key_pem=runner.ca.server_key_pem)
-    result = runner.client("eap-tls").handshake(job)
-    return result, recorder.collect(mark, logs), job
+def direct(runner, logs, **options):
+    return run_own_peer(runner, "eap-tls", logs, **options)
 
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)

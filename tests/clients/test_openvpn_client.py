@@ -11,9 +11,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from client_checks import RAW_MECHANISMS, expected_input, foreign_ca, logins, signs, wrong_pin
+from client_checks import (
+    RAW_MECHANISMS,
+    expected_input,
+    foreign_ca,
+    logins,
+    run_own_peer,
+    signs,
+    wrong_pin,
+)
 
-from harness.clients.base import HandshakeJob
 from harness.clients.openvpn import OpenVPNClient, observation
 from harness.matrix.cases import Case, cases
 from harness.matrix.keys import KEYS, Provisioning
@@ -23,21 +30,8 @@ pytestmark = pytest.mark.skipif(OpenVPNClient().unavailable_reason() is not None
                                 reason=f"Requires openvpn: {OpenVPNClient().unavailable_reason()}")
 
 
-def direct(runner, logs: Path, *, pin: str | None = None, ca: Path | None = None,
-           tls: TLSVersion = TLSVersion.TLS12):
-    client = runner.client("openvpn")
-    key = runner.key(KEYS["p256"], Provisioning.GENERATE)
-    recorder = runner.recorder("openvpn")
-    mark = recorder.mark()
-    job = HandshakeJob(
-        host="127.0.0.1", port=0, tls=tls, module=recorder.module,
-        token_label=runner.token_label_for(KEYS["p256"]), pin=pin or runner.pin,
-        key_label=key.label, key_id_hex=key.id_hex, cert_pem=key.cert_pem,
-        ca_pem=ca or runner.ca.ca_pem, log_path=logs / "client.log", timeout_s=20,
-        env={**runner.env, **recorder.env}, server_cert_pem=runner.ca.server_cert_pem,
-        server_key_pem=runner.ca.server_key_pem)
-    result = client.handshake(job)
-    return result, recorder.collect(mark, logs), job
+def direct(runner, logs, **options):
+    return run_own_peer(runner, "openvpn", logs, **options)
 
 
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
