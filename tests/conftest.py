@@ -16,6 +16,7 @@ whole, so a test run can only add a correct entry, never change a user's.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -88,13 +89,16 @@ def _own_reports_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def softhsm_store(tmp_path: Path) -> tuple[TemporarySoftHSM, SoftHSMToken]:
-    """A separate throw-away SoftHSM2 store with one token (label 'spare', PIN '4711').
+    """A separate throw-away SoftHSM2 store with one token (label 'spare').
+
+    Its PIN holds letters no hex dump has, so a leak check cannot match a session
+    ID or a key by chance (a 4-digit PIN turned up in an s_client session ID).
 
     Only subprocesses should load it: this pytest process already loads the
     matrix's own SoftHSM2 store through python-pkcs11.
     """
     store = TemporarySoftHSM(tmp_path / "spare-softhsm")
-    return store, store.init_token("spare", "4711")
+    return store, store.init_token("spare", "spare-" + secrets.token_hex(4))
 
 
 @pytest.fixture

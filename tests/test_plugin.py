@@ -109,9 +109,9 @@ def test_file_that_is_not_a_module_stops_the_run_with_one_line(matrix, tmp_path)
 
 
 def test_unknown_token_label_lists_the_tokens_present(matrix, softhsm_store):
-    store, _ = softhsm_store
+    store, token = softhsm_store
     result = run(matrix, f"--p11-module={store.module}", "--p11-token-label=absent",
-                 "--p11-pin=4711", env=store.env)
+                 f"--p11-pin={token.pin}", env=store.env)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: no token labelled 'absent'*tokens present: 'spare' (*"])
 

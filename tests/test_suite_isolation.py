@@ -49,7 +49,7 @@ def user_state_dir(env: dict[str, str]) -> Path:
 
 def test_a_suite_run_leaves_reports_and_the_user_state_alone(
         tmp_path: Path, softhsm_store: tuple[TemporarySoftHSM, SoftHSMToken]) -> None:
-    store, _ = softhsm_store
+    store, token = softhsm_store
     # the environment of a user's shell: none of the suite's own settings
     env = {k: v for k, v in os.environ.items() if k not in SUITE_ENV}
     env.update(store.env)
@@ -59,7 +59,7 @@ def test_a_suite_run_leaves_reports_and_the_user_state_alone(
     argv = [sys.executable, "-m", "pytest", "tests/test_matrix.py", "tests/test_suite_isolation.py",
             "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'bt'}",
             "--p11-module", str(store.module), "--p11-token-label", "spare",
-            "--p11-pin", "4711", "--p11-clients", "gnutls", "--p11-keys", "p256",
+            "--p11-pin", token.pin, "--p11-clients", "gnutls", "--p11-keys", "p256",
             "-k", "generate-tls13"]
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
                           check=False)

@@ -70,7 +70,7 @@ def test_doctor_with_a_wrong_pin_is_one_line_and_not_zero(softhsm_store, tmp_pat
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr
     assert "CKR_PIN_INCORRECT" in wrong.stderr and "PinIncorrect" not in wrong.stderr
     assert (tmp_path / "calls.jsonl").read_text().count('"C_Login"') == 1
-    right = doctor(store.module, token.label, {**store.env, "PKCS11_TOKEN_PIN": "4711"},
+    right = doctor(store.module, token.label, {**store.env, "PKCS11_TOKEN_PIN": token.pin},
                    "--json")  # control: the right PIN logs in and lists the keys
     assert right.returncode == 0, right.stderr
     assert json.loads(right.stdout)["tokens"][0]["logged_in"] is True

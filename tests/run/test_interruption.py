@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = ROOT / "tests" / "test_matrix.py"
-PIN = "4711"
+PIN = "user-" + secrets.token_hex(4)  # no hex dump or run ID can hold it by chance
 LABEL = "user card"
 # ~26 cases with a 150 ms signature: a run long enough to be interrupted mid-way
 CLIENTS = "openssl-engine,gnutls"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -200,7 +201,7 @@ def p11tls(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPr
 def lab_token(tmp_path):
     """A SoftHSM2 store of its own with the token the shipped softhsm2 entry names."""
     store = TemporarySoftHSM(tmp_path / "softhsm")
-    token = store.init_token("p11tls-lab", "5150")
+    token = store.init_token("p11tls-lab", "lab-" + secrets.token_hex(4))
     env = {**os.environ, **store.env, "P11TLS_STATE_DIR": str(tmp_path / "state"),
            "XDG_CONFIG_HOME": str(tmp_path / "config"), "P11TLS_LAB_FILE": str(SHIPPED)}
     for name in ("PKCS11_MODULE", "PKCS11_TOKEN_LABEL", "PKCS11_TOKEN_PIN", "P11TLS_LAB"):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
+import os
 import sys
 from pathlib import Path
 from pkcs11 import Attribute, KeyType
@@ -19,7 +20,7 @@ from harness.token.cleanup import delete
 from harness.token.journal import CleanupError, describe_object
 from harness.token.session import Token
 
-token = Token(Path(sys.argv[1]), "spare", "4711")
+token = Token(Path(sys.argv[1]), "spare", os.environ["SPARE_PIN"])
 session = token.session
 public, private = session.generate_keypair(KeyType.EC, 0, store=True,
     public_template={Attribute.LABEL: "p11tls-abcdef-x", Attribute.EC_PARAMS:
@@ -38,10 +39,10 @@ token.close()
 
 
 def test_an_object_already_gone_is_not_left_over(softhsm_store):
-    store, _ = softhsm_store
+    store, spare = softhsm_store
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(store.module)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **store.env})
+                          env={**os.environ, **store.env, "SPARE_PIN": spare.pin})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "1 gone"  # counted, not a CleanupError
