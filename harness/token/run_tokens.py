@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -418,9 +419,30 @@ class RunTokens:
         if busy and self.journal is not None:  # kept, and saying why
             self.journal.abandoned(", ".join(busy))
         if self.user_token:
-            for provisioner in self.provisioners.values():
-                try:
-                    provisioner.remove_created()
-                except CleanupError as exc:
-                    failure = failure or exc
+            # xdist: another worker may still run a case on the token, and two
+            # processes writing one SoftHSM2 token at once can crash one of them
+            turn = self._cleanup_turn()
+            try:
+                for provisioner in self.provisioners.values():
+                    try:
+                        provisioner.remove_created()
+                    except CleanupError as exc:
+                        failure = failure or exc
+            finally:
+                if turn:
+                    assert self.case_lock is not None
+                    self.case_lock.release()
         return failure
+
+    def _cleanup_turn(self) -> bool:
+        """The case lock for the clean-up, waited for at most one case's
+        timeout: a worker stuck on a hung token must not keep this one's
+        objects on it. True when taken (and to be released)."""
+        if self.case_lock is None or self.case_lock.held:
+            return False
+        deadline = time.monotonic() + self.settings.timeout_s
+        while not self.case_lock.acquire(wait=False):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
