@@ -11,7 +11,6 @@ import json
 import re
 from collections.abc import Sequence
 from html import escape
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +50,21 @@ table.matrix { border-collapse: separate; border-spacing: 0; font-size: 11px;
   border-top: 1px solid #bbb; }
 table.matrix > * > tr > th, table.matrix > * > tr > td { border: solid #bbb;
   border-width: 0 1px 1px 0; padding: 2px 3px; vertical-align: top; text-align: left; }
-/* narrow cells: 20 columns fit 1400 px (more scroll in their box); names break after _ ,
-   client names after - or @ (java-nocombined@25) */
-table.matrix > tbody td { max-width: 5.6em; overflow-wrap: anywhere; }
+/* narrow cells, a column per client: 14 clients (the default with a second JDK) fit
+   1400 px, more scroll in their box; names break after _ , client names after - or @ */
+table.matrix > tbody td { width: 6.6em; max-width: 6.6em; overflow-wrap: anywhere; }
 table.matrix > thead th { background: #eee; white-space: nowrap; }
-table.matrix > thead th.client { text-align: center; white-space: normal; }
+table.matrix > thead th.client { text-align: center; white-space: normal;
+  overflow-wrap: anywhere; max-width: 6.6em; }
 /* the row labels stay in view while the matrix scrolls sideways */
-table.matrix th.key, table.matrix th.label { position: sticky; z-index: 1; background: #fff; }
-table.matrix > thead th.key, table.matrix > thead th.label { background: #eee; }
-table.matrix th.key { left: 0; box-sizing: border-box; width: 5.5em; min-width: 5.5em;
-  max-width: 5.5em; overflow-wrap: anywhere; border-left-width: 1px; }
-table.matrix th.label { left: 5.5em; min-width: 7em; max-width: 9em; }
+table.matrix th.key, table.matrix th.label, table.matrix th.tls { position: sticky;
+  z-index: 1; background: #fff; box-sizing: border-box; overflow-wrap: anywhere; }
+table.matrix > thead th.key, table.matrix > thead th.label,
+table.matrix > thead th.tls { background: #eee; }
+table.matrix th.key { left: 0; width: 5.5em; min-width: 5.5em; max-width: 5.5em;
+  border-left-width: 1px; }
+table.matrix th.label { left: 5.5em; width: 7em; min-width: 7em; max-width: 7em; }
+table.matrix th.tls { left: 12.5em; width: 2.6em; min-width: 2.6em; max-width: 2.6em; }
 /* a cell: the outcome, below it the signing call (mechanism, bytes signed) */
 .matrix summary { white-space: normal; }
 p.hide label { margin-right: .6em; white-space: nowrap; }
@@ -176,47 +179,49 @@ def _table(table: MatrixTable, number: int, log_base: Path | None) -> str:
            '<ul class="env">']
     out += [f"<li><b>{escape(label)}:</b> {escape(text)}</li>"
             for label, text in environment(table)]
-    # two header rows: the client over its TLS versions, so a column is as wide as
-    # its cells and not as "openssl-provider TLS1.2"
-    clients = [(client, len(list(group)))
-               for client, group in groupby(table.columns, key=lambda c: c[0])]
-    column_of = {client: f"g{number}c{n}" for n, (client, _) in enumerate(clients)}
-    # a checkbox per client hides its column group (CSS :has, no script)
+    # a column per client, the TLS version a row of its own: the default matrix
+    # (14 clients) fits 1400 px, where a column per client x version did not
+    clients = list(dict.fromkeys(client for client, _ in table.columns))
+    versions = list(dict.fromkeys(tls for _, tls in table.columns))
+    column_of = {client: f"g{number}c{n}" for n, client in enumerate(clients)}
+    # a checkbox per client hides its column (CSS :has, no script)
     out.append("</ul>")
     out.append('<p class="hide">Hide: ' + " ".join(
         f'<label><input type="checkbox" id="hide-{column_of[c]}">{escape(c)}</label>'
-        for c, _ in clients) + "</p><style>" + "".join(
+        for c in clients) + "</p><style>" + "".join(
         f"body:has(#hide-{k}:checked) .{k} {{ display: none; }}" for k in column_of.values())
         + "</style>")
     out += ['<div class="scroll"><table class="matrix">',
-            '<thead><tr><th class="key" rowspan="2">key</th>',
-            '<th class="label" rowspan="2">provisioning</th>']
-    out += [f'<th class="client {column_of[client]}" colspan="{span}">{escape(client)}</th>'
-            for client, span in clients]
-    out.append("</tr><tr>")
-    out += [f'<th class="{column_of[client]}">TLS{escape(tls)}</th>'
-            for client, tls in table.columns]
+            '<thead><tr><th class="key">key</th>', '<th class="label">provisioning</th>',
+            '<th class="tls">TLS</th>']
+    out += [f'<th class="client {column_of[client]}">{escape(client)}</th>'
+            for client in clients]
     out.append("</tr></thead><tbody>")
-    # the key once for its consecutive rows (rsa2048: generate, import, ...)
     for i, row in enumerate(table.rows):
-        out.append("<tr>")
-        if i == 0 or table.rows[i - 1][0] != row[0]:
-            span = next((n for n, r in enumerate(table.rows[i:]) if r[0] != row[0]),
-                        len(table.rows) - i)
-            rowspan = f' rowspan="{span}"' if span > 1 else ""
-            out.append(f'<th class="key"{rowspan}>{escape(row[0])}</th>')
-        out.append(f'<th class="label">{escape(row[1])}</th>')
-        for column in table.columns:
-            cases = table.cases(row, column)
-            group = column_of[column[0]]
-            if not cases:
-                out.append(f'<td class="empty {group}">-</td>')
-                continue
-            out.append(f'<td class="{worst_state(cases)} {group}">')
-            for r in cases:
-                out.append(_case(r, f"g{number}-{_slug(r.case_id)}", len(cases) > 1, log_base))
-            out.append("</td>")
-        out.append("</tr>")
+        for j, tls in enumerate(versions):
+            out.append("<tr>")
+            # the key once for its consecutive rows (rsa2048: generate, import, ...)
+            if j == 0 and (i == 0 or table.rows[i - 1][0] != row[0]):
+                span = next((n for n, r in enumerate(table.rows[i:]) if r[0] != row[0]),
+                            len(table.rows) - i) * len(versions)
+                rowspan = f' rowspan="{span}"' if span > 1 else ""
+                out.append(f'<th class="key"{rowspan}>{escape(row[0])}</th>')
+            if j == 0:
+                rowspan = f' rowspan="{len(versions)}"' if len(versions) > 1 else ""
+                out.append(f'<th class="label"{rowspan}>{escape(row[1])}</th>')
+            out.append(f'<th class="tls">{escape(tls)}</th>')
+            for client in clients:
+                cases = table.cases(row, (client, tls))
+                group = column_of[client]
+                if not cases:
+                    out.append(f'<td class="empty {group}">-</td>')
+                    continue
+                out.append(f'<td class="{worst_state(cases)} {group}">')
+                for r in cases:
+                    out.append(_case(r, f"g{number}-{_slug(r.case_id)}", len(cases) > 1,
+                                     log_base))
+                out.append("</td>")
+            out.append("</tr>")
     out += ["</tbody></table></div>", "</section>"]
     return "\n".join(out)
 
@@ -226,7 +231,7 @@ def _case(record: HandshakeRecord, anchor: str, prefix: bool, log_base: Path | N
     # a column is as wide as the signing call, not as both
     outcome, _, sign = cell_text(record).partition(" ")
     state = cell_state(record)
-    words = [escape(outcome)]
+    words = [escape(outcome).replace("_", "_<wbr>")]  # CKR_FUNCTION_<wbr>NOT_<wbr>SUPPORTED
     if prefix:
         words.insert(0, f"{escape(record.case_id)}:")
     if state == "known":

@@ -218,15 +218,18 @@ def test_emulation_profile_gets_its_own_labelled_table():
     assert "emulation" not in render_html(records, log_base=DATA)
 
 
-def test_matrix_header_puts_the_client_over_its_tls_versions():
+def test_matrix_has_a_column_per_client_and_the_tls_version_as_a_row():
     text = render_html(load_results(REAL), log_base=DATA)
-    clients = re.findall(r'<th class="client g1c\d+" colspan="(\d)">([^<]+)</th>', text)
-    assert ("2", "openssl-engine") in clients and ("2", "java") in clients
-    # a column header is only the TLS version: no "openssl-provider TLS1.2" sets its width
-    assert len(re.findall(r'<th class="g1c\d+">TLS1.2</th>', text)) == len(clients)
-    assert "TLS1.2</th>" in text and "openssl-engine TLS1.2" not in text
-    # the key is written once for its rows
-    assert text.count('<th class="key" rowspan="2">rsa2048</th>') == 1
+    clients = re.findall(r'<th class="client g1c\d+">([^<]+)</th>', text)
+    assert "openssl-engine" in clients and "java" in clients
+    assert len(clients) == len(set(clients))  # one column each, not one per TLS version
+    assert "TLS1.2</th>" not in text and "openssl-engine TLS1.2" not in text
+    # the key once for its rows (2 provisionings x 2 versions), the provisioning once
+    # for its versions, then a row per version
+    assert text.count('<th class="key" rowspan="4">rsa2048</th>') == 1
+    assert text.count('<th class="label" rowspan="2">generate</th>') == text.count(
+        '<th class="key" rowspan="4">') == text.count('<th class="label" rowspan="2">import</th>')
+    assert text.count('<th class="tls">1.2</th>') == text.count('<th class="tls">1.3</th>') > 0
 
 
 def test_matrix_scrolls_in_its_own_box():
@@ -240,10 +243,11 @@ def test_matrix_scrolls_in_its_own_box():
 def test_cell_summary_puts_the_signing_call_on_its_own_line():
     records = lab1()
     failed = render_html([by_id(records, "java-p256-generate-tls12")])
-    assert ('>CKR_GENERAL_ERROR <span class="sign">ECDSA_<wbr>SHA256 3037B</span>'
+    assert ('>CKR_<wbr>GENERAL_<wbr>ERROR <span class="sign">ECDSA_<wbr>SHA256 3037B</span>'
             "</summary>") in failed
     known = render_html([by_id(records, "openssl-engine-rsa2048-import-tls13")])
-    assert '>CKR_TEMPLATE_INCONSISTENT<span class="gap"> </span>(known)</summary>' in known
+    assert ('>CKR_<wbr>TEMPLATE_<wbr>INCONSISTENT<span class="gap"> </span>(known)</summary>'
+            in known)
     # a pass of a listed failure is a failure (as pytest's strict xfail counts it)
     passed = dataclasses.replace(by_id(records, "openssl-engine-p256-generate-tls12"),
                                  expected="seed 002: the card refused this before")
@@ -623,11 +627,17 @@ def test_the_default_matrix_fits_1400_px_and_comes_first(tmp_path):
     text = render_html(default_matrix())
     assert text.index('<table class="matrix">') < text.index("Causes of the failures")
     assert text.index("Causes of the failures") < text.index("Expected failures")
-    box = "document.querySelector('div.scroll')"  # the matrix's own scroll box
-    scroll, client = page_width(text, tmp_path, 1400, box)
-    assert scroll <= client
-    scroll, client = page_width(text, tmp_path, 1000, box)  # control: it sees an overflow
-    assert scroll > client
+    # fits: the matrix's own box does not scroll and no cell is squeezed below the
+    # width the style gives it (6.6em of 11 px, + padding and border)
+    fit = ("(() => { const box = document.querySelector('div.scroll'); const cells = "
+           "[...document.querySelectorAll('table.matrix tbody td')].map("
+           "c => c.getBoundingClientRect().width); return box.scrollWidth + ' ' + "
+           "box.clientWidth + ' ' + Math.min(...cells); })()")
+    scroll, client, narrowest = in_browser(text, tmp_path, 1400, fit).split()
+    assert int(scroll) <= int(client) and float(narrowest) >= 72.6, (scroll, client, narrowest)
+    # control: at 1000 px the same measurement sees the cells squeezed
+    scroll, client, narrowest = in_browser(text, tmp_path, 1000, fit).split()
+    assert int(scroll) > int(client) or float(narrowest) < 72.6, (scroll, client, narrowest)
     # the table starts in the first screen (900 px), the causes below it
     top = "document.querySelector('%s').getBoundingClientRect().top"
     table, causes = in_browser(text, tmp_path, 1400, f"{top % 'table.matrix'} + ' ' + "

@@ -22,11 +22,13 @@ Cell = tuple[str, str, str, str]  # key, provisioning, client, tls
 
 
 def default_matrix() -> list[HandshakeRecord]:
-    """Every case of the default matrix (all clients, rsa2048,p256,p384), with
-    each kind of cell: passed, failed handshake, failed checks, expected
-    failure, skip, unmeasured, not as predicted."""
+    """Every case of the default matrix (all clients, a second JDK as on Debian
+    12 with Temurin 25, rsa2048,p256,p384), with each kind of cell: passed,
+    failed handshake, failed checks, expected failure, skip, unmeasured, not as
+    predicted."""
     records = []
-    for n, case in enumerate(cases(list(CLIENTS), parse_keys("rsa2048,p256,p384"))):
+    clients = [*CLIENTS, "java@25", "java-nocombined@25"]
+    for n, case in enumerate(cases(clients, parse_keys("rsa2048,p256,p384"))):
         mech = "CKM_RSA_PKCS_PSS" if case.key.name.startswith("rsa") else "CKM_ECDSA"
         record = HandshakeRecord(case.case_id, case.client, case.key.name,
                                  case.provisioning.value, case.tls.value, "ok",
