@@ -630,7 +630,7 @@ def test_the_default_matrix_fits_1400_px_and_comes_first(tmp_path):
     # fits: the matrix's own box does not scroll and no cell is squeezed below the
     # width the style gives it (6.6em of 11 px, + padding and border)
     fit = ("(() => { const box = document.querySelector('div.scroll'); const cells = "
-           "[...document.querySelectorAll('table.matrix tbody td')].map("
+           "[...document.querySelectorAll('table.matrix > tbody > tr > td')].map("
            "c => c.getBoundingClientRect().width); return box.scrollWidth + ' ' + "
            "box.clientWidth + ' ' + Math.min(...cells); })()")
     scroll, client, narrowest = in_browser(text, tmp_path, 1400, fit).split()
