@@ -97,19 +97,22 @@ class TokenLock:
             return ""
 
     def acquire(self, say: Callable[[str], None] | None = None,
-                poll_s: float = 0.2, wait: bool = True, shared: bool = False) -> bool:
+                poll_s: float = 0.2, wait: bool = True, shared: bool = False,
+                within_s: float | None = None) -> bool:
         """Block until the lock is ours (say one line if another run holds it),
-        or with wait=False return False at once; `shared` with other shared
-        holders. Interruptible: the wait is a sleep between tries."""
+        or with wait=False return False at once, or after `within_s` seconds;
+        `shared` with other shared holders. Interruptible: the wait is a sleep
+        between tries."""
         fd = self._open()
         said = False
+        deadline = None if within_s is None else time.monotonic() + within_s
         try:
             while True:
                 try:
                     fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if not wait:
+                    if not wait or (deadline is not None and time.monotonic() > deadline):
                         os.close(fd)
                         return False
                     if not said and say is not None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -440,9 +439,4 @@ class RunTokens:
         objects on it. True when taken (and to be released)."""
         if self.case_lock is None or self.case_lock.held:
             return False
-        deadline = time.monotonic() + self.settings.timeout_s
-        while not self.case_lock.acquire(wait=False):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return self.case_lock.acquire(poll_s=0.05, within_s=self.settings.timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -59,6 +60,18 @@ def test_a_held_lock_is_refused_without_waiting(tmp_path):
     assert f"pid {os.getpid()}" in second.holder()
     first.release()
     assert second.acquire(wait=False)  # control: free again
+    second.release()
+
+
+def test_a_bounded_wait_gives_up_after_its_time(tmp_path):
+    first = TokenLock("k", "token 'x'", directory=tmp_path)
+    second = TokenLock("k", "token 'x'", directory=tmp_path)
+    assert first.acquire(wait=False)
+    started = time.monotonic()
+    assert not second.acquire(poll_s=0.05, within_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 5 and not second.held
+    first.release()
+    assert second.acquire(poll_s=0.05, within_s=0.3)  # control: free, taken at once
     second.release()
 
 
