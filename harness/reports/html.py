@@ -181,8 +181,7 @@ def _table(table: MatrixTable, number: int, log_base: Path | None) -> str:
             for label, text in environment(table)]
     # a column per client, the TLS version a row of its own: the default matrix
     # (14 clients) fits 1400 px, where a column per client x version did not
-    clients = list(dict.fromkeys(client for client, _ in table.columns))
-    versions = list(dict.fromkeys(tls for _, tls in table.columns))
+    clients, versions = table.clients, table.versions
     column_of = {client: f"g{number}c{n}" for n, client in enumerate(clients)}
     # a checkbox per client hides its column (CSS :has, no script)
     out.append("</ul>")

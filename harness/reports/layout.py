@@ -217,6 +217,16 @@ class MatrixTable:
     def cases(self, row: Heading, column: Heading) -> tuple[HandshakeRecord, ...]:
         return self.cells.get((row, column), ())
 
+    @property
+    def clients(self) -> list[str]:
+        """The clients of the columns, in column order, each once."""
+        return list(dict.fromkeys(client for client, _ in self.columns))
+
+    @property
+    def versions(self) -> list[str]:
+        """The TLS versions of the columns, in column order, each once."""
+        return list(dict.fromkeys(tls for _, tls in self.columns))
+
     def counts(self) -> str:
         """pytest's counts for the table's cases, and how many ran where no
         fact was measured."""

@@ -231,8 +231,7 @@ def _table_text(table: MatrixTable, width: int | None) -> list[str]:
         if n:
             lines.append("")
         lines += _render_block(labels, block)
-    order = list(dict.fromkeys(client for client, _ in table.columns))
-    lines += ["", *client_summaries(table.records, order), table.counts(),
+    lines += ["", *client_summaries(table.records, table.clients), table.counts(),
               *table_notes(table.records)]
     return [wrapped for line in lines for wrapped in _wrap(line, width)]
 
