@@ -1,7 +1,7 @@
-"""Shared checks of the tests for the process clients (nss, curl): real
-handshakes on the session's throw-away SoftHSM2 token through the recording
-interposer, and direct jobs for the negative controls (wrong PIN, a server
-that trusts another CA)."""
+"""Shared checks of the tests for the process clients (nss, curl, go,
+openvpn, eap-tls): real handshakes on the session's throw-away SoftHSM2 token
+through the recording interposer, and direct jobs for the negative controls
+(wrong PIN, a server that trusts another CA)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.clients.base import ClientResult, HandshakeJob
+from harness.matrix.cases import Case
 from harness.matrix.keys import KEYS, Provisioning
 from harness.tls.ca import TestCA
 from harness.tls.server import HandshakeServer, ServerCase, ServerObservation
@@ -27,6 +28,24 @@ def expected_input(scheme: str) -> int:
     server saw (independent of the recorded calls)."""
     digest = DIGEST_BYTES[re.search(r"sha(256|384|512)$", scheme).group(0)]  # type: ignore[union-attr]
     return digest + 19 if scheme.startswith("rsa_pkcs1_") else digest
+
+
+def handshake_ok(runner: Any, client: str, key: str, tls: TLSVersion) -> Any:
+    """A matrix case of `client` on a generated key, judged: ok, at the TLS
+    version asked for, with the key's certificate. The record, for the
+    client's own checks."""
+    case = Case(client, KEYS[key], Provisioning.GENERATE, tls)
+    record = runner.judge(case, runner.run(case))
+    assert record.outcome == "ok", record.error
+    assert record.negotiated_version == f"TLSv{tls.value}"
+    assert runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
+    return record
+
+
+def signed_a_host_made_digest(record: Any) -> None:
+    """One raw C_Sign over the digest of the scheme the server saw."""
+    assert record.sign["mechanism"] in RAW_MECHANISMS and record.sign["parts"] == 0
+    assert record.sign["input_bytes"] == expected_input(record.signature_scheme)
 
 
 @dataclass

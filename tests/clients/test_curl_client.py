@@ -17,6 +17,7 @@ from client_checks import (
     RAW_MECHANISMS,
     expected_input,
     foreign_ca,
+    handshake_ok,
     logins,
     run_direct,
     signs,
@@ -52,11 +53,7 @@ def check_signed_input(record) -> None:
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256", "p384"])
 def test_handshake_signs_once_what_the_server_verified(p11tls_runner, key, tls):
-    case = Case("curl", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11tls_runner.judge(case, p11tls_runner.run(case))
-    assert record.outcome == "ok", record.error
-    assert record.negotiated_version == f"TLSv{tls.value}"
-    assert p11tls_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
+    record = handshake_ok(p11tls_runner, "curl", key, tls)
     check_signed_input(record)
     if key != "rsa2048":  # both paths hash ECDSA on the host
         assert record.sign["mechanism"] == "CKM_ECDSA"

@@ -10,11 +10,11 @@ import shutil
 
 import pytest
 from client_checks import (
-    RAW_MECHANISMS,
-    expected_input,
     foreign_ca,
+    handshake_ok,
     logins,
     run_own_peer,
+    signed_a_host_made_digest,
     signs,
     wrong_pin,
 )
@@ -35,14 +35,9 @@ def direct(runner, logs, **options):
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256"])
 def test_eap_tls_against_hostapd(p11tls_runner, key, tls):
-    case = Case("eap-tls", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11tls_runner.judge(case, p11tls_runner.run(case))
-    assert record.outcome == "ok", record.error
-    assert record.negotiated_version == f"TLSv{tls.value}"  # from hostapd's log
+    record = handshake_ok(p11tls_runner, "eap-tls", key, tls)  # version: hostapd's log
     assert record.peer.startswith("hostapd")
-    assert p11tls_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
-    assert record.sign["mechanism"] in RAW_MECHANISMS and record.sign["parts"] == 0
-    assert record.sign["input_bytes"] == expected_input(record.signature_scheme)
+    signed_a_host_made_digest(record)
     assert not record.problems and not record.unmeasured
 
 

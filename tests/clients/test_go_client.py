@@ -11,11 +11,11 @@ import shutil
 
 import pytest
 from client_checks import (
-    RAW_MECHANISMS,
-    expected_input,
     foreign_ca,
+    handshake_ok,
     logins,
     run_direct,
+    signed_a_host_made_digest,
     signs,
     wrong_pin,
 )
@@ -34,13 +34,8 @@ pytestmark = pytest.mark.skipif(GoClient().unavailable_reason() is not None,
 @pytest.mark.parametrize("tls", list(TLSVersion), ids=lambda t: t.marker)
 @pytest.mark.parametrize("key", ["rsa2048", "p256", "p384"])
 def test_handshake_signs_a_host_made_digest_once(p11tls_runner, key, tls):
-    case = Case("go", KEYS[key], Provisioning.GENERATE, tls)
-    record = p11tls_runner.judge(case, p11tls_runner.run(case))
-    assert record.outcome == "ok", record.error
-    assert record.negotiated_version == f"TLSv{tls.value}"
-    assert p11tls_runner.key(KEYS[key], Provisioning.GENERATE).label in record.client_subject
-    assert record.sign["mechanism"] in RAW_MECHANISMS and record.sign["parts"] == 0
-    assert record.sign["input_bytes"] == expected_input(record.signature_scheme)
+    record = handshake_ok(p11tls_runner, "go", key, tls)
+    signed_a_host_made_digest(record)
     assert not record.problems and not record.unmeasured
 
 
